@@ -1,0 +1,126 @@
+"""SQLModel tables: everything the bot and the trainer share.
+
+The database is the only link between the bot and the worker: jobs say what to do, events
+(the outbox) say what happened, votes say what the team thinks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from storage.states import JobState
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamps: SQLite and Postgres `timestamp` compare them the same way."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _snowflake(**kwargs: Any) -> Any:
+    """A Discord id column: 64-bit on Postgres."""
+    return Field(sa_type=BigInteger, **kwargs)
+
+
+class GuildSettings(SQLModel, table=True):
+    """Per-guild choices made with `/atelier settings`; unset fields fall back to `Settings`."""
+
+    guild_id: int = _snowflake(primary_key=True)
+    results_channel_id: int | None = _snowflake(default=None, nullable=True)
+    vote_window_hours: float | None = None
+    keep_checkpoints: int | None = None
+    jobs_per_member: int | None = None
+    manager_role_id: int | None = _snowflake(default=None, nullable=True)
+    trainer_role_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    """An ingested, normalized, content-addressed dataset folder."""
+
+    __table_args__ = (UniqueConstraint("guild_id", "name"),)
+
+    id: str = Field(primary_key=True, max_length=64, description="Content hash.")
+    guild_id: int | None = _snowflake(default=None, nullable=True, index=True)
+    name: str | None = Field(default=None, max_length=100)
+    path: str
+    images: int
+    created_by: int | None = _snowflake(default=None, nullable=True)
+    report: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    """One training job and where it stands."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    guild_id: int | None = _snowflake(default=None, nullable=True, index=True)
+    channel_id: int | None = _snowflake(default=None, nullable=True)
+    thread_id: int | None = _snowflake(default=None, nullable=True)
+    status_message_id: int | None = _snowflake(default=None, nullable=True)
+    owner_id: int = _snowflake(index=True)
+    name: str = Field(max_length=100)
+    method: str = Field(max_length=20)
+    base_model: str = Field(max_length=200)
+    dataset_id: str = Field(foreign_key="dataset.id", index=True)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    state: JobState = Field(default=JobState.QUEUED, index=True)
+    worker_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    step: int = 0
+    total_steps: int = 0
+    resume_path: str | None = None
+    error: str | None = None
+    cancel_requested_by: int | None = _snowflake(default=None, nullable=True)
+    vote_deadline: datetime | None = None
+    winner_checkpoint_id: int | None = None
+    parent_job_id: int | None = Field(default=None, foreign_key="job.id")
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Checkpoint(SQLModel, table=True):
+    """A saved adapter at one step, with its validation grid."""
+
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    step: int
+    path: str
+    grid_path: str | None = None
+    state_path: str | None = None
+    loss: float | None = None
+    grid_message_id: int | None = _snowflake(default=None, nullable=True, index=True)
+    kept: bool = False
+    deleted: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Vote(SQLModel, table=True):
+    """One member's vote for one checkpoint (a member may vote for several)."""
+
+    __table_args__ = (UniqueConstraint("checkpoint_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    checkpoint_id: int = Field(foreign_key="checkpoint.id", index=True)
+    user_id: int = _snowflake()
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """The outbox: what happened, in order, until the bot has said it in Discord."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    kind: str = Field(max_length=40)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+    attempted_at: datetime | None = None
+    delivered_at: datetime | None = Field(default=None, index=True)
+    message_id: int | None = _snowflake(default=None, nullable=True)

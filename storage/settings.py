@@ -1,0 +1,190 @@
+"""The one validated settings object, read from `ATELIER_*` env vars and an optional TOML file.
+
+Every part of Atelier (bot, worker, CLI) reads its configuration from `Settings`. Nested
+sections use `__` in environment variables, e.g. `ATELIER_LIMITS__MAX_ZIP_BYTES=500000000`.
+The file is `atelier.toml` in the working directory, or the path in `ATELIER_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+TINY_MODEL = "tiny"
+"""Catalogue name of the built-in SD-1-shaped model, built from configs on first use."""
+
+TINY_SDXL_MODEL = "tiny-sdxl"
+
+
+class SettingsError(RuntimeError):
+    """Raised with one human-readable line naming the bad setting."""
+
+
+class BaseModelEntry(BaseModel):
+    """One base model a member may train on."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str = Field(description="Local diffusers folder or single-file .safetensors, or 'builtin:tiny'.")
+    architecture: Literal["sd1", "sdxl"] = "sd1"
+    description: str = ""
+
+
+class Limits(BaseModel):
+    """Limits on what members may upload and run; read by storage (ingest) and the bot."""
+
+    model_config = {"extra": "forbid"}
+
+    max_zip_bytes: int = Field(200 * 1024**2, gt=0, description="Largest zip accepted (download).")
+    max_uncompressed_bytes: int = Field(2 * 1024**3, gt=0, description="Total unpacked size.")
+    max_entry_bytes: int = Field(100 * 1024**2, gt=0, description="Largest single file in a zip.")
+    max_files: int = Field(2000, gt=0, description="Most entries in a zip.")
+    max_compression_ratio: float = Field(100.0, gt=1, description="Zip-bomb guard per entry.")
+    max_image_pixels: int = Field(64 * 1024 * 1024, gt=0, description="Decompression-bomb guard.")
+    min_image_side: int = Field(64, gt=0, description="Smaller images are skipped.")
+    max_images: int = Field(1000, gt=0, description="Most images in a dataset.")
+    jobs_per_member: int = Field(2, ge=1, description="Queued + running jobs per member.")
+
+
+class DiscordSettings(BaseModel):
+    """Discord-side behaviour (the token itself is top-level `DISCORD_TOKEN`)."""
+
+    model_config = {"extra": "forbid"}
+
+    allowed_guilds: list[int] = Field(default_factory=list, description="Empty: any guild.")
+    sync_guild: int | None = Field(None, description="Sync commands to this guild only (dev).")
+    link_host: str = Field("127.0.0.1", description="Bind address of the download-link server.")
+    link_port: int = Field(8765, ge=0, le=65535)
+    public_url: str = Field("http://127.0.0.1:8765", description="Base URL members can reach.")
+    link_ttl_hours: float = Field(24.0, gt=0)
+    progress_edit_seconds: float = Field(5.0, ge=1.0, description="Min seconds between edits.")
+
+
+class WorkerSettings(BaseModel):
+    """Trainer-process behaviour."""
+
+    model_config = {"extra": "forbid"}
+
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    stale_after_seconds: float = Field(60.0, gt=0, description="Requeue a job after this silence.")
+    poll_seconds: float = Field(2.0, gt=0)
+    progress_event_seconds: float = Field(5.0, ge=0)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeat(self) -> WorkerSettings:
+        if self.stale_after_seconds <= self.heartbeat_seconds:
+            raise ValueError("stale_after_seconds must be larger than heartbeat_seconds")
+        return self
+
+
+class Settings(BaseSettings):
+    """Atelier's configuration. Safe defaults: SQLite in ./data and the built-in tiny model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATELIER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file="atelier.toml",
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where datasets, jobs and models live.")
+    database_url: str | None = Field(None, description="Default: SQLite file in data_dir.")
+    discord_token: SecretStr | None = Field(
+        None, validation_alias="DISCORD_TOKEN", description="Bot token; environment only."
+    )
+    link_secret: SecretStr | None = Field(None, description="Signs download links; random if unset.")
+    base_models: dict[str, BaseModelEntry] = Field(
+        default_factory=lambda: {
+            TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),
+            TINY_SDXL_MODEL: BaseModelEntry(
+                path="builtin:tiny-sdxl", architecture="sdxl", description="Built-in tiny SDXL"
+            ),
+        }
+    )
+    default_base_model: str = TINY_MODEL
+    vote_window_hours: float = Field(24.0, gt=0)
+    keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept after finalize.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    limits: Limits = Field(default_factory=Limits)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _default_model_exists(self) -> Settings:
+        if self.default_base_model not in self.base_models:
+            raise ValueError(f"'{self.default_base_model}' is not in base_models")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("ATELIER_CONFIG", "atelier.toml")
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+        return (init_settings, env_settings, toml)
+
+    @property
+    def db_url(self) -> str:
+        """The database URL, defaulting to a SQLite file inside the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'atelier.db').resolve()}"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    return f"invalid setting '{where}': {first['msg']}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env + file + overrides; a bad value raises one clear `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_explain(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, created once."""
+    return load_settings()

@@ -1,0 +1,159 @@
+"""What a training job asks for: one validated model shared by the CLI, the worker and the bot.
+
+This module imports only pydantic, so the bot validates a job with the same model the worker
+trains from without importing torch. Impossible combinations are refused here, with one clear
+line, before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["lora", "dora", "embedding"]
+Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
+Schedule = Literal["constant", "cosine", "linear"]
+Precision = Literal["no", "fp16", "bf16"]
+Targets = Literal["attention", "attention_conv"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ValidationConfig(_Strict):
+    """Fixed prompts × fixed seeds rendered at every checkpoint, as a user would generate."""
+
+    prompts: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Validation prompts; `{trigger}` is replaced. Empty: derived from the trigger.",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=4)
+    steps: int = Field(20, ge=1, le=150, description="Sampling steps (as in a generation app).")
+    guidance: float = Field(7.0, ge=1.0, le=30.0, description="Classifier-free guidance scale.")
+    scheduler: Literal["dpm++", "euler_a", "ddim", "euler"] = "dpm++"
+    negative_prompt: str = ""
+
+
+class EmbeddingConfig(_Strict):
+    """Textual-inversion settings."""
+
+    placeholder_token: str | None = Field(
+        None, description="Token to learn; default: the trigger phrase."
+    )
+    num_vectors: int = Field(4, ge=1, le=16)
+    initializer_token: str = Field("person", min_length=1)
+    templates: Literal["object", "style", "captions"] = Field(
+        "captions", description="Use dataset captions, or 'a photo of a {}' style templates."
+    )
+
+
+class TrainConfig(_Strict):
+    """One training job. Defaults are invoke-training's SD 1.5 LoRA defaults."""
+
+    method: Method = "lora"
+    base_model: str = Field("tiny", description="Catalogue name or local path.")
+    dataset: str = Field("", description="Dataset folder (ingested) or zip; set by the caller.")
+    trigger: str = Field("", max_length=100, description="Trigger phrase / placeholder.")
+    caption_prefix: str = Field("", max_length=200)
+    output_dir: Path | None = None
+
+    # data
+    resolution: int = Field(512, ge=32, le=2048, multiple_of=8)
+    bucketing: bool = True
+    caption_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    shuffle_captions: bool = False
+    keep_tokens: int = Field(1, ge=0, description="Leading comma-separated tags kept in place.")
+    flip: bool = False
+    cache_latents: bool = True
+    cache_text: bool = True
+
+    # optimisation
+    steps: int = Field(1000, ge=1, le=100_000)
+    batch_size: int = Field(4, ge=1, le=64)
+    gradient_accumulation: int = Field(1, ge=1, le=64)
+    learning_rate: float = Field(1e-4, gt=0.0, le=10.0)
+    text_encoder_lr: float | None = Field(None, gt=0.0, le=10.0)
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = Field(1e-2, ge=0.0, le=1.0)
+    schedule: Schedule = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    min_snr_gamma: float | None = Field(5.0, gt=0.0)
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0)
+    mixed_precision: Precision = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    max_nan_steps: int = Field(5, ge=1, description="Consecutive NaN/inf steps before failing.")
+
+    # adapter
+    rank: int = Field(4, ge=1, le=256)
+    alpha: float = Field(1.0, gt=0.0)
+    targets: Targets = "attention"
+    train_text_encoder: bool = False
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+    # checkpoints and validation
+    checkpoint_every: int = Field(250, ge=1)
+    keep_last: int | None = Field(None, ge=1, description="Keep only the newest N (None: all).")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> TrainConfig:
+        if self.method == "embedding":
+            if self.train_text_encoder:
+                raise ValueError("embedding training learns a token: train_text_encoder must be off")
+            if not (self.embedding.placeholder_token or self.trigger):
+                raise ValueError("an embedding needs a trigger (the token it learns)")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        if self.checkpoint_every > self.steps:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})"
+            )
+        if self.optimizer == "prodigy" and self.learning_rate < 0.1:
+            raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
+        return self
+
+    @property
+    def token(self) -> str:
+        """The prompt token of an embedding."""
+        return self.embedding.placeholder_token or self.trigger
+
+    @property
+    def uses_text_cache(self) -> bool:
+        """Text-encoder outputs can be cached only when captions and the encoder never change."""
+        return (
+            self.cache_text
+            and self.method != "embedding"
+            and not self.train_text_encoder
+            and self.caption_dropout == 0.0
+            and not self.shuffle_captions
+        )
+
+    @property
+    def uses_latent_cache(self) -> bool:
+        """VAE latents can be cached only without pixel augmentation."""
+        return self.cache_latents and not self.flip
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """Steps at which a checkpoint (and a validation grid) is written; always the last."""
+        steps = list(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))
+        if not steps or steps[-1] != self.steps:
+            steps.append(self.steps)
+        return steps
+
+
+class TrainOverrides(_Strict):
+    """What a member may set from Discord on top of a preset (all optional)."""
+
+    steps: Annotated[int, Field(ge=10, le=20_000)] | None = None
+    rank: Annotated[int, Field(ge=1, le=128)] | None = None
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    resolution: Annotated[int, Field(ge=64, le=1536, multiple_of=64)] | None = None
+    validation_prompts: list[str] | None = None
+    dora: bool = False
