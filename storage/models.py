@@ -9,15 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from storage.states import JobState
 
 
 def utcnow() -> datetime:
-    """Naive UTC timestamps: SQLite and Postgres `timestamp` compare them the same way."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Aware UTC now (SQLModel's datetime columns store UTC and refuse naive values)."""
+    return datetime.now(UTC)
 
 
 def _snowflake(**kwargs: Any) -> Any:
@@ -67,7 +67,7 @@ class Job(SQLModel, table=True):
     base_model: str = Field(max_length=200)
     dataset_id: str = Field(foreign_key="dataset.id", index=True)
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    state: JobState = Field(default=JobState.QUEUED, index=True)
+    state: str = Field(default=JobState.QUEUED, sa_type=String(20), index=True)
     worker_id: str | None = Field(default=None, max_length=200)
     attempts: int = 0
     step: int = 0

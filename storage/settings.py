@@ -35,7 +35,9 @@ class BaseModelEntry(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    path: str = Field(description="Local diffusers folder or single-file .safetensors, or 'builtin:tiny'.")
+    path: str = Field(
+        description="Local diffusers folder or single-file .safetensors, or 'builtin:tiny'."
+    )
     architecture: Literal["sd1", "sdxl"] = "sd1"
     description: str = ""
 
@@ -103,7 +105,9 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(
         None, validation_alias="DISCORD_TOKEN", description="Bot token; environment only."
     )
-    link_secret: SecretStr | None = Field(None, description="Signs download links; random if unset.")
+    link_secret: SecretStr | None = Field(
+        None, description="Signs download links."
+    )
     base_models: dict[str, BaseModelEntry] = Field(
         default_factory=lambda: {
             TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),

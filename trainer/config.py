@@ -105,11 +105,15 @@ class TrainConfig(_Strict):
     def _coherent(self) -> TrainConfig:
         if self.method == "embedding":
             if self.train_text_encoder:
-                raise ValueError("embedding training learns a token: train_text_encoder must be off")
+                raise ValueError(
+                    "embedding training learns a token: train_text_encoder must be off"
+                )
             if not (self.embedding.placeholder_token or self.trigger):
                 raise ValueError("an embedding needs a trigger (the token it learns)")
         if self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
         if self.checkpoint_every > self.steps:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})"

@@ -1,0 +1,241 @@
+"""The built-in tiny SD-shaped models: random weights built from configs, no download.
+
+Tests, CI and "fast test" jobs need a real diffusers pipeline without pretrained weights (the
+Hub is unreachable). `ensure_tiny_model` builds one once per cache folder, deterministically,
+and writes it atomically (temp folder + rename) so two workers never see half a model. The
+shapes follow offline.md: small enough to train ~6 steps/s on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Architecture = Literal["sd1", "sdxl"]
+
+TINY_VERSION = 1
+"""Bump when the shapes change: the cache folder name includes it."""
+
+_SEED = 1234
+_HIDDEN = 32
+_MAX_LENGTH = 77
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+_COMMON_WORDS = (
+    "a", "an", "the", "of", "in", "on", "and", "with", "photo", "picture", "painting",
+    "style", "person", "man", "woman", "cat", "dog", "art", "drawing", "portrait", "by",
+)  # fmt: skip
+
+
+def ensure_tiny_model(cache_dir: Path, architecture: Architecture = "sd1") -> Path:
+    """Return the folder of the tiny model for `architecture`, building it on first use."""
+    if architecture not in ("sd1", "sdxl"):
+        raise ValueError(f"unknown tiny architecture {architecture!r} (use 'sd1' or 'sdxl')")
+    cache_dir = Path(cache_dir)
+    target = cache_dir / f"tiny-{architecture}-v{TINY_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+    try:
+        _build(tmp, architecture)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():  # lost a race only if the other won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build(folder: Path, architecture: Architecture) -> None:
+    """Write a complete diffusers pipeline folder (weights, configs, tokenizers, model_index)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        if architecture == "sd1":
+            pipe = StableDiffusionPipeline(
+                **_sd1_components(), safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False,
+            )  # fmt: skip
+        else:
+            pipe = StableDiffusionXLPipeline(**_sdxl_components())
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for sub in ("tokenizer", "tokenizer_2"):
+        if (folder / sub).is_dir():
+            _write_bpe_files(folder / sub)
+
+
+# ---------------------------------------------------------------- components
+
+
+def _sd1_components() -> dict[str, object]:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_HIDDEN,
+        attention_head_dim=8,
+    )
+    tokenizer = make_tokenizer()
+    return {
+        "unet": unet,
+        "vae": _vae(),
+        "text_encoder": _text_encoder(tokenizer, with_projection=False),
+        "tokenizer": tokenizer,
+        "scheduler": _scheduler(),
+    }
+
+
+def _sdxl_components() -> dict[str, object]:
+    """SDXL shape: two encoders, concatenated context (32 + 32), pooled `text_time` conditioning."""
+    from diffusers import UNet2DConditionModel
+
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * _HIDDEN,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # 6 time ids (original size, crop, target size) × time_dim + pooled projection
+        projection_class_embeddings_input_dim=6 * time_dim + _HIDDEN,
+    )
+    tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer()
+    return {
+        "unet": unet,
+        "vae": _vae(),
+        "text_encoder": _text_encoder(tokenizer, with_projection=False),
+        "text_encoder_2": _text_encoder(tokenizer_2, with_projection=True),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": _scheduler(),
+    }
+
+
+def _vae() -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def _text_encoder(tokenizer: object, *, with_projection: bool) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_MAX_LENGTH,
+        projection_dim=_HIDDEN,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(config)
+
+
+def _scheduler() -> object:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP table mapping every byte to a printable unicode character."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(code) for code in codes), strict=True))
+
+
+def bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """A small CLIP BPE: all bytes (so any text tokenizes) + merges making common words one token.
+
+    Order follows CLIP's file: byte symbols, their `</w>` forms, merge results, then specials.
+    """
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in _COMMON_WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merged = parts[0] + parts[1]
+            rule = f"{parts[0]} {parts[1]}"
+            if rule not in merges:
+                merges.append(rule)
+                if merged not in tokens:
+                    tokens.append(merged)
+            parts = [merged, *parts[2:]]
+    tokens += [_BOS, _EOS]
+    return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def make_tokenizer() -> object:
+    """A CLIP tokenizer over the generated vocabulary (77 tokens, pad = end of text)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = bpe_vocab_and_merges()
+    pairs = [tuple(rule.split(" ")) for rule in merges]
+    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=_MAX_LENGTH)
+
+
+def _write_bpe_files(folder: Path) -> None:
+    """transformers 5 saves only tokenizer.json; older readers want vocab.json + merges.txt."""
+    vocab, merges = bpe_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
