@@ -30,6 +30,7 @@ class World:
         self.users: dict[int, User] = {}
         self.guilds: dict[int, Guild] = {}
         self.messages: dict[int, Message] = {}
+        self.cdn: dict[int, Attachment] = {}
         self.bot = self.add_user("Atelier", bot=True)
         self.application_id = self.bot.id
 
@@ -90,8 +91,9 @@ class World:
             ctype = ctype or mimetypes.guess_type(name)[0]
             if ctype == "application/octet-stream":
                 ctype = mimetypes.guess_type(name)[0] or ctype
-            out.append(Attachment(aid, name, data, url, ctype,
-                                  (descriptions or {}).get(i)))
+            att = Attachment(aid, name, data, url, ctype, (descriptions or {}).get(i))
+            self.cdn[aid] = att
+            out.append(att)
         return out
 
     @staticmethod
@@ -120,8 +122,9 @@ class World:
         content = payload.get("content") or ""
         embeds = payload.get("embeds") or []
         self.check_body(content, embeds)
-        if not content and not embeds and not files and not payload.get("components") \
-                and not payload.get("sticker_ids") and not payload.get("poll"):
+        flags = int(payload.get("flags") or 0)
+        if not (content or embeds or files or payload.get("components") or flags & 128
+                or payload.get("sticker_ids") or payload.get("poll")):
             raise DiscordErrorEmpty()
         descriptions = {int(a.get("id", i)): a["description"]
                         for i, a in enumerate(payload.get("attachments") or [])

@@ -59,8 +59,8 @@ def transition(
     """Move `job` to `target` (validated) and write its event in the same transaction."""
     check_transition(job.id, JobState(job.state), target)
     job.state = target
-    if target not in LIVE_STATES:
-        job.worker_id = None
+    if target == JobState.QUEUED or target not in LIVE_STATES:
+        job.worker_id = None  # nobody holds it now
     if target in (JobState.FINALIZED, JobState.FAILED, JobState.CANCELLED):
         job.finished_at = utcnow()
     session.add(job)
@@ -205,3 +205,92 @@ def checkpoints_of(
     if not include_deleted:
         query = query.where(col(Checkpoint.deleted).is_(False))
     return list(session.exec(query).all())
+
+
+# --- what a worker reports (each checks the worker still holds the job) ---------------------
+
+
+def start_training(engine: Engine, job_id: int, worker_id: str, total_steps: int) -> None:
+    """`preparing → training`, once data and model are loaded."""
+    with session_scope(engine) as session:
+        job = owned_job(session, job_id, worker_id)
+        job.total_steps = total_steps
+        resumed_from = job.step if job.resume_path else 0
+        transition(session, job, JobState.TRAINING, total=total_steps, resumed_from=resumed_from)
+
+
+def report_progress(engine: Engine, job_id: int, worker_id: str, **progress: Any) -> None:
+    """A progress event (the worker throttles how often)."""
+    with session_scope(engine) as session:
+        job = owned_job(session, job_id, worker_id)
+        job.step = int(progress.get("step", job.step))
+        job.heartbeat_at = utcnow()
+        emit(session, EventKind.PROGRESS, job_id, **progress)
+
+
+def add_checkpoint(
+    engine: Engine, job_id: int, worker_id: str, checkpoint: Checkpoint
+) -> Checkpoint:
+    """Record a checkpoint, make it the resume point, and write `checkpoint_ready`."""
+    with session_scope(engine) as session:
+        job = owned_job(session, job_id, worker_id)
+        checkpoint.job_id = job_id
+        existing = session.exec(
+            select(Checkpoint).where(
+                Checkpoint.job_id == job_id, Checkpoint.step == checkpoint.step
+            )
+        ).first()
+        if existing is not None:  # re-trained after a resume: replace the files' record
+            for field in ("path", "grid_path", "state_path", "loss"):
+                setattr(existing, field, getattr(checkpoint, field))
+            checkpoint = existing
+        session.add(checkpoint)
+        job.step = checkpoint.step
+        job.resume_path = checkpoint.state_path or job.resume_path
+        session.add(job)
+        session.flush()
+        emit(
+            session,
+            EventKind.CHECKPOINT,
+            job_id,
+            checkpoint_id=checkpoint.id,
+            step=checkpoint.step,
+            total=job.total_steps,
+            grid_path=checkpoint.grid_path,
+            loss=checkpoint.loss,
+        )
+        return checkpoint
+
+
+def finish_training(
+    engine: Engine, job_id: int, worker_id: str, vote_deadline: datetime, **summary: Any
+) -> None:
+    """`training → awaiting_vote`, with the comparison grid and loss curve in the event."""
+    with session_scope(engine) as session:
+        job = owned_job(session, job_id, worker_id)
+        job.vote_deadline = vote_deadline
+        transition(
+            session,
+            job,
+            JobState.AWAITING_VOTE,
+            EventKind.TRAINING_DONE,
+            deadline=vote_deadline.isoformat(),
+            **summary,
+        )
+
+
+def fail(engine: Engine, job_id: int, worker_id: str | None, reason: str) -> None:
+    """Move a job to `failed` with a reason a member understands."""
+    with session_scope(engine) as session:
+        job = get_job(session, job_id)
+        if worker_id is not None and job.worker_id != worker_id:
+            raise NotYourJob(f"job {job_id} is no longer held by {worker_id}")
+        job.error = reason
+        transition(session, job, JobState.FAILED, reason=reason, step=job.step)
+
+
+def confirm_cancelled(engine: Engine, job_id: int, worker_id: str) -> None:
+    """The worker stopped a job whose cancel was requested."""
+    with session_scope(engine) as session:
+        job = owned_job(session, job_id, worker_id)
+        transition(session, job, JobState.CANCELLED, by=job.cancel_requested_by, step=job.step)

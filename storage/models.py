@@ -124,3 +124,21 @@ class Event(SQLModel, table=True):
     attempted_at: datetime | None = None
     delivered_at: datetime | None = Field(default=None, index=True)
     message_id: int | None = _snowflake(default=None, nullable=True)
+
+
+class Generation(SQLModel, table=True):
+    """A `/generate` request: the worker renders it between training jobs."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    guild_id: int | None = _snowflake(default=None, nullable=True)
+    channel_id: int | None = _snowflake(default=None, nullable=True)
+    user_id: int = _snowflake()
+    checkpoint_id: int = Field(foreign_key="checkpoint.id")
+    prompt: str = Field(max_length=1000)
+    weight: float = 1.0
+    seed: int = 0
+    state: str = Field(default="queued", max_length=20, index=True)
+    worker_id: str | None = Field(default=None, max_length=200)
+    image_path: str | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -90,6 +90,14 @@ class WorkerSettings(BaseModel):
         return self
 
 
+BUILTIN_MODELS: dict[str, BaseModelEntry] = {
+    TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),
+    TINY_SDXL_MODEL: BaseModelEntry(
+        path="builtin:tiny-sdxl", architecture="sdxl", description="Built-in tiny SDXL model"
+    ),
+}
+
+
 class Settings(BaseSettings):
     """Atelier's configuration. Safe defaults: SQLite in ./data and the built-in tiny model."""
 
@@ -109,12 +117,8 @@ class Settings(BaseSettings):
         None, description="Signs download links."
     )
     base_models: dict[str, BaseModelEntry] = Field(
-        default_factory=lambda: {
-            TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),
-            TINY_SDXL_MODEL: BaseModelEntry(
-                path="builtin:tiny-sdxl", architecture="sdxl", description="Built-in tiny SDXL"
-            ),
-        }
+        default_factory=lambda: dict(BUILTIN_MODELS),
+        description="Name → local model. The built-in models are always there.",
     )
     default_base_model: str = TINY_MODEL
     vote_window_hours: float = Field(24.0, gt=0)
@@ -130,6 +134,11 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must start with sqlite:// or postgresql://")
         return value
+
+    @field_validator("base_models", mode="after")
+    @classmethod
+    def _keep_builtins(cls, value: dict[str, BaseModelEntry]) -> dict[str, BaseModelEntry]:
+        return {**BUILTIN_MODELS, **value}
 
     @model_validator(mode="after")
     def _default_model_exists(self) -> Settings:
@@ -176,8 +185,9 @@ class Settings(BaseSettings):
 
 def _explain(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "settings"
-    return f"invalid setting '{where}': {first['msg']}"
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid setting '{where}': {message}" if where else f"invalid settings: {message}"
 
 
 def load_settings(**overrides: Any) -> Settings:

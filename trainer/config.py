@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Method = Literal["lora", "dora", "embedding"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Schedule = Literal["constant", "cosine", "linear"]
-Precision = Literal["no", "fp16", "bf16"]
+Precision = Literal["auto", "no", "fp16", "bf16"]
 Targets = Literal["attention", "attention_conv"]
 
 
@@ -84,7 +84,9 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     min_snr_gamma: float | None = Field(5.0, gt=0.0)
     noise_offset: float = Field(0.0, ge=0.0, le=1.0)
-    mixed_precision: Precision = "no"
+    mixed_precision: Precision = Field(
+        "auto", description="'auto': bf16 on a CUDA GPU that supports it, else full fp32."
+    )
     gradient_checkpointing: bool = False
     seed: int = 42
     max_nan_steps: int = Field(5, ge=1, description="Consecutive NaN/inf steps before failing.")

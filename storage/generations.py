@@ -1,0 +1,99 @@
+"""`/generate` requests: the bot asks, a worker renders between training jobs, the outbox tells."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from storage.db import session_scope
+from storage.events import EventKind, emit
+from storage.models import Checkpoint, Generation
+
+
+class UnknownModel(LookupError):
+    """The checkpoint asked for does not exist or was deleted."""
+
+
+def request_generation(
+    session: Session,
+    *,
+    guild_id: int | None,
+    channel_id: int | None,
+    user_id: int,
+    checkpoint_id: int,
+    prompt: str,
+    weight: float = 1.0,
+    seed: int = 0,
+) -> Generation:
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    if checkpoint is None or checkpoint.deleted:
+        raise UnknownModel(f"model checkpoint {checkpoint_id} is not available")
+    generation = Generation(
+        guild_id=guild_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        checkpoint_id=checkpoint_id,
+        prompt=prompt,
+        weight=weight,
+        seed=seed,
+    )
+    session.add(generation)
+    session.flush()
+    return generation
+
+
+def claim_generation(engine: Engine, worker_id: str) -> Generation | None:
+    """Take the oldest queued request (a conditional update, so two workers never share one)."""
+    while True:
+        with session_scope(engine) as session:
+            candidate = session.exec(
+                select(Generation.id)
+                .where(Generation.state == "queued")
+                .order_by(col(Generation.id))
+            ).first()
+            if candidate is None:
+                return None
+            taken = session.exec(  # type: ignore[call-overload]
+                update(Generation)
+                .where(col(Generation.id) == candidate, col(Generation.state) == "queued")
+                .values(state="running", worker_id=worker_id)
+            )
+            if taken.rowcount == 1:
+                return session.get(Generation, candidate)
+
+
+def complete_generation(engine: Engine, generation_id: int, image_path: str) -> None:
+    with session_scope(engine) as session:
+        generation = session.get(Generation, generation_id)
+        assert generation is not None
+        generation.state, generation.image_path = "done", image_path
+        checkpoint = session.get(Checkpoint, generation.checkpoint_id)
+        emit(
+            session,
+            EventKind.GENERATED,
+            checkpoint.job_id if checkpoint else None,
+            generation_id=generation_id,
+            image_path=image_path,
+            channel_id=generation.channel_id,
+            user_id=generation.user_id,
+            prompt=generation.prompt,
+            weight=generation.weight,
+        )
+
+
+def fail_generation(engine: Engine, generation_id: int, reason: str) -> None:
+    with session_scope(engine) as session:
+        generation = session.get(Generation, generation_id)
+        assert generation is not None
+        generation.state, generation.error = "failed", reason
+        checkpoint = session.get(Checkpoint, generation.checkpoint_id)
+        emit(
+            session,
+            "generation_failed",
+            checkpoint.job_id if checkpoint else None,
+            generation_id=generation_id,
+            channel_id=generation.channel_id,
+            user_id=generation.user_id,
+            reason=reason,
+        )

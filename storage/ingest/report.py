@@ -1,0 +1,200 @@
+"""The QA report: plain data the bot renders as an embed and the CLI prints as text."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from storage.ingest.buckets import nearest_bucket, needs_upscale
+from storage.ingest.options import CONCEPT_METHODS, IngestOptions
+from storage.ingest.phash import near_duplicates
+
+MANY_SHARE = 0.25
+"""'Many' upscaled images or duplicates: a quarter of the dataset."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the report needs to know about one accepted image."""
+
+    file: str  # stored name, "images/0001.png"
+    original: str  # name in the zip
+    width: int
+    height: int
+    dhash: int
+    caption_source: str
+    caption_words: int
+    had_trigger: bool
+
+
+@dataclass(frozen=True)
+class Spread:
+    min: float
+    median: float
+    max: float
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    a: str
+    b: str
+    distance: int
+
+
+@dataclass
+class QAReport:
+    """Everything a member should know about their dataset before training on it."""
+
+    images: int
+    method: str
+    resolution: int
+    trigger: str
+    skipped: list[Skipped] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    captions: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # min/median/max by area: [w, h]
+    short_side: Spread | None = None
+    buckets: dict[str, int] = field(default_factory=dict)  # "768x320": count
+    upscaled: list[str] = field(default_factory=list)
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)
+    missing_trigger: list[str] = field(default_factory=list)
+    caption_words: Spread | None = None
+    advice: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _spread(values: list[float]) -> Spread | None:
+    if not values:
+        return None
+    return Spread(min(values), statistics.median(values), max(values))
+
+
+def build_report(
+    records: list[ImageRecord],
+    skipped: list[Skipped],
+    ignored: list[str],
+    warnings: list[str],
+    options: IngestOptions,
+) -> QAReport:
+    """Compute every number of the report, then the advice that follows from them."""
+    report = QAReport(
+        images=len(records),
+        method=options.method,
+        resolution=options.resolution,
+        trigger=options.trigger,
+        skipped=list(skipped),
+        ignored=list(ignored),
+        warnings=list(warnings),
+    )
+    _size_stats(report, records)
+    _caption_stats(report, records, options)
+    pairs = near_duplicates([record.dhash for record in records])
+    report.near_duplicates = [
+        NearDuplicate(records[i].original, records[j].original, d) for i, j, d in pairs
+    ]
+    report.advice = advise(report)
+    return report
+
+
+def _size_stats(report: QAReport, records: list[ImageRecord]) -> None:
+    if not records:
+        return
+    by_area = sorted(records, key=lambda record: (record.width * record.height, record.file))
+    for label, record in (("min", by_area[0]), ("median", by_area[len(by_area) // 2]),
+                          ("max", by_area[-1])):
+        report.sizes[label] = [record.width, record.height]
+    report.short_side = _spread([float(min(r.width, r.height)) for r in records])
+    resolution = report.resolution
+    counts = Counter(nearest_bucket(r.width, r.height, resolution) for r in records)
+    report.buckets = {f"{w}x{h}": n for (w, h), n in counts.most_common()}
+    report.upscaled = [
+        r.original for r in records if needs_upscale(r.width, r.height, resolution)
+    ]
+
+
+def _caption_stats(report: QAReport, records: list[ImageRecord], options: IngestOptions) -> None:
+    sources = Counter(record.caption_source for record in records)
+    report.captions = {
+        "sidecar": sources["sidecar"],
+        "metadata": sources["metadata"],
+        "prefix_only": sources["prefix"],
+        "none": sources["none"],
+    }
+    report.missing_trigger = [r.original for r in records if not r.had_trigger]
+    report.caption_words = _spread([float(r.caption_words) for r in records])
+    uncaptioned = sources["prefix"] + sources["none"]
+    if options.method in CONCEPT_METHODS and uncaptioned:
+        fallback = "the trigger phrase only" if sources["prefix"] else "an empty caption"
+        report.warnings.append(
+            f"{uncaptioned} of {len(records)} images have no caption; they are captioned "
+            f"with {fallback}"
+        )
+
+
+def advise(report: QAReport) -> list[str]:
+    """Plain-language suggestions that follow from the numbers."""
+    advice: list[str] = []
+    count = report.images
+    if count < 10:
+        advice.append(f"Only {count} images: 20–40 is a good start for a character, "
+                      "100+ for a style.")
+    elif count < 20:
+        advice.append(f"{count} images is workable; 20–40 is a good start for a character, "
+                      "100+ for a style.")
+    if count >= 5 and len(report.buckets) == 1:
+        shape = next(iter(report.buckets))
+        advice.append(f"All images share one shape ({shape}); the model may do poorly at "
+                      "other aspect ratios.")
+    if report.near_duplicates and len(report.near_duplicates) >= max(2, count * MANY_SHARE / 2):
+        advice.append(f"{len(report.near_duplicates)} near-duplicate pairs: remove copies, "
+                      "they over-weight those images.")
+    if count and len(report.upscaled) >= max(1, count * MANY_SHARE):
+        advice.append(f"{len(report.upscaled)} of {count} images are smaller than the "
+                      f"{report.resolution}-px training size; larger originals will look "
+                      "sharper.")
+    if report.method in CONCEPT_METHODS and report.captions.get("prefix_only", 0) == count:
+        advice.append("No captions: describe what changes between images (pose, clothes, "
+                      "background) so the model does not bake it into the concept.")
+    elif report.caption_words and report.caption_words.median < 3 and count:
+        advice.append("Captions are very short; a sentence per image trains better.")
+    if report.skipped and len(report.skipped) >= max(3, count // 4):
+        advice.append(f"{len(report.skipped)} files were skipped; see the reasons.")
+    return advice
+
+
+def render_report_text(report: QAReport) -> str:
+    """The report as plain text for the CLI."""
+    lines = [f"{report.images} images accepted, {len(report.skipped)} skipped, "
+             f"{len(report.ignored)} ignored ({report.method}, {report.resolution} px)"]
+    if report.sizes:
+        sizes = ", ".join(f"{k} {w}×{h}" for k, (w, h) in report.sizes.items())
+        lines.append(f"sizes: {sizes}")
+    if report.buckets:
+        lines.append("buckets: " + ", ".join(f"{k} ({n})" for k, n in report.buckets.items()))
+    captions = ", ".join(f"{k} {n}" for k, n in report.captions.items() if n)
+    lines.append(f"captions: {captions or 'none'}")
+    if report.caption_words:
+        words = report.caption_words
+        lines.append(f"caption words: min {words.min:g}, median {words.median:g}, "
+                     f"max {words.max:g}")
+    if report.missing_trigger:
+        lines.append(f"trigger added to {len(report.missing_trigger)} captions")
+    if report.upscaled:
+        lines.append(f"smaller than their bucket: {len(report.upscaled)}")
+    lines += [f"near-duplicate: {d.a} ~ {d.b} ({d.distance} bits)"
+              for d in report.near_duplicates]
+    lines += [f"skipped {s.file}: {s.reason}" for s in report.skipped]
+    lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"advice: {a}" for a in report.advice]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Shared fixtures: real databases (a SQLite file, and PostgreSQL when a server URL is given)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from storage.db import make_engine
+from storage.migrate import upgrade
+
+POSTGRES_URL = os.environ.get("ATELIER_TEST_POSTGRES_URL")
+
+
+def _postgres_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_URL.replace("postgresql://", "postgresql://", 1)  # type: ignore[union-attr]
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    base = admin.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database URL: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'atelier.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL: set ATELIER_TEST_POSTGRES_URL (.ci/postgres.sh starts one)")
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'atelier.db'}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated database on either backend."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()

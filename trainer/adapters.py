@@ -1,0 +1,330 @@
+"""Adding the trainable part to a frozen base model: LoRA, DoRA or a textual-inversion token.
+
+- LoRA uses PEFT (`LoraConfig`, gaussian init so B = 0 and training starts at the base model).
+- DoRA uses our own `KohyaDora` layer in the LyCORIS/kohya convention: the magnitude
+  `dora_scale` has one entry per *input* column (shape (1, in)), the direction norm is taken over
+  the output dim. PEFT's DoRA normalises per *output* row (shape (out,)); the two are different
+  models, and A1111 / InvokeAI / ComfyUI read `dora_scale` the LyCORIS way. Training in that
+  convention makes the file users download exactly the adapter that was trained.
+- Embeddings add `token`, `token_1` … `token_{n-1}` to every tokenizer and train the input
+  embedding matrix; `restore_frozen_embedding_rows` puts every other row back after each step
+  (a grad mask alone is not enough: AdamW's weight decay moves rows with zero grad).
+
+Every adapter is described by component names `unet`, `text_encoder`, `text_encoder_2`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.base_models import LoadedModel
+from trainer.config import TrainConfig
+
+ADAPTER_NAME = "default"
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+# kohya LoCon / C3Lier: every Linear/Conv in transformer blocks and resnets, plus resampler convs
+UNET_CONV_EXTRA = (
+    "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "time_emb_proj",
+    "downsamplers.0.conv", "upsamplers.0.conv",
+)  # fmt: skip
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+_UNET_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+class AdapterError(RuntimeError):
+    """An adapter that cannot be added or restored, with one line saying why."""
+
+
+# ---------------------------------------------------------------- which modules
+
+
+def components(model: LoadedModel) -> dict[str, nn.Module]:
+    """`unet`, `text_encoder` and (SDXL) `text_encoder_2`, as diffusers names them."""
+    named = {"unet": model.unet, "text_encoder": model.text_encoders[0]}
+    if len(model.text_encoders) > 1:
+        named["text_encoder_2"] = model.text_encoders[1]
+    return named
+
+
+def target_modules(module: nn.Module, component: str, config: TrainConfig) -> list[str]:
+    """Full names of the Linear/Conv2d layers an adapter wraps in `component`."""
+    if component == "unet":
+        suffixes = UNET_ATTENTION + (UNET_CONV_EXTRA if config.targets == "attention_conv" else ())
+    else:
+        suffixes = TEXT_ENCODER_TARGETS
+    names = []
+    for name, child in module.named_modules():
+        if not isinstance(child, nn.Linear | nn.Conv2d):
+            continue
+        if component == "unet" and not name.startswith(_UNET_BLOCKS):
+            continue
+        if any(name == s or name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    return names
+
+
+def adapted_components(model: LoadedModel, config: TrainConfig) -> dict[str, nn.Module]:
+    """The components that carry an adapter for this config."""
+    named = components(model)
+    if config.method == "embedding":
+        return {k: v for k, v in named.items() if k != "unet"}
+    if not config.train_text_encoder:
+        return {"unet": named["unet"]}
+    return named
+
+
+# ---------------------------------------------------------------- DoRA (kohya convention)
+
+
+class KohyaDora(nn.Module):
+    """DoRA around a frozen Linear/Conv2d, magnitude per input column (LyCORIS `dora_scale`).
+
+    W' = (W + up·down·alpha/r) · dora_scale / ‖W + up·down·alpha/r‖ (norm over the output dim).
+    """
+
+    def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.rank, self.alpha = rank, float(alpha)
+        if isinstance(base, nn.Conv2d):
+            self.lora_down = nn.Conv2d(
+                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
+            )
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        else:
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.normal_(self.lora_down.weight, std=1.0 / rank)
+        nn.init.zeros_(self.lora_up.weight)
+        with torch.no_grad():
+            scale = column_norm(base.weight.float())
+        self.dora_scale = nn.Parameter(scale)
+        self.to(device=base.weight.device)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def merged_weight(self) -> torch.Tensor:
+        """The effective weight (fp32 maths, base dtype out)."""
+        base = self.base.weight.float()
+        up = self.lora_up.weight.float().flatten(1)
+        down = self.lora_down.weight.float().flatten(1)
+        weight = base + (up @ down).reshape(base.shape) * self.scale
+        return (weight * (self.dora_scale.float() / column_norm(weight))).to(self.base.weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        weight = self.merged_weight()
+        if isinstance(self.base, nn.Conv2d):
+            return self.base._conv_forward(x, weight, self.base.bias)
+        return F.linear(x, weight, self.base.bias)
+
+
+def column_norm(weight: torch.Tensor) -> torch.Tensor:
+    """‖W‖ over the output dim, one value per input column: (1, in) or (1, in, 1, 1)."""
+    flat = weight.transpose(0, 1).reshape(weight.shape[1], -1)
+    norm = flat.norm(dim=1) + torch.finfo(torch.float32).eps
+    return norm.reshape(1, weight.shape[1], *([1] * (weight.dim() - 2)))
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def iter_dora(module: nn.Module) -> Iterator[tuple[str, KohyaDora]]:
+    """`(module path, layer)` for every DoRA layer, path as the base layer was named."""
+    for name, child in module.named_modules():
+        if isinstance(child, KohyaDora):
+            yield name, child
+
+
+# ---------------------------------------------------------------- inject
+
+
+def inject_adapter(model: LoadedModel, config: TrainConfig) -> list[nn.Parameter]:
+    """Add the adapter `config.method` asks for; return exactly the parameters to train."""
+    if config.method == "embedding":
+        return _inject_embedding(model, config)
+    params: list[nn.Parameter] = []
+    for component, module in adapted_components(model, config).items():
+        names = target_modules(module, component, config)
+        if not names:
+            raise AdapterError(f"no target modules found in {component}")
+        if config.method == "dora":
+            params += _inject_dora(module, names, config)
+        else:
+            params += _inject_lora(module, names, config)
+    return params
+
+
+def _inject_lora(module: nn.Module, names: list[str], config: TrainConfig) -> list[nn.Parameter]:
+    from peft import LoraConfig
+
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        init_lora_weights="gaussian",
+        target_modules=names,
+    )
+    module.add_adapter(lora, adapter_name=ADAPTER_NAME)
+    params = [p for n, p in module.named_parameters() if "lora_" in n]
+    for param in params:
+        param.data = param.data.float()  # fp32 adapter over an fp16/bf16 base
+        param.requires_grad_(True)
+    return params
+
+
+def _inject_dora(module: nn.Module, names: list[str], config: TrainConfig) -> list[nn.Parameter]:
+    params: list[nn.Parameter] = []
+    for name in names:
+        layer = KohyaDora(module.get_submodule(name), config.rank, config.alpha)
+        _set_submodule(module, name, layer)
+        for param in (layer.lora_down.weight, layer.lora_up.weight, layer.dora_scale):
+            param.requires_grad_(True)
+            params.append(param)
+    return params
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+@dataclass
+class EmbeddingRows:
+    """Where the new tokens live in one text encoder, and the frozen matrix to restore."""
+
+    token_ids: list[int]
+    original: torch.Tensor
+
+
+def placeholder_tokens(config: TrainConfig) -> list[str]:
+    """`token`, `token_1` … `token_{n-1}` (diffusers' multi-vector naming)."""
+    token = config.token
+    return [token] + [f"{token}_{i}" for i in range(1, config.embedding.num_vectors)]
+
+
+def _inject_embedding(model: LoadedModel, config: TrainConfig) -> list[nn.Parameter]:
+    tokens = placeholder_tokens(config)
+    rows: list[EmbeddingRows] = []
+    params: list[nn.Parameter] = []
+    for tokenizer, encoder in zip(model.tokenizers, model.text_encoders, strict=True):
+        init_ids = tokenizer.encode(config.embedding.initializer_token, add_special_tokens=False)
+        if not init_ids:
+            raise AdapterError(f"initializer {config.embedding.initializer_token!r} has no tokens")
+        if tokenizer.add_tokens(tokens) != len(tokens):
+            raise AdapterError(f"token {config.token!r} is already in the vocabulary; pick another")
+        encoder.resize_token_embeddings(len(tokenizer))
+        weight = encoder.get_input_embeddings().weight
+        token_ids = tokenizer.convert_tokens_to_ids(tokens)
+        with torch.no_grad():
+            weight[token_ids] = weight[init_ids].mean(dim=0, keepdim=True)
+        weight.requires_grad_(True)
+        rows.append(EmbeddingRows(token_ids, weight.detach().clone()))
+        params.append(weight)
+    model.extra["embedding_rows"] = rows
+    return params
+
+
+def embedding_rows(model: LoadedModel) -> list[EmbeddingRows]:
+    rows = model.extra.get("embedding_rows")
+    if rows is None:
+        raise AdapterError("no embedding was injected into this model")
+    return rows
+
+
+@torch.no_grad()
+def restore_frozen_embedding_rows(
+    model: LoadedModel, original_rows: list[EmbeddingRows] | None = None
+) -> None:
+    """Call after each optimizer step: every row except the new tokens' goes back to the base."""
+    rows = original_rows or embedding_rows(model)
+    for encoder, info in zip(model.text_encoders, rows, strict=True):
+        weight = encoder.get_input_embeddings().weight
+        keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        keep[info.token_ids] = False
+        weight[keep] = info.original.to(weight.device, weight.dtype)[keep]
+
+
+def learned_vectors(model: LoadedModel) -> list[torch.Tensor]:
+    """The new tokens' vectors, one [n, dim] float32 tensor per text encoder."""
+    out = []
+    for encoder, info in zip(model.text_encoders, embedding_rows(model), strict=True):
+        weight = encoder.get_input_embeddings().weight
+        out.append(weight[info.token_ids].detach().float().cpu().clone())
+    return out
+
+
+# ---------------------------------------------------------------- state (resume)
+
+
+def adapter_state(model: LoadedModel, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The trainable state, keyed `<component>.<key>`, for resume files (not for users)."""
+    if config.method == "embedding":
+        names = ("text_encoder", "text_encoder_2")
+        vectors = learned_vectors(model)
+        return {f"{name}.embedding": v for name, v in zip(names, vectors, strict=False)}
+    state: dict[str, torch.Tensor] = {}
+    for component, module in adapted_components(model, config).items():
+        for key, value in _module_state(module, config).items():
+            state[f"{component}.{key}"] = value.detach().cpu().clone()
+    return state
+
+
+def _module_state(module: nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
+    if config.method == "dora":
+        state = {}
+        for name, layer in iter_dora(module):
+            state[f"{name}.lora_down.weight"] = layer.lora_down.weight
+            state[f"{name}.lora_up.weight"] = layer.lora_up.weight
+            state[f"{name}.dora_scale"] = layer.dora_scale
+        return state
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
+
+
+@torch.no_grad()
+def load_adapter_state(
+    model: LoadedModel, config: TrainConfig, state: dict[str, torch.Tensor]
+) -> None:
+    """Put a saved `adapter_state` back into a model that already has the adapter injected."""
+    if config.method == "embedding":
+        encoders = dict(zip(("text_encoder", "text_encoder_2"), model.text_encoders, strict=False))
+        for (name, encoder), info in zip(encoders.items(), embedding_rows(model), strict=True):
+            weight = encoder.get_input_embeddings().weight
+            weight[info.token_ids] = state[f"{name}.embedding"].to(weight.device, weight.dtype)
+        return
+    for component, module in adapted_components(model, config).items():
+        prefix = f"{component}."
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise AdapterError(f"resume state has no weights for {component}")
+        _load_module_state(module, config, sub)
+
+
+def _load_module_state(module: nn.Module, config: TrainConfig, sub: dict[str, torch.Tensor]) -> None:
+    if config.method == "dora":
+        own = dict(module.named_parameters())
+        for key, value in sub.items():
+            if key not in own:
+                raise AdapterError(f"resume state key {key} does not match the model")
+            own[key].copy_(value.to(own[key].device, own[key].dtype))
+        return
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(module, sub, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise AdapterError(f"resume state has unexpected keys, e.g. {unexpected[0]}")
+
+
+def lora_scale(config: TrainConfig) -> float:
+    """alpha / rank: what `up @ down` is multiplied by."""
+    return config.alpha / config.rank if config.method != "embedding" else math.nan

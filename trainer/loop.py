@@ -1,0 +1,542 @@
+"""The training loop: one linear function, `train()`, reading top to bottom.
+
+seed → accelerator → load → data and caches → inject adapter → optimizer and lr schedule →
+resume → loop (step, NaN guard, progress, checkpoint + validation grid + state) → final grids.
+
+It never reads the environment or the database: the caller passes the config, folders, device
+and (optionally) the settings used to resolve a catalogue name; it reports only through
+`TrainCallbacks`. Randomness that shapes the trajectory (data order, captions, noise,
+timesteps) is drawn from generators seeded by (seed, micro-batch index), so a resumed job
+continues exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from trainer import adapters
+from trainer.caches import (
+    TextConditioning,
+    cache_files,
+    encode_images,
+    encode_prompts,
+    latent_cache,
+    model_fingerprint,
+    text_cache,
+)
+from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
+from trainer.checkpointing import (
+    TrainState,
+    config_hash,
+    latest_state,
+    load_state,
+    prune_states,
+    save_state,
+)
+from trainer.config import TrainConfig
+from trainer.data import (
+    BatchOrder,
+    Example,
+    caption_rng,
+    dataset_fingerprint,
+    embedding_caption,
+    load_examples,
+    load_pixels,
+    training_caption,
+)
+from trainer.validation import (
+    ValidationPlan,
+    comparison_grid,
+    loss_curve,
+    make_plan,
+    prepare_pipeline,
+    render_base,
+    validation_grid,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    config: TrainConfig,
+    dataset_dir: Path,
+    output_dir: Path,
+    callbacks: TrainCallbacks | None = None,
+    *,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+    cache_dir: Path,
+    settings: Any | None = None,
+    title: str | None = None,
+) -> TrainResult:
+    """Train `config` on the dataset folder, writing checkpoints, grids and states to `output_dir`.
+
+    Returns a completed or cancelled `TrainResult`; raises `TrainingFailed(reason)` for a job
+    that cannot go on (bad runtime option, dataset problem, too many NaN steps).
+    `settings` (optional) resolves catalogue names of base models; without it only the built-in
+    tiny models and local paths resolve.
+    """
+    started = time.monotonic()
+    callbacks = callbacks or TrainCallbacks()
+    output_dir, cache_dir = Path(output_dir), Path(cache_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_runtime(config)
+
+    # 1. seed and accelerator (device, mixed precision, gradient scaling on CUDA)
+    torch.manual_seed(config.seed)
+    accelerator = make_accelerator(config, device)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+    # 2. the frozen base model (VAE stays fp32)
+    model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
+
+    # 3. data: captions, buckets, resumable order, caches (only where an option allows them)
+    examples = _load_examples(dataset_dir, config)
+    order = BatchOrder(examples, config.batch_size, config.seed)
+    latents, texts = build_caches(model, config, examples, cache_dir)
+
+    # 4. the adapter (or the new embedding rows): the only weights that change
+    torch.manual_seed(config.seed)
+    params = adapters.inject_adapter(model, config)
+    for param in params:  # trainable weights in fp32 even when the frozen base is bf16
+        param.data = param.data.float()
+    prompt_token = embedding_prompt(model, config)
+
+    # 5. optimizer and learning-rate schedule
+    optimizer = make_optimizer(config, params)
+    lr_scheduler = make_lr_scheduler(config, optimizer)
+    optimizer = accelerator.prepare(optimizer)
+
+    # 6. resume from the newest complete state, if any
+    state = TrainState(step=0, micro_index=0, config_hash=config_hash(config))
+    resumed_from = None
+    if resume and (path := latest_state(output_dir)) is not None:
+        state = restore(path, model, config, optimizer, lr_scheduler)
+        resumed_from = state.step
+    checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
+    plan = make_plan(config, lambda p: to_model_prompt(p, config, prompt_token), _initializer(config))
+    prepare_pipeline(model, config)
+    base_column: list = []
+    callbacks.on_start(state.step, config.steps)
+
+    # 7. the loop
+    trainables = [m for m in (model.unet, *model.text_encoders) if any(p.requires_grad for p in m.parameters())]
+    train_seconds, steps_this_run = 0.0, 0
+    for step in range(state.step + 1, config.steps + 1):
+        if callbacks.should_stop():
+            return _finish("cancelled", state, checkpoints, config, started, steps_this_run, resumed_from, callbacks)
+        step_started = time.monotonic()
+        for module in trainables:
+            module.train()
+        loss = optimizer_step(
+            model, config, accelerator, optimizer, lr_scheduler, params, examples, order, state,
+            latents, texts, prompt_token,
+        )  # fmt: skip
+        state.step = step
+        state.losses.append(loss)
+        if math.isfinite(loss):
+            state.nan_in_a_row = 0
+        else:
+            state.nan_in_a_row += 1
+            state.nan_skipped += 1
+            callbacks.on_nan_skipped(step, state.nan_in_a_row)
+            if state.nan_in_a_row >= config.max_nan_steps:
+                raise TrainingFailed(
+                    f"training diverged: the loss was not a number for {state.nan_in_a_row} steps "
+                    f"in a row (at step {step}); try a lower learning rate or mixed_precision 'no'"
+                )
+        train_seconds += time.monotonic() - step_started
+        steps_this_run += 1
+        rate = steps_this_run / max(train_seconds, 1e-9)
+        callbacks.on_progress(
+            Progress(step, config.steps, _recent_loss(state.losses), rate, (config.steps - step) / rate)
+        )
+
+        if step in config.checkpoint_steps:
+            for module in trainables:
+                module.eval()
+            if not base_column:
+                base_column = render_base(model, config, plan, config.method)
+            info = save_checkpoint(
+                model, config, output_dir, state, optimizer, lr_scheduler, plan, base_column, checkpoints, title
+            )
+            callbacks.on_checkpoint(info)
+
+    # 8. what the team compares at the end
+    return _finish("completed", state, checkpoints, config, started, steps_this_run, resumed_from, callbacks, output_dir)
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+def check_runtime(config: TrainConfig) -> None:
+    """Options the config model cannot check without importing torch: refused with one line."""
+    if config.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingFailed("optimizer 'adamw8bit' needs the bitsandbytes package on the worker; use 'adamw'")
+    if config.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
+        raise TrainingFailed("optimizer 'prodigy' needs the prodigyopt package on the worker; use 'adamw'")
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingFailed("device 'cuda' was requested but no CUDA GPU is available")
+    return device
+
+
+def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> Any:
+    """An Accelerator on the chosen device; bf16 by default on GPUs that support it."""
+    from accelerate import Accelerator
+
+    target = pick_device(device)
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if target.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    elif precision != "no" and target.type != "cuda":
+        raise TrainingFailed(f"mixed_precision '{precision}' needs a CUDA GPU; use 'auto' or 'no' on CPU")
+    if target.type == "cuda" and target.index is not None:
+        torch.cuda.set_device(target)
+    return Accelerator(cpu=target.type == "cpu", mixed_precision=precision)
+
+
+def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
+    """(path, architecture) for `config.base_model`, from `settings` when given (no env reads)."""
+    from trainer.base_models import resolve_base_model
+
+    catalogue = getattr(settings, "base_models", None)
+    if catalogue is None:  # defaults without touching the environment
+        catalogue = {
+            "tiny": SimpleNamespace(path="builtin:tiny", architecture="sd1"),
+            "tiny-sdxl": SimpleNamespace(path="builtin:tiny-sdxl", architecture="sdxl"),
+        }
+    return resolve_base_model(config.base_model, SimpleNamespace(base_models=catalogue))
+
+
+def load_model(
+    config: TrainConfig, cache_dir: Path, device: torch.device, dtype: torch.dtype, settings: Any | None
+) -> Any:
+    from trainer.base_models import BaseModelError, load_base_model
+
+    try:
+        path, architecture = resolve_model(config, settings)
+        return load_base_model(path, architecture, cache_dir=cache_dir, device=device, dtype=dtype)
+    except BaseModelError as error:
+        raise TrainingFailed(str(error)) from None
+
+
+def _load_examples(dataset_dir: Path, config: TrainConfig) -> list[Example]:
+    from trainer.data import DatasetError
+
+    try:
+        return load_examples(dataset_dir, config)
+    except DatasetError as error:
+        raise TrainingFailed(str(error)) from None
+
+
+def build_caches(
+    model: Any, config: TrainConfig, examples: list[Example], cache_dir: Path
+) -> tuple[list[torch.Tensor] | None, list[TextConditioning] | None]:
+    """Cached latents / text states, or None where an option makes a cache invalid."""
+    if not (config.uses_latent_cache or config.uses_text_cache):
+        return None, None
+    latent_file, text_file = cache_files(
+        cache_dir, model_fingerprint(model), dataset_fingerprint(examples), config.resolution, config.bucketing
+    )
+    latents = texts = None
+    if config.uses_latent_cache:
+        latents, hit = latent_cache(model, examples, latent_file)
+        log.info("latent cache %s: %s", "hit" if hit else "built", latent_file)
+    if config.uses_text_cache:
+        texts, hit = text_cache(model, [example.caption for example in examples], text_file)
+        log.info("text cache %s: %s", "hit" if hit else "built", text_file)
+    return latents, texts
+
+
+def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
+    """The string that stands for the learned vectors in a caption (embeddings only)."""
+    if config.method != "embedding":
+        return None
+    return adapters.prompt_token(model, config)
+
+
+def to_model_prompt(prompt: str, config: TrainConfig, prompt_token: str | None) -> str:
+    if prompt_token is None or not config.token:
+        return prompt
+    return prompt.replace(config.token, prompt_token)
+
+
+def _initializer(config: TrainConfig) -> str | None:
+    return config.embedding.initializer_token if config.method == "embedding" else None
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, 8-bit AdamW (bitsandbytes) or Prodigy, over the trainable parameters only."""
+    if not params:
+        raise TrainingFailed("the adapter has no trainable weights (check targets and rank)")
+    if config.optimizer == "adamw8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "prodigy":
+        import prodigyopt
+
+        return prodigyopt.Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # Embedding rows other than the new token are restored after each step, so weight decay
+    # there is harmless; on the new rows it pulls toward zero, which textual inversion avoids.
+    decay = 0.0 if config.method == "embedding" else config.weight_decay
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay)
+
+
+def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(config.schedule, config.schedule)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+
+
+def restore(path: Path, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any) -> TrainState:
+    """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs."""
+    state, tensors = load_state(path, optimizer, lr_scheduler)
+    if state.config_hash and state.config_hash != config_hash(config):
+        raise TrainingFailed(
+            f"{path.parent.parent} holds a run with different settings; use a new output folder"
+        )
+    adapters.load_adapter_state(model, config, tensors)
+    log.info("resumed from %s (step %s)", path, state.step)
+    return state
+
+
+# ---------------------------------------------------------------- one step
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor
+    text: TextConditioning
+    time_ids: torch.Tensor | None
+
+
+def make_batch(
+    model: Any,
+    config: TrainConfig,
+    examples: list[Example],
+    indices: list[int],
+    micro_index: int,
+    latents: list[torch.Tensor] | None,
+    texts: list[TextConditioning] | None,
+    prompt_token: str | None,
+) -> Batch:
+    """Latents and text conditioning for one micro-batch (from caches, or encoded now)."""
+    device = model.device
+    rngs = [caption_rng(config.seed, micro_index, i) for i in indices]
+    if latents is not None:
+        batch_latents = torch.stack([latents[i] for i in indices]).to(device)
+    else:
+        flips = [config.flip and rng.random() < 0.5 for rng in rngs]
+        pixels = torch.stack([load_pixels(examples[i], flip) for i, flip in zip(indices, flips, strict=True)])
+        batch_latents = encode_images(model.vae, pixels)
+    if texts is not None:
+        chosen = [texts[i] for i in indices]
+        pooled = [c.pooled for c in chosen]
+        text = TextConditioning(
+            hidden=torch.stack([c.hidden for c in chosen]).to(device),
+            pooled=torch.stack(pooled).to(device) if pooled[0] is not None else None,  # type: ignore[arg-type]
+        )
+    else:
+        captions = [
+            embedding_caption(examples[i].caption, config, prompt_token, rng)
+            if prompt_token is not None
+            else training_caption(examples[i].caption, config, rng)
+            for i, rng in zip(indices, rngs, strict=True)
+        ]
+        with torch.set_grad_enabled(config.method == "embedding" or config.train_text_encoder):
+            text = encode_prompts(model, captions)
+    time_ids = None
+    if model.is_sdxl:
+        w, h = examples[indices[0]].bucket
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]] * len(indices), dtype=torch.float32, device=device)
+    return Batch(batch_latents, text, time_ids)
+
+
+def diffusion_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_scheduler: Any,
+    min_snr_gamma: float | None,
+) -> torch.Tensor:
+    """MSE, weighted per sample by min-SNR-γ (Hang et al. 2023) when γ is set."""
+    loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
+    loss = loss.mean(dim=list(range(1, loss.ndim)))
+    if min_snr_gamma is not None:
+        alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        snr = alphas / (1 - alphas)
+        clipped = torch.clamp(snr, max=min_snr_gamma)
+        weight = clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr
+        loss = loss * weight
+    return loss.mean()
+
+
+def micro_batch_loss(model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    """Noise the latents at random timesteps and score the UNet's prediction (ε or v)."""
+    scheduler = model.noise_scheduler
+    latents = batch.latents.float()
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    if config.noise_offset:
+        offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+        noise = noise + config.noise_offset * offset.to(latents.device)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+    ).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    extra = {}
+    if batch.time_ids is not None:
+        extra["added_cond_kwargs"] = {"text_embeds": batch.text.pooled, "time_ids": batch.time_ids}
+    unet_dtype = next(model.unet.parameters()).dtype
+    prediction = model.unet(
+        noisy.to(unet_dtype), timesteps, batch.text.hidden.to(unet_dtype), **extra
+    ).sample
+    return diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
+
+
+def optimizer_step(
+    model: Any,
+    config: TrainConfig,
+    accelerator: Any,
+    optimizer: Any,
+    lr_scheduler: Any,
+    params: list[torch.nn.Parameter],
+    examples: list[Example],
+    order: BatchOrder,
+    state: TrainState,
+    latents: list[torch.Tensor] | None,
+    texts: list[TextConditioning] | None,
+    prompt_token: str | None,
+) -> float:
+    """One optimizer step over `gradient_accumulation` micro-batches; NaN if it was skipped.
+
+    A non-finite loss or gradient skips the update (weights and optimizer moments untouched);
+    the lr schedule still advances so the job's length and schedule stay tied to step numbers.
+    """
+    total = 0.0
+    finite = True
+    for _ in range(config.gradient_accumulation):
+        micro = state.micro_index
+        state.micro_index += 1
+        if not finite:
+            continue  # keep the data order aligned with step numbers
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro)
+        batch = make_batch(model, config, examples, order.batch(micro), micro, latents, texts, prompt_token)
+        with accelerator.autocast():
+            loss = micro_batch_loss(model, config, batch, generator) / config.gradient_accumulation
+        if not torch.isfinite(loss):
+            finite = False
+            continue
+        accelerator.backward(loss)
+        total += loss.item()
+    if finite:
+        norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
+    if finite:
+        optimizer.step()
+        if config.method == "embedding":
+            adapters.restore_embedding_rows(model, config)
+    optimizer.zero_grad(set_to_none=True)
+    lr_scheduler.step()
+    return total if finite else float("nan")
+
+
+# ---------------------------------------------------------------- checkpoints and the end
+
+
+def save_checkpoint(
+    model: Any,
+    config: TrainConfig,
+    output_dir: Path,
+    state: TrainState,
+    optimizer: Any,
+    lr_scheduler: Any,
+    plan: ValidationPlan,
+    base_column: list,
+    checkpoints: list[CheckpointInfo],
+    title: str | None,
+) -> CheckpointInfo:
+    """Model file, validation grid, then the resume state (last: it marks the checkpoint done)."""
+    from trainer.export import export_checkpoint
+
+    step = state.step
+    exported = export_checkpoint(
+        model, config, output_dir / "checkpoints", step, title or config.trigger or config.method
+    )
+    grid = validation_grid(model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png")
+    info = CheckpointInfo(
+        step=step,
+        file=Path(exported.primary),
+        diffusers_dir=Path(exported.diffusers) if getattr(exported, "diffusers", None) else None,
+        grid_path=grid,
+        state_path=None,
+        loss=_recent_loss(state.losses),
+    )
+    from trainer.checkpointing import state_dir
+
+    info = CheckpointInfo(**{**info.__dict__, "state_path": state_dir(output_dir, step)})
+    checkpoints[:] = [c for c in checkpoints if c.step != step] + [info]
+    state.checkpoints = [c.to_json() for c in checkpoints]
+    save_state(output_dir, state, adapters.adapter_state(model, config), optimizer, lr_scheduler)
+    prune_states(output_dir, config.keep_last)
+    return info
+
+
+def _recent_loss(losses: list[float], window: int = 10) -> float:
+    """Mean of the last finite losses: a readable number for progress and checkpoints."""
+    recent = [value for value in losses[-window:] if math.isfinite(value)]
+    return sum(recent) / len(recent) if recent else float("nan")
+
+
+def _finish(
+    status: str,
+    state: TrainState,
+    checkpoints: list[CheckpointInfo],
+    config: TrainConfig,
+    started: float,
+    steps_this_run: int,
+    resumed_from: int | None,
+    callbacks: TrainCallbacks,
+    output_dir: Path | None = None,
+) -> TrainResult:
+    seconds = time.monotonic() - started
+    result = TrainResult(
+        status=status,  # type: ignore[arg-type]
+        step=state.step,
+        total=config.steps,
+        checkpoints=list(checkpoints),
+        seconds=seconds,
+        steps_per_second=steps_this_run / seconds if seconds > 0 else 0.0,
+        resumed_from=resumed_from,
+        nan_skipped=state.nan_skipped,
+    )
+    if output_dir is not None and checkpoints:
+        grids = [c.grid_path for c in checkpoints if c.grid_path and c.grid_path.is_file()]
+        if grids:
+            steps = [c.step for c in checkpoints if c.grid_path and c.grid_path.is_file()]
+            result.comparison_grid = comparison_grid(grids, steps, output_dir / "comparison.png")
+        result.loss_curve = loss_curve(state.losses, output_dir / "loss.png")
+    callbacks.on_done(result)
+    return result

@@ -1,0 +1,242 @@
+"""Validation grids a team votes on, a comparison of all checkpoints, and the loss curve.
+
+At each checkpoint: fixed prompts × fixed seeds rendered with the current weights through the
+already-loaded pipeline, with the scheduler, steps and guidance a member would use (so the grid
+matches what they will get), beside a "base" column: the same prompt and first seed *without*
+what was trained. For LoRA/DoRA that is the adapter layers switched off; for an embedding it is
+the prompt with the learned token replaced by its initializer word (what the base model draws
+for the class the token started from). The base column is rendered once per job and reused.
+
+Drawing uses Pillow only (default font), so the worker needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from trainer.config import TrainConfig
+
+MAX_GRID_BYTES = 10 * 1024 * 1024
+MAX_TILE = 512
+_LABEL_W = 180
+_HEADER_H = 18
+_TITLE_H = 24
+_BG, _FG = (255, 255, 255), (20, 20, 20)
+
+
+@dataclass
+class ValidationPlan:
+    """What every grid of a job renders: prompts as shown, as sent to the model, and for the base."""
+
+    labels: list[str]
+    prompts: list[str]
+    base_prompts: list[str]
+    seeds: list[int]
+    width: int
+    height: int
+
+
+def default_prompts(config: TrainConfig) -> list[str]:
+    """Prompts from the trigger when the job names none: the concept alone and in two contexts."""
+    trigger = config.token if config.method == "embedding" else config.trigger
+    if not trigger:
+        return ["a photo", "a painting of a landscape"]
+    return [trigger, f"a photo of {trigger}, outdoors", f"a painting of {trigger}"]
+
+
+def make_plan(config: TrainConfig, to_model_prompt: Callable[[str], str], base_word: str | None) -> ValidationPlan:
+    """`to_model_prompt` maps a shown prompt to the model's (e.g. the token's vector names)."""
+    word = config.token if config.method == "embedding" else config.trigger
+    labels = [p.replace("{trigger}", word) for p in (config.validation.prompts or default_prompts(config))]
+    prompts = [to_model_prompt(label) for label in labels]
+    if config.method == "embedding" and base_word and word:
+        base_prompts = [label.replace(word, base_word) for label in labels]
+    else:
+        base_prompts = prompts
+    side = config.resolution
+    return ValidationPlan(labels, prompts, base_prompts, list(config.validation.seeds), side, side)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def prepare_pipeline(model: Any, config: TrainConfig) -> None:
+    """Give the pipeline the member-facing scheduler once per job (the loaded pipeline is reused)."""
+    try:
+        from trainer.schedulers import make_scheduler
+    except ImportError:  # pragma: no cover - the model engineer's module is the normal path
+        from diffusers import EulerDiscreteScheduler
+
+        model.pipeline.scheduler = EulerDiscreteScheduler.from_config(model.noise_scheduler.config)
+        return
+    model.pipeline.scheduler = make_scheduler(config.validation.scheduler, model.noise_scheduler.config)
+    model.pipeline.set_progress_bar_config(disable=True)
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: Any) -> Iterator[None]:
+    """Switch every peft adapter layer in the UNet and text encoders off, then back on."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [
+        module
+        for root in (model.unet, *model.text_encoders)
+        for module in root.modules()
+        if isinstance(module, BaseTunerLayer)
+    ]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+@torch.no_grad()
+def render(model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int) -> Image.Image:
+    """One image as a member's generation would draw it (fixed seed, CPU generator)."""
+    settings = config.validation
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with torch.autocast(model.device.type, enabled=False):
+        result = model.pipeline(
+            prompt=prompt,
+            negative_prompt=settings.negative_prompt or None,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=generator,
+            width=width,
+            height=height,
+            output_type="pil",
+        )
+    return result.images[0]
+
+
+def render_base(model: Any, config: TrainConfig, plan: ValidationPlan, method: str) -> list[Image.Image]:
+    """The base column: one image per prompt, first seed, without the trained adapter."""
+    seed = plan.seeds[0]
+    if method == "embedding":
+        return [render(model, config, p, seed, plan.width, plan.height) for p in plan.base_prompts]
+    with adapter_disabled(model):
+        return [render(model, config, p, seed, plan.width, plan.height) for p in plan.prompts]
+
+
+def validation_grid(
+    model: Any, config: TrainConfig, plan: ValidationPlan, base: list[Image.Image], step: int, path: Path
+) -> Path:
+    """Render the current weights for every prompt × seed and save the labelled grid PNG."""
+    rows = [
+        [base[row], *(render(model, config, prompt, seed, plan.width, plan.height) for seed in plan.seeds)]
+        for row, prompt in enumerate(plan.prompts)
+    ]
+    headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
+    grid = draw_grid(rows, plan.labels, headers, title=f"step {step}")
+    return save_png(grid, path)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default()
+
+
+def draw_grid(rows: list[list[Image.Image]], row_labels: list[str], headers: list[str], title: str) -> Image.Image:
+    """A title bar, column headers, and one row per prompt with the prompt wrapped on the left."""
+    tile_w = min(MAX_TILE, max(image.width for row in rows for image in row))
+    tile_h = min(MAX_TILE, max(image.height for row in rows for image in row))
+    wrapped = [textwrap.wrap(label, width=28)[:8] or [""] for label in row_labels]
+    row_h = [max(tile_h, 14 * len(lines) + 8) for lines in wrapped]
+    width = _LABEL_W + tile_w * len(headers)
+    height = _TITLE_H + _HEADER_H + sum(row_h)
+    grid = Image.new("RGB", (width, height), _BG)
+    draw = ImageDraw.Draw(grid)
+    font = _font()
+    draw.text((6, 5), title, fill=_FG, font=font)
+    for column, header in enumerate(headers):
+        draw.text((_LABEL_W + column * tile_w + 4, _TITLE_H + 2), header, fill=_FG, font=font)
+    y = _TITLE_H + _HEADER_H
+    for images, lines, h in zip(rows, wrapped, row_h, strict=True):
+        draw.multiline_text((6, y + 4), "\n".join(lines), fill=_FG, font=font, spacing=2)
+        for column, image in enumerate(images):
+            grid.paste(image.convert("RGB").resize((tile_w, tile_h)), (_LABEL_W + column * tile_w, y))
+        y += h
+    return grid
+
+
+def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) -> Path:
+    """Save as PNG, scaling down until the file is under `max_bytes` (Discord's upload limit)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        image.save(path, format="PNG", optimize=False)
+        if path.stat().st_size < max_bytes or image.width < 64:
+            return path
+        image = image.resize((int(image.width * 0.75), int(image.height * 0.75)), Image.Resampling.LANCZOS)
+
+
+def comparison_grid(paths: list[Path], steps: list[int], out: Path | None = None, max_width: int = 4096) -> Path:
+    """All checkpoint grids side by side (each already titled with its step), under 10 MiB."""
+    if not paths:
+        raise ValueError("comparison_grid needs at least one grid")
+    images = [Image.open(path).convert("RGB") for path in paths]
+    height = max(image.height for image in images)
+    scale = min(1.0, max_width / sum(image.width for image in images))
+    scaled = [
+        image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+        for image in images
+    ]
+    canvas = Image.new("RGB", (sum(i.width for i in scaled), int(height * scale) + _TITLE_H), _BG)
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for image, step in zip(scaled, steps, strict=True):
+        draw.text((x + 4, 5), f"checkpoint {step}", fill=_FG, font=_font())
+        canvas.paste(image, (x, _TITLE_H))
+        x += image.width
+    return save_png(canvas, out or Path(paths[0]).parent / "comparison.png")
+
+
+def loss_curve(losses: list[float], path: Path, size: tuple[int, int] = (640, 360)) -> Path:
+    """The per-step loss (grey) and its moving average (dark), with min/max and step axis labels."""
+    width, height = size
+    left, right, top, bottom = 56, 16, 24, 28
+    image = Image.new("RGB", size, _BG)
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    draw.text((left, 5), "training loss", fill=_FG, font=font)
+    finite = [value for value in losses if math.isfinite(value)]
+    draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
+    if len(finite) >= 1:
+        low, high = min(finite), max(finite)
+        span = (high - low) or 1.0
+        n = max(1, len(losses) - 1)
+
+        def point(i: int, value: float) -> tuple[float, float]:
+            x = left + (width - left - right) * i / n
+            y = top + (height - top - bottom) * (1 - (value - low) / span)
+            return x, y
+
+        raw = [point(i, v) for i, v in enumerate(losses) if math.isfinite(v)]
+        if len(raw) > 1:
+            draw.line(raw, fill=(190, 190, 190), width=1)
+        smooth, average = [], finite[0]
+        for i, value in enumerate(losses):
+            if math.isfinite(value):
+                average = 0.9 * average + 0.1 * value
+            smooth.append(point(i, average))
+        if len(smooth) > 1:
+            draw.line(smooth, fill=(30, 80, 200), width=2)
+        draw.text((4, top - 4), f"{high:.3g}", fill=_FG, font=font)
+        draw.text((4, height - bottom - 8), f"{low:.3g}", fill=_FG, font=font)
+        draw.text((left, height - bottom + 6), "1", fill=_FG, font=font)
+        draw.text((width - right - 40, height - bottom + 6), f"{len(losses)}", fill=_FG, font=font)
+    return save_png(image, path)
