@@ -233,7 +233,7 @@ class ScriptingMixin:
                 raise LookupError(f"{command!r} has no option {name!r}")
             leaf.append(self._option(guild, ch, odef, value, resolved, name == focused))
         for odef in defs:
-            if odef.get("required") and odef["name"] not in given:
+            if odef.get("required") and odef["name"] not in given and focused is None:
                 raise ValueError(f"{command!r}: required option {odef['name']!r} missing")
         opts = leaf
         for w in reversed(wrappers):

@@ -220,7 +220,7 @@ def _inject_embedding(model: LoadedModel, config: TrainConfig) -> list[nn.Parame
             raise AdapterError(f"initializer {config.embedding.initializer_token!r} has no tokens")
         if tokenizer.add_tokens(tokens) != len(tokens):
             raise AdapterError(f"token {config.token!r} is already in the vocabulary; pick another")
-        encoder.resize_token_embeddings(len(tokenizer))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         weight = encoder.get_input_embeddings().weight
         token_ids = tokenizer.convert_tokens_to_ids(tokens)
         with torch.no_grad():

@@ -115,7 +115,9 @@ def latent_cache(
     cached = _load(cache_file, len(examples))
     if cached is not None:
         return cached["latents"], True
-    latents = [encode_images(model.vae, load_pixels(example)[None])[0].cpu() for example in examples]
+    latents = [
+        encode_images(model.vae, load_pixels(example)[None])[0].cpu() for example in examples
+    ]
     _atomic_save({"latents": latents}, cache_file)
     return latents, False
 

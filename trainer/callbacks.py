@@ -42,7 +42,10 @@ class CheckpointInfo:
     loss: float
 
     def to_json(self) -> dict[str, Any]:
-        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        return {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in asdict(self).items()
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckpointInfo:
@@ -142,4 +145,8 @@ class RecordingCallbacks(TrainCallbacks):
         self.results.append(result)
 
     def should_stop(self) -> bool:
-        return self.stop_at is not None and bool(self.progress) and self.progress[-1].step >= self.stop_at
+        return (
+            self.stop_at is not None
+            and bool(self.progress)
+            and self.progress[-1].step >= self.stop_at
+        )

@@ -43,7 +43,9 @@ class TrainState:
 
 def config_hash(config: TrainConfig) -> str:
     """Fingerprint of everything that changes the training trajectory (not cadence or prompts)."""
-    data = config.model_dump(mode="json", exclude={"output_dir", "dataset", "validation", "keep_last"})
+    data = config.model_dump(
+        mode="json", exclude={"output_dir", "dataset", "validation", "keep_last"}
+    )
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,10 +134,14 @@ def read_meta(path: Path) -> TrainState:
     return TrainState(**json.loads((path / "meta.json").read_text(encoding="utf-8")))
 
 
-def load_state(path: Path, optimizer: Any, lr_scheduler: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
+def load_state(
+    path: Path, optimizer: Any, lr_scheduler: Any
+) -> tuple[TrainState, dict[str, torch.Tensor]]:
     """Restore optimizer, scheduler and RNG in place; return the meta and the adapter tensors."""
     adapter = torch.load(path / "adapter.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    )
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return read_meta(path), adapter

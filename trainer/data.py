@@ -184,7 +184,10 @@ class BatchOrder:
             for bucket in sorted(by_bucket):
                 indices = by_bucket[bucket]
                 rng.shuffle(indices)
-                batches += [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+                batches += [
+                    indices[i : i + self.batch_size]
+                    for i in range(0, len(indices), self.batch_size)
+                ]
             rng.shuffle(batches)
             self._epoch, self._batches = epoch, batches
         return self._batches
@@ -217,7 +220,9 @@ def training_caption(caption: str, config: TrainConfig, rng: random.Random) -> s
     return caption
 
 
-def embedding_caption(caption: str, config: TrainConfig, prompt_token: str, rng: random.Random) -> str:
+def embedding_caption(
+    caption: str, config: TrainConfig, prompt_token: str, rng: random.Random
+) -> str:
     """An embedding's caption: a template with the token, or the caption with trigger → token."""
     templates = config.embedding.templates
     if templates == "object":

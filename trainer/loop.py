@@ -94,7 +94,9 @@ def train(
     # 1. seed and accelerator (device, mixed precision, gradient scaling on CUDA)
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(config, device)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
@@ -123,17 +125,30 @@ def train(
         state = restore(path, model, config, optimizer, lr_scheduler)
         resumed_from = state.step
     checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
-    plan = make_plan(config, lambda p: to_model_prompt(p, config, prompt_token), _initializer(config))
+    plan = make_plan(config, _initializer(config))
     prepare_pipeline(model, config)
     base_column: list = []
     callbacks.on_start(state.step, config.steps)
 
     # 7. the loop
-    trainables = [m for m in (model.unet, *model.text_encoders) if any(p.requires_grad for p in m.parameters())]
+    trainables = [
+        m
+        for m in (model.unet, *model.text_encoders)
+        if any(p.requires_grad for p in m.parameters())
+    ]
     train_seconds, steps_this_run = 0.0, 0
     for step in range(state.step + 1, config.steps + 1):
         if callbacks.should_stop():
-            return _finish("cancelled", state, checkpoints, config, started, steps_this_run, resumed_from, callbacks)
+            return _finish(
+                "cancelled",
+                state,
+                checkpoints,
+                config,
+                started,
+                steps_this_run,
+                resumed_from,
+                callbacks,
+            )
         step_started = time.monotonic()
         for module in trainables:
             module.train()
@@ -158,7 +173,9 @@ def train(
         steps_this_run += 1
         rate = steps_this_run / max(train_seconds, 1e-9)
         callbacks.on_progress(
-            Progress(step, config.steps, _recent_loss(state.losses), rate, (config.steps - step) / rate)
+            Progress(
+                step, config.steps, _recent_loss(state.losses), rate, (config.steps - step) / rate
+            )
         )
 
         if step in config.checkpoint_steps:
@@ -167,12 +184,31 @@ def train(
             if not base_column:
                 base_column = render_base(model, config, plan, config.method)
             info = save_checkpoint(
-                model, config, output_dir, state, optimizer, lr_scheduler, plan, base_column, checkpoints, title
+                model,
+                config,
+                output_dir,
+                state,
+                optimizer,
+                lr_scheduler,
+                plan,
+                base_column,
+                checkpoints,
+                title,
             )
             callbacks.on_checkpoint(info)
 
     # 8. what the team compares at the end
-    return _finish("completed", state, checkpoints, config, started, steps_this_run, resumed_from, callbacks, output_dir)
+    return _finish(
+        "completed",
+        state,
+        checkpoints,
+        config,
+        started,
+        steps_this_run,
+        resumed_from,
+        callbacks,
+        output_dir,
+    )
 
 
 # ---------------------------------------------------------------- set-up helpers
@@ -181,9 +217,13 @@ def train(
 def check_runtime(config: TrainConfig) -> None:
     """Options the config model cannot check without importing torch: refused with one line."""
     if config.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        raise TrainingFailed("optimizer 'adamw8bit' needs the bitsandbytes package on the worker; use 'adamw'")
+        raise TrainingFailed(
+            "optimizer 'adamw8bit' needs the bitsandbytes package on the worker; use 'adamw'"
+        )
     if config.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
-        raise TrainingFailed("optimizer 'prodigy' needs the prodigyopt package on the worker; use 'adamw'")
+        raise TrainingFailed(
+            "optimizer 'prodigy' needs the prodigyopt package on the worker; use 'adamw'"
+        )
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -204,7 +244,9 @@ def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> 
     if precision == "auto":
         precision = "bf16" if target.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     elif precision != "no" and target.type != "cuda":
-        raise TrainingFailed(f"mixed_precision '{precision}' needs a CUDA GPU; use 'auto' or 'no' on CPU")
+        raise TrainingFailed(
+            f"mixed_precision '{precision}' needs a CUDA GPU; use 'auto' or 'no' on CPU"
+        )
     if target.type == "cuda" and target.index is not None:
         torch.cuda.set_device(target)
     return Accelerator(cpu=target.type == "cpu", mixed_precision=precision)
@@ -224,7 +266,11 @@ def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
 
 
 def load_model(
-    config: TrainConfig, cache_dir: Path, device: torch.device, dtype: torch.dtype, settings: Any | None
+    config: TrainConfig,
+    cache_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    settings: Any | None,
 ) -> Any:
     from trainer.base_models import BaseModelError, load_base_model
 
@@ -251,7 +297,11 @@ def build_caches(
     if not (config.uses_latent_cache or config.uses_text_cache):
         return None, None
     latent_file, text_file = cache_files(
-        cache_dir, model_fingerprint(model), dataset_fingerprint(examples), config.resolution, config.bucketing
+        cache_dir,
+        model_fingerprint(model),
+        dataset_fingerprint(examples),
+        config.resolution,
+        config.bucketing,
     )
     latents = texts = None
     if config.uses_latent_cache:
@@ -264,16 +314,10 @@ def build_caches(
 
 
 def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
-    """The string that stands for the learned vectors in a caption (embeddings only)."""
+    """What stands for the learned vectors in a training caption: `tok tok_1 … tok_{n-1}`."""
     if config.method != "embedding":
         return None
-    return adapters.prompt_token(model, config)
-
-
-def to_model_prompt(prompt: str, config: TrainConfig, prompt_token: str | None) -> str:
-    if prompt_token is None or not config.token:
-        return prompt
-    return prompt.replace(config.token, prompt_token)
+    return " ".join(adapters.placeholder_tokens(config))
 
 
 def _initializer(config: TrainConfig) -> str | None:
@@ -287,7 +331,9 @@ def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> tor
     if config.optimizer == "adamw8bit":
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return bitsandbytes.optim.AdamW8bit(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
     if config.optimizer == "prodigy":
         import prodigyopt
 
@@ -307,7 +353,9 @@ def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> 
     )
 
 
-def restore(path: Path, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any) -> TrainState:
+def restore(
+    path: Path, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any
+) -> TrainState:
     """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs."""
     state, tensors = load_state(path, optimizer, lr_scheduler)
     if state.config_hash and state.config_hash != config_hash(config):
@@ -346,7 +394,9 @@ def make_batch(
         batch_latents = torch.stack([latents[i] for i in indices]).to(device)
     else:
         flips = [config.flip and rng.random() < 0.5 for rng in rngs]
-        pixels = torch.stack([load_pixels(examples[i], flip) for i, flip in zip(indices, flips, strict=True)])
+        pixels = torch.stack(
+            [load_pixels(examples[i], flip) for i, flip in zip(indices, flips, strict=True)]
+        )
         batch_latents = encode_images(model.vae, pixels)
     if texts is not None:
         chosen = [texts[i] for i in indices]
@@ -367,7 +417,9 @@ def make_batch(
     time_ids = None
     if model.is_sdxl:
         w, h = examples[indices[0]].bucket
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]] * len(indices), dtype=torch.float32, device=device)
+        time_ids = torch.tensor(
+            [[h, w, 0, 0, h, w]] * len(indices), dtype=torch.float32, device=device
+        )
     return Batch(batch_latents, text, time_ids)
 
 
@@ -385,12 +437,18 @@ def diffusion_loss(
         alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
         snr = alphas / (1 - alphas)
         clipped = torch.clamp(snr, max=min_snr_gamma)
-        weight = clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr
+        weight = (
+            clipped / (snr + 1)
+            if noise_scheduler.config.prediction_type == "v_prediction"
+            else clipped / snr
+        )
         loss = loss * weight
     return loss.mean()
 
 
-def micro_batch_loss(model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+def micro_batch_loss(
+    model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
+) -> torch.Tensor:
     """Noise the latents at random timesteps and score the UNet's prediction (ε or v)."""
     scheduler = model.noise_scheduler
     latents = batch.latents.float()
@@ -443,7 +501,9 @@ def optimizer_step(
         if not finite:
             continue  # keep the data order aligned with step numbers
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro)
-        batch = make_batch(model, config, examples, order.batch(micro), micro, latents, texts, prompt_token)
+        batch = make_batch(
+            model, config, examples, order.batch(micro), micro, latents, texts, prompt_token
+        )
         with accelerator.autocast():
             loss = micro_batch_loss(model, config, batch, generator) / config.gradient_accumulation
         if not torch.isfinite(loss):
@@ -457,7 +517,7 @@ def optimizer_step(
     if finite:
         optimizer.step()
         if config.method == "embedding":
-            adapters.restore_embedding_rows(model, config)
+            adapters.restore_frozen_embedding_rows(model)
     optimizer.zero_grad(set_to_none=True)
     lr_scheduler.step()
     return total if finite else float("nan")
@@ -485,7 +545,9 @@ def save_checkpoint(
     exported = export_checkpoint(
         model, config, output_dir / "checkpoints", step, title or config.trigger or config.method
     )
-    grid = validation_grid(model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png")
+    grid = validation_grid(
+        model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png"
+    )
     info = CheckpointInfo(
         step=step,
         file=Path(exported.primary),

@@ -136,7 +136,9 @@ def apply_preset(name: str, method: Method, **overrides: Any) -> TrainConfig:
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:
     steps = int(values["steps"])
     if "checkpoint_every" not in overrides:
-        every = int(values.get("checkpoint_every", TrainConfig.model_fields["checkpoint_every"].default))
+        every = int(
+            values.get("checkpoint_every", TrainConfig.model_fields["checkpoint_every"].default)
+        )
         values["checkpoint_every"] = max(1, min(every, steps // 4 or steps))
     if "warmup_steps" not in overrides and int(values.get("warmup_steps", 0)) >= steps // 2:
         values["warmup_steps"] = steps // 10

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,17 @@ def default_prompts(config: TrainConfig) -> list[str]:
     return [trigger, f"a photo of {trigger}, outdoors", f"a painting of {trigger}"]
 
 
-def make_plan(config: TrainConfig, to_model_prompt: Callable[[str], str], base_word: str | None) -> ValidationPlan:
-    """`to_model_prompt` maps a shown prompt to the model's (e.g. the token's vector names)."""
+def make_plan(config: TrainConfig, base_word: str | None = None) -> ValidationPlan:
+    """Prompts as shown and as rendered (`{trigger}` filled in); `base_word` replaces an embedding's token.
+
+    Pipelines expand a multi-vector token themselves (textual-inversion mixin), so a prompt is
+    sent as written.
+    """
     word = config.token if config.method == "embedding" else config.trigger
-    labels = [p.replace("{trigger}", word) for p in (config.validation.prompts or default_prompts(config))]
-    prompts = [to_model_prompt(label) for label in labels]
+    labels = [
+        p.replace("{trigger}", word) for p in (config.validation.prompts or default_prompts(config))
+    ]
+    prompts = list(labels)
     if config.method == "embedding" and base_word and word:
         base_prompts = [label.replace(word, base_word) for label in labels]
     else:
@@ -78,32 +84,39 @@ def prepare_pipeline(model: Any, config: TrainConfig) -> None:
 
         model.pipeline.scheduler = EulerDiscreteScheduler.from_config(model.noise_scheduler.config)
         return
-    model.pipeline.scheduler = make_scheduler(config.validation.scheduler, model.noise_scheduler.config)
+    model.pipeline.scheduler = make_scheduler(
+        config.validation.scheduler, model.noise_scheduler.config
+    )
     model.pipeline.set_progress_bar_config(disable=True)
 
 
 @contextlib.contextmanager
 def adapter_disabled(model: Any) -> Iterator[None]:
-    """Switch every peft adapter layer in the UNet and text encoders off, then back on."""
+    """The base model for a moment: peft LoRA layers switched off, DoRA layers swapped for their base."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [
-        module
-        for root in (model.unet, *model.text_encoders)
-        for module in root.modules()
-        if isinstance(module, BaseTunerLayer)
-    ]
+    from trainer.adapters import _set_submodule, iter_dora
+
+    roots = (model.unet, *model.text_encoders)
+    layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
+    dora = [(root, name, layer) for root in roots for name, layer in list(iter_dora(root))]
     for layer in layers:
         layer.enable_adapters(False)
+    for root, name, layer in dora:
+        _set_submodule(root, name, layer.base)
     try:
         yield
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+        for root, name, layer in dora:
+            _set_submodule(root, name, layer)
 
 
 @torch.no_grad()
-def render(model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int) -> Image.Image:
+def render(
+    model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int
+) -> Image.Image:
     """One image as a member's generation would draw it (fixed seed, CPU generator)."""
     settings = config.validation
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -121,7 +134,9 @@ def render(model: Any, config: TrainConfig, prompt: str, seed: int, width: int, 
     return result.images[0]
 
 
-def render_base(model: Any, config: TrainConfig, plan: ValidationPlan, method: str) -> list[Image.Image]:
+def render_base(
+    model: Any, config: TrainConfig, plan: ValidationPlan, method: str
+) -> list[Image.Image]:
     """The base column: one image per prompt, first seed, without the trained adapter."""
     seed = plan.seeds[0]
     if method == "embedding":
@@ -131,11 +146,19 @@ def render_base(model: Any, config: TrainConfig, plan: ValidationPlan, method: s
 
 
 def validation_grid(
-    model: Any, config: TrainConfig, plan: ValidationPlan, base: list[Image.Image], step: int, path: Path
+    model: Any,
+    config: TrainConfig,
+    plan: ValidationPlan,
+    base: list[Image.Image],
+    step: int,
+    path: Path,
 ) -> Path:
     """Render the current weights for every prompt × seed and save the labelled grid PNG."""
     rows = [
-        [base[row], *(render(model, config, prompt, seed, plan.width, plan.height) for seed in plan.seeds)]
+        [
+            base[row],
+            *(render(model, config, prompt, seed, plan.width, plan.height) for seed in plan.seeds),
+        ]
         for row, prompt in enumerate(plan.prompts)
     ]
     headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
@@ -150,7 +173,9 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def draw_grid(rows: list[list[Image.Image]], row_labels: list[str], headers: list[str], title: str) -> Image.Image:
+def draw_grid(
+    rows: list[list[Image.Image]], row_labels: list[str], headers: list[str], title: str
+) -> Image.Image:
     """A title bar, column headers, and one row per prompt with the prompt wrapped on the left."""
     tile_w = min(MAX_TILE, max(image.width for row in rows for image in row))
     tile_h = min(MAX_TILE, max(image.height for row in rows for image in row))
@@ -168,7 +193,9 @@ def draw_grid(rows: list[list[Image.Image]], row_labels: list[str], headers: lis
     for images, lines, h in zip(rows, wrapped, row_h, strict=True):
         draw.multiline_text((6, y + 4), "\n".join(lines), fill=_FG, font=font, spacing=2)
         for column, image in enumerate(images):
-            grid.paste(image.convert("RGB").resize((tile_w, tile_h)), (_LABEL_W + column * tile_w, y))
+            grid.paste(
+                image.convert("RGB").resize((tile_w, tile_h)), (_LABEL_W + column * tile_w, y)
+            )
         y += h
     return grid
 
@@ -181,10 +208,14 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
         image.save(path, format="PNG", optimize=False)
         if path.stat().st_size < max_bytes or image.width < 64:
             return path
-        image = image.resize((int(image.width * 0.75), int(image.height * 0.75)), Image.Resampling.LANCZOS)
+        image = image.resize(
+            (int(image.width * 0.75), int(image.height * 0.75)), Image.Resampling.LANCZOS
+        )
 
 
-def comparison_grid(paths: list[Path], steps: list[int], out: Path | None = None, max_width: int = 4096) -> Path:
+def comparison_grid(
+    paths: list[Path], steps: list[int], out: Path | None = None, max_width: int = 4096
+) -> Path:
     """All checkpoint grids side by side (each already titled with its step), under 10 MiB."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")

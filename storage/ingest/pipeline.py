@@ -1,0 +1,279 @@
+"""zip -> validated, content-addressed dataset folder + QA report.
+
+One synchronous call, no global state: the bot runs it in `asyncio.to_thread`, the CLI calls
+it directly. The dataset is built in `datasets_dir/.tmp-*` and renamed into place only when
+complete, so a reader never sees half a dataset and a refusal leaves nothing behind.
+
+Layout of `datasets_dir/<dataset_id>/`:
+    images/0001.png ...   normalized images (see images.py for why PNG)
+    captions.jsonl        {"file": "images/0001.png", "text": ..., "source": ...} per image
+    report.json           the QA report
+    dataset.json          format version, options, image count
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from storage.ingest import captions as cap
+from storage.ingest.errors import IngestError, SkipFile
+from storage.ingest.images import MAX_STORED_SIDE, decode_image, save_png
+from storage.ingest.options import IngestOptions
+from storage.ingest.phash import dhash
+from storage.ingest.report import ImageRecord, QAReport, Skipped, build_report
+from storage.ingest.unpack import (
+    ByteBudget,
+    ZipPlan,
+    check_archive_size,
+    display_name,
+    plan_zip,
+    read_entry,
+)
+from storage.settings import Limits
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ID_CHARS = 24
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 24 * 3600
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass
+class IngestResult:
+    """Where the dataset is, what it holds, and whether it already existed."""
+
+    dataset_id: str
+    path: Path
+    report: QAReport
+    reused: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's fields plus identity: dataset_id, path, reused, images, skipped..."""
+        return {
+            "dataset_id": self.dataset_id,
+            "path": str(self.path),
+            "reused": self.reused,
+            **self.report.to_dict(),
+        }
+
+
+@dataclass
+class _Pending:
+    original: str
+    file: str
+    size: tuple[int, int]
+    dhash: int
+    digest: str
+
+
+@dataclass
+class _Build:
+    """State of one ingest while its temporary folder fills up."""
+
+    root: Path
+    options: IngestOptions
+    limits: Limits
+    index: cap.CaptionIndex = field(default_factory=cap.CaptionIndex)
+    pending: list[_Pending] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append(Skipped(display_name(name), reason))
+
+
+def ingest_zip(
+    zip_path: Path, datasets_dir: Path, options: IngestOptions, limits: Limits
+) -> IngestResult:
+    """Unpack, check and normalize an uploaded zip into a dataset folder.
+
+    Raises `IngestError` (and only that) when the upload is refused; nothing is left behind.
+    """
+    options.validate()
+    options = options.normalized()
+    try:
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_temps(datasets_dir)
+        temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=datasets_dir))
+    except OSError as exc:
+        raise IngestError(f"the dataset folder is not writable ({exc.strerror})") from exc
+    try:
+        build = _Build(temp, options, limits)
+        dataset_id, report = _build_folder(Path(zip_path), build)
+        return _publish(temp, datasets_dir / dataset_id, dataset_id, report)
+    except IngestError:
+        raise
+    except Exception as exc:  # the contract: callers only ever see IngestError
+        log.exception("ingest of %s failed", zip_path)
+        raise IngestError(f"the dataset could not be built ({type(exc).__name__})") from exc
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _build_folder(zip_path: Path, build: _Build) -> tuple[str, QAReport]:
+    try:
+        fp = zip_path.open("rb")
+    except OSError:
+        raise IngestError("the uploaded zip could not be opened") from None
+    with fp:
+        check_archive_size(fp, build.limits)
+        with _open_zip(fp) as zf:
+            plan = plan_zip(zf, fp, build.limits)
+            _read_entries(zf, plan, build)
+    if not build.pending:
+        raise IngestError(_no_images_message(build))
+    return _finish(build, plan)
+
+
+def _open_zip(fp: BinaryIO) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(fp)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise IngestError("the upload is not a readable zip file") from None
+
+
+def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build) -> None:
+    """Captions first (small), then images one at a time, so memory stays flat."""
+    budget = ByteBudget(build.limits.max_uncompressed_bytes)
+    is_text = [cap.is_caption_file(i.filename) or cap.is_metadata_file(i.filename)
+               for i in plan.files]
+    ordered = [i for i, t in zip(plan.files, is_text, strict=True) if t] + [
+        i for i, t in zip(plan.files, is_text, strict=True) if not t
+    ]
+    for info in ordered:
+        try:
+            data = read_entry(zf, info, build.limits, budget)
+            _accept(info.filename, data, build)
+        except SkipFile as skip:
+            build.skip(info.filename, skip.reason)
+
+
+def _accept(name: str, data: bytes, build: _Build) -> None:
+    if cap.is_metadata_file(name):
+        build.index.add_metadata(name, data)
+    elif cap.is_caption_file(name):
+        build.index.add_sidecar(name, data)
+    elif name.casefold().endswith(".zip") or data.startswith(_ZIP_MAGIC):
+        raise SkipFile("a zip inside the zip is not unpacked")
+    else:
+        _add_image(name, data, build)
+
+
+def _add_image(name: str, data: bytes, build: _Build) -> None:
+    decoded = decode_image(data, build.limits)
+    if len(build.pending) >= build.limits.max_images:
+        limit = build.limits.max_images
+        raise IngestError(f"the zip holds more than {limit:,} images; the limit is {limit:,}")
+    image = decoded.image
+    file = f"images/{len(build.pending) + 1:04d}.png"
+    (build.root / "images").mkdir(exist_ok=True)
+    save_png(image, build.root / file)
+    digest = hashlib.sha256(f"{image.width}x{image.height}\n".encode())
+    digest.update(image.tobytes())
+    build.pending.append(_Pending(name, file, image.size, dhash(image), digest.hexdigest()))
+    if decoded.animated:
+        build.warnings.append(f"{display_name(name)} is animated; only its first frame is used")
+
+
+def _no_images_message(build: _Build) -> str:
+    if not build.skipped:
+        return "the zip holds no images"
+    first = build.skipped[0]
+    return (f"the zip holds no usable images ({len(build.skipped)} files skipped; "
+            f"e.g. {first.file}: {first.reason})")
+
+
+def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
+    """Captions, identity, report: everything after the images are on disk."""
+    records, rows = _caption_rows(build)
+    orphans = build.index.orphans()
+    warnings = build.warnings + build.index.warnings
+    if orphans:
+        warnings.append(f"{len(orphans)} caption files match no image (e.g. {orphans[0]}.txt)")
+    dataset_id = _dataset_id(build, rows)
+    report = build_report(records, build.skipped, plan.ignored, warnings, build.options)
+    _write_jsonl(build.root / "captions.jsonl", rows)
+    _write_json(build.root / "report.json", report.to_dict())
+    _write_json(build.root / "dataset.json", {
+        "format": FORMAT_VERSION,
+        "dataset_id": dataset_id,
+        "images": len(rows),
+        "image_format": "png",
+        "max_side": MAX_STORED_SIDE,
+        "captions": "captions.jsonl",
+        "options": build.options.to_dict(),
+    })
+    return dataset_id, report
+
+
+def _caption_rows(build: _Build) -> tuple[list[ImageRecord], list[dict[str, str]]]:
+    records: list[ImageRecord] = []
+    rows: list[dict[str, str]] = []
+    for item in build.pending:
+        caption = cap.caption_for(build.index.lookup(item.original), build.options)
+        rows.append({"file": item.file, "text": caption.text, "source": caption.source})
+        records.append(ImageRecord(
+            file=item.file,
+            original=display_name(item.original),
+            width=item.size[0],
+            height=item.size[1],
+            dhash=item.dhash,
+            caption_source=caption.source,
+            caption_words=len(caption.text.split()),
+            had_trigger=caption.had_trigger,
+        ))
+    return records, rows
+
+
+def _dataset_id(build: _Build, rows: list[dict[str, str]]) -> str:
+    """sha256 over format, options, and each image's pixels and caption, in stored order."""
+    digest = hashlib.sha256(f"atelier-dataset-v{FORMAT_VERSION}\n".encode())
+    digest.update(json.dumps(build.options.to_dict(), sort_keys=True).encode())
+    for item, row in zip(build.pending, rows, strict=True):
+        digest.update(f"\n{item.digest}\n{row['text']}\n{row['source']}".encode())
+    return digest.hexdigest()[:ID_CHARS]
+
+
+def _publish(temp: Path, final: Path, dataset_id: str, report: QAReport) -> IngestResult:
+    """Atomic rename; an existing folder with this id already holds the same content."""
+    if final.exists():
+        return IngestResult(dataset_id, final, report, reused=True)
+    try:
+        os.rename(temp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        return IngestResult(dataset_id, final, report, reused=True)  # lost a race: same content
+    return IngestResult(dataset_id, final, report, reused=False)
+
+
+def _sweep_stale_temps(datasets_dir: Path) -> None:
+    """Remove temp folders left by a crashed process (old enough not to be in progress)."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for child in datasets_dir.glob(f"{TEMP_PREFIX}*"):
+        try:
+            if child.is_dir() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
