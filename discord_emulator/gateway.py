@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
+MESSAGE_CONTENT = 1 << 15
+EVENT_INTENTS = {
+    "GUILD_MEMBER_ADD": 1 << 1, "GUILD_MEMBER_UPDATE": 1 << 1, "GUILD_MEMBER_REMOVE": 1 << 1,
+    "MESSAGE_CREATE": 1 << 9, "MESSAGE_UPDATE": 1 << 9, "MESSAGE_DELETE": 1 << 9,
+    "MESSAGE_REACTION_ADD": 1 << 10, "MESSAGE_REACTION_REMOVE": 1 << 10,
+    "MESSAGE_REACTION_REMOVE_ALL": 1 << 10, "MESSAGE_REACTION_REMOVE_EMOJI": 1 << 10,
+}
 
 
 @dataclass
@@ -42,23 +49,42 @@ class Gateway:
         self.replayed = 0
         self.received: list[dict[str, Any]] = []
         self.heartbeat_interval_ms = 41250
-        self._ready_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
+        """Send without awaiting; tasks run FIFO, so frames keep their order."""
+        task = asyncio.get_running_loop().create_task(self._send(ws, frame))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- sending -------------------------------------------------------------------------
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
         for session in self.sessions.values():
+            need = EVENT_INTENTS.get(event, 0)
+            if need and not session.intents & need:
+                continue  # like Discord: no intent, no event
             session.seq += 1
-            frame = {"op": DISPATCH, "t": event, "s": session.seq, "d": data}
+            frame = {"op": DISPATCH, "t": event, "s": session.seq,
+                     "d": self._redact(session, event, data)}
             session.buffer.append(frame)
             del session.buffer[:-1000]
             if session.ws is not None and not session.ws.closed:
-                asyncio.get_running_loop().create_task(self._send(session.ws, frame))
+                self._spawn(session.ws, frame)
+
+    def _redact(self, session: Session, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Without the Message Content intent, other users' messages arrive empty unless
+        they mention the bot (Discord's rule)."""
+        if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or session.intents & MESSAGE_CONTENT:
+            return data
+        bot_id = str(self.emu.world.bot.id)
+        if (data.get("author") or {}).get("id") == bot_id or f"<@{bot_id}>" in data.get(
+                "content", ""):
+            return data
+        return {**data, "content": "", "embeds": [], "attachments": [], "components": []}
 
     async def _send(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # closed: RESUME replays it
             await ws.send_str(json.dumps(frame))
-        except (ConnectionError, RuntimeError):  # closed under us; RESUME will replay it
-            pass
 
     def _live(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.ws is not None and not s.ws.closed]
@@ -161,7 +187,7 @@ class Gateway:
         frame = {"op": DISPATCH, "t": event, "s": session.seq, "d": data}
         session.buffer.append(frame)
         if session.ws is not None:
-            asyncio.get_running_loop().create_task(self._send(session.ws, frame))
+            self._spawn(session.ws, frame)
 
     async def _resume(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
         session = self.sessions.get(d.get("session_id") or "")
@@ -173,8 +199,7 @@ class Gateway:
             await session.ws.close(code=4000)
         session.ws = ws
         last = int(d.get("seq") or 0)
-        loop = asyncio.get_running_loop()
         for frame in [f for f in session.buffer if f["s"] > last]:
             self.replayed += 1
-            loop.create_task(self._send(ws, frame))  # FIFO with later dispatches
+            self._spawn(ws, frame)  # FIFO with later dispatches
         self._send_one(session, "RESUMED", {"_trace": ["discord-emulator"]})

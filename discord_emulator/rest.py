@@ -84,9 +84,9 @@ class Rest:
                 resp = await fault.apply()
                 if resp is not None:
                     return resp
-            if request.path.startswith(API) and not self._public(path):
-                if request.headers.get("Authorization") != f"Bot {self.emu.token}":
-                    return jresp({"message": "401: Unauthorized", "code": 0}, 401)
+            if (request.path.startswith(API) and not self._public(path)
+                    and request.headers.get("Authorization") != f"Bot {self.emu.token}"):
+                return jresp({"message": "401: Unauthorized", "code": 0}, 401)
             return await handler(request)
         except E.DiscordError as exc:
             return jresp(exc.body(), exc.status)

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .interactions import APPLICATION_COMMAND, AUTOCOMPLETE, COMPONENT, MODAL_SUBMIT
-from .interactions import InteractionHandle
+from .interactions import (
+    APPLICATION_COMMAND,
+    AUTOCOMPLETE,
+    COMPONENT,
+    MODAL_SUBMIT,
+    InteractionHandle,
+)
 from .state import (
-    DEFAULT_EVERYONE, P, Channel, Guild, Member, Message, Overwrite, Role, User, emoji_key,
-    perm_value, snowflake,
+    DEFAULT_EVERYONE,
+    Channel,
+    Guild,
+    Member,
+    Message,
+    Overwrite,
+    P,
+    Role,
+    User,
+    emoji_key,
+    perm_value,
+    snowflake,
 )
 
 if TYPE_CHECKING:
@@ -114,14 +130,14 @@ class ScriptingMixin:
         """Channel permission overwrite, e.g. ``deny=["attach_files"]`` for the bot user.
 
         ``target`` is a role, a user/member, or the guild (meaning @everyone)."""
-        guild, ch = self.world.channel(_cid(channel))
+        _guild, ch = self.world.channel(_cid(channel))
+        if ch.is_thread:
+            raise ValueError("threads have no overwrites; set them on the parent")
         if isinstance(target, Guild | Role):
             tid, ttype = target.id, 0
         else:
             tid, ttype = _uid(target), 1
         ch.overwrites[tid] = Overwrite(tid, ttype, perm_value(allow), perm_value(deny))
-        if ch.is_thread:
-            raise ValueError("threads have no overwrites; set them on the parent")
         self.world.dispatch("CHANNEL_UPDATE", ch.payload())
 
     def update_guild(self, guild: Guild, **fields: Any) -> None:
@@ -296,10 +312,8 @@ class ScriptingMixin:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("condition not met in time")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.25))
-            except TimeoutError:
-                pass
 
     async def wait_for_message(
         self, channel: ChannelRef, match: str | re.Pattern[str] | Callable[[Message], bool]

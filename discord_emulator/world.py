@@ -10,7 +10,16 @@ from urllib.parse import quote
 
 from . import errors as E
 from .state import (
-    MIB, Attachment, Channel, Guild, Member, Message, P, User, emoji_payload, snowflake,
+    MIB,
+    Attachment,
+    Channel,
+    Guild,
+    Member,
+    Message,
+    P,
+    User,
+    emoji_payload,
+    snowflake,
 )
 
 Dispatch = Callable[[str, dict[str, Any]], None]
@@ -161,7 +170,7 @@ class World:
     def rest_message(self, msg: Message) -> dict[str, Any]:
         out = msg.payload(self.bot.id)
         if msg.thread_id:
-            guild, thread = self.channel(msg.thread_id)
+            _guild, thread = self.channel(msg.thread_id)
             out["thread"] = thread.payload()
         return out
 

@@ -93,6 +93,7 @@ class KohyaDora(nn.Module):
         super().__init__()
         self.base = base
         self.rank, self.alpha = rank, float(alpha)
+        self.multiplier = 1.0  # generation strength: base + multiplier · (DoRA weight − base)
         if isinstance(base, nn.Conv2d):
             self.lora_down = nn.Conv2d(
                 base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
@@ -118,7 +119,10 @@ class KohyaDora(nn.Module):
         up = self.lora_up.weight.float().flatten(1)
         down = self.lora_down.weight.float().flatten(1)
         weight = base + (up @ down).reshape(base.shape) * self.scale
-        return (weight * (self.dora_scale.float() / column_norm(weight))).to(self.base.weight.dtype)
+        weight = weight * (self.dora_scale.float() / column_norm(weight))
+        if self.multiplier != 1.0:
+            weight = base + self.multiplier * (weight - base)
+        return weight.to(self.base.weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         weight = self.merged_weight()

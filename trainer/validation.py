@@ -77,6 +77,7 @@ def make_plan(config: TrainConfig, base_word: str | None = None) -> ValidationPl
 
 def prepare_pipeline(model: Any, config: TrainConfig) -> None:
     """Give the pipeline the member-facing scheduler once per job (the loaded pipeline is reused)."""
+    model.pipeline.set_progress_bar_config(disable=True)
     try:
         from trainer.schedulers import make_scheduler
     except ImportError:  # pragma: no cover - the model engineer's module is the normal path
@@ -87,7 +88,6 @@ def prepare_pipeline(model: Any, config: TrainConfig) -> None:
     model.pipeline.scheduler = make_scheduler(
         config.validation.scheduler, model.noise_scheduler.config
     )
-    model.pipeline.set_progress_bar_config(disable=True)
 
 
 @contextlib.contextmanager

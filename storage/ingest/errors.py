@@ -14,7 +14,7 @@ class IngestError(Exception):
         self.message = message
 
 
-class SkipFile(Exception):  # noqa: N818 - a control-flow signal, not an error
+class SkipFile(Exception):
     """One file is left out of the dataset (the ingest goes on); `reason` says why."""
 
     def __init__(self, reason: str) -> None:

@@ -182,9 +182,9 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 def _scale_to_eight_bit(image: Image.Image) -> Image.Image:
     """32-bit int or float gray: assume 16-bit range for ints, 0..1 for floats, else stretch."""
     low, high = image.getextrema()
-    if image.mode == "I" and 0 <= low and high <= 65535:
+    if image.mode == "I" and low >= 0 and high <= 65535:
         scale, offset = (1.0 if high <= 255 else 1 / 257), 0.0
-    elif image.mode == "F" and 0 <= low and high <= 1.0:
+    elif image.mode == "F" and low >= 0 and high <= 1.0:
         scale, offset = 255.0, 0.0
     else:
         span = (high - low) or 1

@@ -7,6 +7,8 @@ Two images whose hashes differ in at most `NEAR_DUPLICATE_BITS` bits look alike.
 
 from __future__ import annotations
 
+import itertools
+
 from PIL import Image
 
 HASH_SIDE = 8
@@ -21,7 +23,7 @@ def dhash(image: Image.Image) -> int:
     bits = 0
     for row in range(HASH_SIDE):
         line = pixels[row * (HASH_SIDE + 1) : (row + 1) * (HASH_SIDE + 1)]
-        for left, right in zip(line, line[1:], strict=False):
+        for left, right in itertools.pairwise(line):
             bits = (bits << 1) | (left > right)
     return bits
 

@@ -147,8 +147,9 @@ def _open_zip(fp: BinaryIO) -> zipfile.ZipFile:
 def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build) -> None:
     """Captions first (small), then images one at a time, so memory stays flat."""
     budget = ByteBudget(build.limits.max_uncompressed_bytes)
-    is_text = [cap.is_caption_file(i.filename) or cap.is_metadata_file(i.filename)
-               for i in plan.files]
+    is_text = [
+        cap.is_caption_file(i.filename) or cap.is_metadata_file(i.filename) for i in plan.files
+    ]
     ordered = [i for i, t in zip(plan.files, is_text, strict=True) if t] + [
         i for i, t in zip(plan.files, is_text, strict=True) if not t
     ]
@@ -191,8 +192,10 @@ def _no_images_message(build: _Build) -> str:
     if not build.skipped:
         return "the zip holds no images"
     first = build.skipped[0]
-    return (f"the zip holds no usable images ({len(build.skipped)} files skipped; "
-            f"e.g. {first.file}: {first.reason})")
+    return (
+        f"the zip holds no usable images ({len(build.skipped)} files skipped; "
+        f"e.g. {first.file}: {first.reason})"
+    )
 
 
 def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
@@ -201,20 +204,23 @@ def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
     orphans = build.index.orphans()
     warnings = build.warnings + build.index.warnings
     if orphans:
-        warnings.append(f"{len(orphans)} caption files match no image (e.g. {orphans[0]}.txt)")
+        warnings.append(f"{len(orphans)} caption files match no image (e.g. {orphans[0]})")
     dataset_id = _dataset_id(build, rows)
     report = build_report(records, build.skipped, plan.ignored, warnings, build.options)
     _write_jsonl(build.root / "captions.jsonl", rows)
     _write_json(build.root / "report.json", report.to_dict())
-    _write_json(build.root / "dataset.json", {
-        "format": FORMAT_VERSION,
-        "dataset_id": dataset_id,
-        "images": len(rows),
-        "image_format": "png",
-        "max_side": MAX_STORED_SIDE,
-        "captions": "captions.jsonl",
-        "options": build.options.to_dict(),
-    })
+    _write_json(
+        build.root / "dataset.json",
+        {
+            "format": FORMAT_VERSION,
+            "dataset_id": dataset_id,
+            "images": len(rows),
+            "image_format": "png",
+            "max_side": MAX_STORED_SIDE,
+            "captions": "captions.jsonl",
+            "options": build.options.to_dict(),
+        },
+    )
     return dataset_id, report
 
 
@@ -224,16 +230,18 @@ def _caption_rows(build: _Build) -> tuple[list[ImageRecord], list[dict[str, str]
     for item in build.pending:
         caption = cap.caption_for(build.index.lookup(item.original), build.options)
         rows.append({"file": item.file, "text": caption.text, "source": caption.source})
-        records.append(ImageRecord(
-            file=item.file,
-            original=display_name(item.original),
-            width=item.size[0],
-            height=item.size[1],
-            dhash=item.dhash,
-            caption_source=caption.source,
-            caption_words=len(caption.text.split()),
-            had_trigger=caption.had_trigger,
-        ))
+        records.append(
+            ImageRecord(
+                file=item.file,
+                original=display_name(item.original),
+                width=item.size[0],
+                height=item.size[1],
+                dhash=item.dhash,
+                caption_source=caption.source,
+                caption_words=len(caption.text.split()),
+                had_trigger=caption.had_trigger,
+            )
+        )
     return records, rows
 
 

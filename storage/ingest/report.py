@@ -111,16 +111,17 @@ def _size_stats(report: QAReport, records: list[ImageRecord]) -> None:
     if not records:
         return
     by_area = sorted(records, key=lambda record: (record.width * record.height, record.file))
-    for label, record in (("min", by_area[0]), ("median", by_area[len(by_area) // 2]),
-                          ("max", by_area[-1])):
+    for label, record in (
+        ("min", by_area[0]),
+        ("median", by_area[len(by_area) // 2]),
+        ("max", by_area[-1]),
+    ):
         report.sizes[label] = [record.width, record.height]
     report.short_side = _spread([float(min(r.width, r.height)) for r in records])
     resolution = report.resolution
     counts = Counter(nearest_bucket(r.width, r.height, resolution) for r in records)
     report.buckets = {f"{w}x{h}": n for (w, h), n in counts.most_common()}
-    report.upscaled = [
-        r.original for r in records if needs_upscale(r.width, r.height, resolution)
-    ]
+    report.upscaled = [r.original for r in records if needs_upscale(r.width, r.height, resolution)]
 
 
 def _caption_stats(report: QAReport, records: list[ImageRecord], options: IngestOptions) -> None:
@@ -147,25 +148,34 @@ def advise(report: QAReport) -> list[str]:
     advice: list[str] = []
     count = report.images
     if count < 10:
-        advice.append(f"Only {count} images: 20–40 is a good start for a character, "
-                      "100+ for a style.")
+        advice.append(
+            f"Only {count} images: 20–40 is a good start for a character, 100+ for a style."
+        )
     elif count < 20:
-        advice.append(f"{count} images is workable; 20–40 is a good start for a character, "
-                      "100+ for a style.")
+        advice.append(
+            f"{count} images is workable; 20–40 is a good start for a character, 100+ for a style."
+        )
     if count >= 5 and len(report.buckets) == 1:
         shape = next(iter(report.buckets))
-        advice.append(f"All images share one shape ({shape}); the model may do poorly at "
-                      "other aspect ratios.")
+        advice.append(
+            f"All images share one shape ({shape}); the model may do poorly at other aspect ratios."
+        )
     if report.near_duplicates and len(report.near_duplicates) >= max(2, count * MANY_SHARE / 2):
-        advice.append(f"{len(report.near_duplicates)} near-duplicate pairs: remove copies, "
-                      "they over-weight those images.")
+        advice.append(
+            f"{len(report.near_duplicates)} near-duplicate pairs: remove copies, "
+            "they over-weight those images."
+        )
     if count and len(report.upscaled) >= max(1, count * MANY_SHARE):
-        advice.append(f"{len(report.upscaled)} of {count} images are smaller than the "
-                      f"{report.resolution}-px training size; larger originals will look "
-                      "sharper.")
+        advice.append(
+            f"{len(report.upscaled)} of {count} images are smaller than the "
+            f"{report.resolution}-px training size; larger originals will look "
+            "sharper."
+        )
     if report.method in CONCEPT_METHODS and report.captions.get("prefix_only", 0) == count:
-        advice.append("No captions: describe what changes between images (pose, clothes, "
-                      "background) so the model does not bake it into the concept.")
+        advice.append(
+            "No captions: describe what changes between images (pose, clothes, "
+            "background) so the model does not bake it into the concept."
+        )
     elif report.caption_words and report.caption_words.median < 3 and count:
         advice.append("Captions are very short; a sentence per image trains better.")
     if report.skipped and len(report.skipped) >= max(3, count // 4):
@@ -175,8 +185,10 @@ def advise(report: QAReport) -> list[str]:
 
 def render_report_text(report: QAReport) -> str:
     """The report as plain text for the CLI."""
-    lines = [f"{report.images} images accepted, {len(report.skipped)} skipped, "
-             f"{len(report.ignored)} ignored ({report.method}, {report.resolution} px)"]
+    lines = [
+        f"{report.images} images accepted, {len(report.skipped)} skipped, "
+        f"{len(report.ignored)} ignored ({report.method}, {report.resolution} px)"
+    ]
     if report.sizes:
         sizes = ", ".join(f"{k} {w}×{h}" for k, (w, h) in report.sizes.items())
         lines.append(f"sizes: {sizes}")
@@ -186,14 +198,14 @@ def render_report_text(report: QAReport) -> str:
     lines.append(f"captions: {captions or 'none'}")
     if report.caption_words:
         words = report.caption_words
-        lines.append(f"caption words: min {words.min:g}, median {words.median:g}, "
-                     f"max {words.max:g}")
+        lines.append(
+            f"caption words: min {words.min:g}, median {words.median:g}, max {words.max:g}"
+        )
     if report.missing_trigger:
         lines.append(f"trigger added to {len(report.missing_trigger)} captions")
     if report.upscaled:
         lines.append(f"smaller than their bucket: {len(report.upscaled)}")
-    lines += [f"near-duplicate: {d.a} ~ {d.b} ({d.distance} bits)"
-              for d in report.near_duplicates]
+    lines += [f"near-duplicate: {d.a} ~ {d.b} ({d.distance} bits)" for d in report.near_duplicates]
     lines += [f"skipped {s.file}: {s.reason}" for s in report.skipped]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"advice: {a}" for a in report.advice]

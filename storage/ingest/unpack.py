@@ -13,6 +13,7 @@ point into one compressed stream) are found from the local header extents.
 
 from __future__ import annotations
 
+import itertools
 import re
 import stat
 import struct
@@ -69,7 +70,8 @@ class ByteBudget:
     def spend(self, count: int) -> None:
         self.used += count
         if self.used > self.limit:
-            raise IngestError(f"the zip unpacks to more than {_size(self.limit)}; that is the limit")
+            limit = _size(self.limit)
+            raise IngestError(f"the zip unpacks to more than {limit}; that is the limit")
 
 
 def _size(count: int) -> str:
@@ -201,7 +203,7 @@ def _check_ratio(info: zipfile.ZipInfo, unpacked: int, limits: Limits) -> None:
 def check_overlaps(infos: Iterable[zipfile.ZipInfo], fp: BinaryIO, end: int | None) -> None:
     """Refuse entries whose local header + data extents overlap, or run into the directory."""
     extents = sorted(_extent(info, fp) for info in infos)
-    for (start, stop), (next_start, _) in zip(extents, extents[1:], strict=False):
+    for (start, stop), (next_start, _) in itertools.pairwise(extents):
         if next_start < stop or next_start == start:
             raise IngestError("the zip's entries overlap each other, which is a zip-bomb trick")
     if extents and end is not None and extents[-1][1] > end:

@@ -18,10 +18,10 @@ from discord_emulator import DiscordEmulator
 async def emu() -> AsyncIterator[DiscordEmulator]:
     base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     async with DiscordEmulator() as emulator:
-        assert discord.http.Route.BASE == emulator.api_base
+        assert emulator.api_base == discord.http.Route.BASE
         yield emulator
-    assert discord.http.Route.BASE == base
-    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == gateway
+    assert base == discord.http.Route.BASE
+    assert gateway == discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
 
 
 @pytest.fixture

@@ -146,3 +146,36 @@ async def test_command_creation_limit(emu: DiscordEmulator, client: discord.Clie
         async with http.put(route, json=[{"name": "one-more", "description": "x"}]) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "application/json"
+
+
+async def test_followups_edits_and_upload_limit(emu: DiscordEmulator, client: discord.Client
+                                                ) -> None:
+    d = emu.default
+    assert d is not None
+    tree = app_commands.CommandTree(client)
+    log: dict[str, Any] = {}
+
+    @tree.command(name="report", description="Several replies")
+    async def report(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("working", ephemeral=False)
+        original = await interaction.original_response()
+        log["original"] = original.content
+        await interaction.edit_original_response(content="done")
+        log["limit"] = interaction.filesize_limit
+        try:
+            await interaction.followup.send(
+                file=discord.File(io.BytesIO(b"\0" * (interaction.filesize_limit + 1)), "x.bin"))
+        except discord.HTTPException as exc:
+            log["too_big"] = exc
+        extra = await interaction.followup.send("extra", ephemeral=True, wait=True)
+        await extra.delete()
+        log["done"] = True
+
+    await tree.sync()
+    emu.update_guild(d.guild, attachment_size_limit=2 * MIB)
+    handle = await emu.run_slash_command(d.alice, d.channel, "report")
+    await emu.wait_until(lambda: "done" in log, 5)
+    assert log["original"] == "working" and log["limit"] == 2 * MIB
+    assert log["too_big"].status == 413 and log["too_big"].code == 40005
+    assert handle.original is not None and handle.original.content == "done"
+    assert [m.content for m in emu.timeline(d.channel.id)] == ["done"]  # ephemeral hidden

@@ -1,0 +1,63 @@
+"""Who may do what. Discord's `default_member_permissions` is only a display default, so every
+rule is enforced here, from the job owner, the member's permissions and the guild's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import discord
+
+from bot.errors import NotAllowed
+from storage.models import GuildSettings, Job
+
+
+def guild_allowed(guild_id: int | None, allowed: Collection[int]) -> bool:
+    """An empty allow-list admits every guild; DMs (no guild) are never allowed."""
+    return guild_id is not None and (not allowed or guild_id in allowed)
+
+
+def is_manager(manage_guild: bool, role_ids: Collection[int], manager_role_id: int | None) -> bool:
+    """Manage Server, or the guild's configured manager role."""
+    return manage_guild or (manager_role_id is not None and manager_role_id in role_ids)
+
+
+def may_train(
+    role_ids: Collection[int], trainer_role_ids: Collection[int], manager: bool
+) -> bool:
+    """No trainer roles configured: everyone may train. Managers always may."""
+    return manager or not trainer_role_ids or bool(set(role_ids) & set(trainer_role_ids))
+
+
+def may_manage_job(user_id: int, owner_id: int, manager: bool) -> bool:
+    """Cancel, finalize, retry: the job's owner or a manager."""
+    return manager or user_id == owner_id
+
+
+def member_roles(member: discord.abc.User) -> list[int]:
+    return [role.id for role in getattr(member, "roles", [])]
+
+
+def member_is_manager(member: discord.abc.User, guild: GuildSettings | None) -> bool:
+    perms = getattr(member, "guild_permissions", None)
+    manage = bool(perms and perms.manage_guild)
+    return is_manager(manage, member_roles(member), guild.manager_role_id if guild else None)
+
+
+def require_trainer(member: discord.abc.User, guild: GuildSettings | None) -> None:
+    trainer_roles = guild.trainer_role_ids if guild else []
+    if not may_train(member_roles(member), trainer_roles, member_is_manager(member, guild)):
+        raise NotAllowed("Training here needs one of the server's trainer roles.")
+
+
+def require_job_manager(
+    member: discord.abc.User, job: Job, guild: GuildSettings | None, action: str
+) -> None:
+    if not may_manage_job(member.id, job.owner_id, member_is_manager(member, guild)):
+        raise NotAllowed(
+            f"Only the job's owner (<@{job.owner_id}>) or a manager may {action} job #{job.id}."
+        )
+
+
+def require_manager(member: discord.abc.User, guild: GuildSettings | None) -> None:
+    if not member_is_manager(member, guild):
+        raise NotAllowed("Changing Atelier's settings needs Manage Server or the manager role.")

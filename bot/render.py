@@ -1,0 +1,204 @@
+"""What the bot says: message text and embeds, as pure functions of plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import discord
+
+CONTENT_LIMIT = 2000
+VOTE_EMOJI = "👍"
+NUMBER_EMOJI = ("1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟")
+STATE_LABEL = {
+    "queued": "⏳ queued",
+    "preparing": "⚙️ preparing (loading model, caching data)",
+    "training": "🏋️ training",
+    "awaiting_vote": "🗳️ done, waiting for votes",
+    "finalized": "✅ finalized",
+    "failed": "❌ failed",
+    "cancelled": "🛑 cancelled",
+}
+COLOUR = discord.Colour.blurple()
+
+
+def truncate(text: str, limit: int = CONTENT_LIMIT) -> str:
+    """Fit Discord's content limit, marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def progress_bar(step: int, total: int, width: int = 20) -> str:
+    """`███████░░░░░░░░░░░░░ 35%` (clamped to 0–100 %)."""
+    fraction = 0.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled) + f" {fraction:.0%}"
+
+
+def duration(seconds: float | None) -> str:
+    """`1h 02m`, `3m 20s`, `45s`; unknown → `?`."""
+    if seconds is None or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def timestamp(moment: datetime | str, style: str = "R") -> str:
+    """A Discord timestamp tag, e.g. `<t:1700000000:R>` ("in 3 hours")."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return f"<t:{int(moment.timestamp())}:{style}>"
+
+
+def job_title(job_id: int | None, name: str) -> str:
+    return f"Job #{job_id} · {name}"
+
+
+def status_text(job_id: int | None, name: str, state: str, progress: dict[str, Any]) -> str:
+    """The one progress message of a job, edited as training goes."""
+    lines = [f"**{job_title(job_id, name)}** — {STATE_LABEL.get(state, state)}"]
+    step, total = int(progress.get("step", 0)), int(progress.get("total", 0))
+    if total:
+        lines.append(f"`{progress_bar(step, total)}` step {step}/{total}")
+        facts = []
+        if progress.get("loss") is not None:
+            facts.append(f"loss {float(progress['loss']):.4f}")
+        if progress.get("steps_per_second"):
+            facts.append(f"{float(progress['steps_per_second']):.2f} it/s")
+        if state == "training" and progress.get("eta_seconds") is not None:
+            facts.append(f"ETA {duration(float(progress['eta_seconds']))}")
+        if facts:
+            lines.append(" · ".join(facts))
+    return truncate("\n".join(lines))
+
+
+def job_card_text(job_id: int | None, name: str, owner_id: int, method: str, base: str) -> str:
+    return truncate(
+        f"🎨 **{job_title(job_id, name)}** by <@{owner_id}> — {method} on `{base}`.\n"
+        "Follow it in the thread below: progress, a grid per checkpoint, then a vote."
+    )
+
+
+def qa_report_embed(
+    report: dict[str, Any], position: int, eta_seconds: float | None, trigger: str
+) -> discord.Embed:
+    """The dataset's QA report, with the job's place in the queue."""
+    embed = discord.Embed(title="Dataset report", colour=COLOUR)
+    skipped = report.get("skipped") or []
+    embed.description = (
+        f"**{report.get('images', 0)}** images accepted, {len(skipped)} skipped"
+        + (" (same dataset as before, reused)" if report.get("reused") else "")
+    )
+    embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    buckets = report.get("buckets") or {}
+    if buckets:
+        text = ", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6])
+        embed.add_field(name="Buckets", value=text)
+    captions = ", ".join(f"{k} {n}" for k, n in (report.get("captions") or {}).items() if n)
+    embed.add_field(name="Captions", value=captions or "none")
+    _list_field(embed, "Skipped", [f"{s['file']}: {s['reason']}" for s in skipped])
+    _list_field(embed, "Warnings", list(report.get("warnings") or []))
+    _list_field(embed, "Advice", list(report.get("advice") or []))
+    place = f"#{position} in the queue" if position else "starting now"
+    embed.add_field(name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}",
+                    inline=False)
+    return embed
+
+
+def _list_field(embed: discord.Embed, name: str, items: Sequence[str], most: int = 5) -> None:
+    if not items:
+        return
+    lines = [f"• {item}" for item in items[:most]]
+    if len(items) > most:
+        lines.append(f"… and {len(items) - most} more")
+    embed.add_field(name=name, value=truncate("\n".join(lines), 1024), inline=False)
+
+
+def checkpoint_caption(step: int, total: int, loss: float | None, number: int | None) -> str:
+    label = f" (#{number} on the final grid)" if number else ""
+    loss_text = f", loss {loss:.4f}" if loss is not None else ""
+    return (
+        f"🖼️ Checkpoint at step **{step}/{total}**{loss_text}{label}. "
+        f"React {VOTE_EMOJI} if you like it."
+    )
+
+
+def comparison_text(steps: Sequence[int], deadline: datetime | str) -> str:
+    """Below the comparison grid: which number is which step, and when the vote ends."""
+    keys = " · ".join(f"{NUMBER_EMOJI[i]} step {step}" for i, step in enumerate(steps))
+    return truncate(
+        f"🏁 Training done. Vote for the checkpoints you like: {keys}\n"
+        f"The vote closes {timestamp(deadline)}; the owner or a manager can close it earlier "
+        "with `/job finalize`."
+    )
+
+
+def failure_text(kind: str, payload: dict[str, Any], owner_id: int) -> str:
+    """Plain words for failed / cancelled / requeued events."""
+    step = payload.get("step")
+    at = f" at step {step}" if step else ""
+    if kind == "failed":
+        return truncate(f"❌ <@{owner_id}> training stopped{at}: {payload.get('reason', '?')}. "
+                        "`/job retry` resumes from the newest checkpoint.")
+    if kind == "cancelled":
+        by = payload.get("by")
+        who = f"<@{by}>" if by else "an operator"
+        return f"🛑 Job cancelled{at} by {who}."
+    if payload.get("lost_worker"):
+        return (f"🔁 The worker training this job stopped answering{at}; the job is back in "
+                "the queue and resumes from its newest checkpoint.")
+    if payload.get("by"):
+        return f"🔁 <@{payload['by']}> queued the job again; it resumes from step {step or 0}."
+    return f"🔁 The job went back to the queue{at} ({payload.get('reason', 'worker restart')})."
+
+
+def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime | None) -> str:
+    votes = payload.get("votes") or {}
+    tally = ", ".join(f"step {s}: {n}" for s, n in votes.items()) or "none"
+    by = payload.get("by")
+    closer = f" (closed by <@{by}>)" if by else ""
+    text = (f"🏆 The team chose step **{payload.get('step')}**{closer}: {payload.get('reason')}.\n"
+            f"Votes: {tally}.")
+    if link:
+        until = f", valid until {timestamp(expires, 'f')}" if expires else ""
+        text += f"\nDownload (too large for Discord): {link}{until}"
+    return truncate(text)
+
+
+def announcement_text(
+    name: str, owner_id: int, trigger: str, base_model: str, method: str, link: str | None
+) -> str:
+    text = (f"📦 New model **{name}** ({method}) by <@{owner_id}> — trigger `{trigger or '—'}`, "
+            f"base model `{base_model}`.")
+    if link:
+        text += f"\nDownload: {link}"
+    return truncate(text)
+
+
+def permission_problem(owner_id: int, what: str, missing: str) -> str:
+    return truncate(
+        f"⚠️ <@{owner_id}> I could not post {what} here: I am missing the **{missing}** "
+        "permission in this channel. Ask a server admin to grant it; I will keep trying."
+    )
+
+
+def queue_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """`/jobs`: one line per job."""
+    if not rows:
+        return "The queue is empty."
+    lines = []
+    for row in rows:
+        place = f"#{row['position']}" if row.get("position") else "▶"
+        lines.append(
+            f"{place} **{job_title(row['id'], row['name'])}** by <@{row['owner_id']}> — "
+            f"{STATE_LABEL.get(row['state'], row['state'])}"
+            + (f" · step {row['step']}/{row['total']}" if row.get("total") else "")
+            + (f" · ETA {duration(row['eta'])}" if row.get("eta") is not None else "")
+        )
+    return truncate("\n".join(lines))

@@ -1,0 +1,51 @@
+"""Small datasets and configs for the training-process tests (tiny model, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainer.config import TrainConfig
+
+
+def make_dataset(folder: Path, count: int = 4, size: int = 64, ingested: bool = True) -> Path:
+    """Coloured images with a simple shape each: an ingested folder (captions.jsonl) or side-cars."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(count):
+        array = np.zeros((size, size, 3), dtype=np.uint8)
+        array[...] = rng.integers(0, 255, 3)
+        quarter = size // 4
+        array[quarter : 3 * quarter, quarter : 3 * quarter] = rng.integers(0, 255, 3)
+        name = f"images/{index:04d}.png" if ingested else f"{index:04d}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(folder / name)
+        text = f"ohwx, a photo of a cat, red, square {index}"
+        rows.append({"file": name, "text": text})
+        if not ingested:
+            (folder / name).with_suffix(".txt").write_text(text, encoding="utf-8")
+    if ingested:
+        lines = "\n".join(json.dumps(row) for row in rows) + "\n"
+        (folder / "captions.jsonl").write_text(lines, encoding="utf-8")
+    return folder
+
+
+def tiny_config(**overrides: Any) -> TrainConfig:
+    """A config small enough for a few seconds of CPU training on the tiny model."""
+    values: dict[str, Any] = {
+        "base_model": "tiny",
+        "trigger": "ohwx",
+        "resolution": 64,
+        "batch_size": 2,
+        "steps": 8,
+        "checkpoint_every": 4,
+        "learning_rate": 1e-3,
+        "validation": {"steps": 2, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
