@@ -70,6 +70,9 @@ class DiscordSettings(BaseModel):
     public_url: str = Field("http://127.0.0.1:8765", description="Base URL members can reach.")
     link_ttl_hours: float = Field(24.0, gt=0)
     progress_edit_seconds: float = Field(5.0, ge=1.0, description="Min seconds between edits.")
+    allow_insecure_dataset_urls: bool = Field(
+        False, description="Tests/demo only: also accept http://127.0.0.1 dataset links."
+    )
 
 
 class WorkerSettings(BaseModel):

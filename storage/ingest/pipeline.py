@@ -191,9 +191,10 @@ def _add_image(name: str, data: bytes, build: _Build) -> None:
 def _no_images_message(build: _Build) -> str:
     if not build.skipped:
         return "the zip holds no images"
-    first = build.skipped[0]
+    first, count = build.skipped[0], len(build.skipped)
+    files = "file" if count == 1 else "files"
     return (
-        f"the zip holds no usable images ({len(build.skipped)} files skipped; "
+        f"the zip holds no usable images ({count} {files} skipped; "
         f"e.g. {first.file}: {first.reason})"
     )
 

@@ -1,0 +1,169 @@
+"""`atelier doctor`: checks what Atelier needs and prints a table with a fix for each failure.
+
+The exit code is 0 when every check passed (warnings allowed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings
+
+MIN_FREE_DISK_BYTES = 10 * 1024**3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    detail: str
+    fix: str = ""
+
+
+def check_token(settings: Settings) -> Check:
+    if settings.discord_token is None:
+        return Check(
+            "discord token",
+            "warn",
+            "DISCORD_TOKEN is not set (fine for `atelier demo` and workers)",
+            "set DISCORD_TOKEN in the environment to run the bot",
+        )
+    return Check("discord token", "ok", "DISCORD_TOKEN is set")
+
+
+def check_database(settings: Settings) -> Check:
+    from storage.db import make_engine
+    from storage.migrate import current_revision, head_revision
+
+    try:
+        engine = make_engine(settings.db_url)
+        current = current_revision(engine)
+    except Exception as error:  # any driver error is a failed check, said in one line
+        return Check(
+            "database",
+            "fail",
+            f"cannot open it: {type(error).__name__}: {error}".splitlines()[0],
+            "check ATELIER_DATABASE_URL and that the server is running",
+        )
+    head = head_revision()
+    url = engine.url.render_as_string(hide_password=True)
+    if current == head:
+        return Check("database", "ok", f"{url} at schema {head}")
+    if current is None:
+        return Check("database", "fail", f"{url} has no Atelier schema", "run `atelier db upgrade`")
+    return Check(
+        "database",
+        "fail",
+        f"{url} is at schema {current}, code expects {head}",
+        "run `atelier db upgrade`",
+    )
+
+
+def check_base_model(name: str, entry: BaseModelEntry) -> Check:
+    label = f"base model {name}"
+    if entry.path.startswith("builtin:"):
+        return Check(label, "ok", f"built-in ({entry.path}), built on first use")
+    path = Path(entry.path).expanduser()
+    if not path.exists():
+        return Check(
+            label,
+            "fail",
+            f"{path} does not exist",
+            f"fix base_models.{name}.path in atelier.toml, or copy the model there",
+        )
+    if path.is_dir() and not (path / "model_index.json").exists():
+        return Check(
+            label,
+            "fail",
+            f"{path} is a folder without model_index.json",
+            "point it at a diffusers folder (with model_index.json) or a .safetensors file",
+        )
+    if path.is_file() and path.suffix != ".safetensors":
+        return Check(
+            label,
+            "fail",
+            f"{path.name} is not a .safetensors file",
+            "convert the checkpoint to .safetensors",
+        )
+    return Check(label, "ok", f"{path} ({entry.architecture})")
+
+
+def check_gpu() -> Check:
+    try:
+        import torch
+    except ImportError:
+        return Check("gpu", "warn", "torch is not installed (bot-only host)", "")
+    if not torch.cuda.is_available():
+        return Check(
+            "gpu",
+            "warn",
+            "no CUDA GPU visible; training runs on the CPU (slow)",
+            "install a CUDA build of torch and the NVIDIA driver for real training",
+        )
+    parts = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        parts.append(f"{props.name} {props.total_memory / 1024**3:.0f} GiB")
+    return Check("gpu", "ok", "; ".join(parts))
+
+
+def check_disk(settings: Settings) -> Check:
+    folder = settings.data_dir
+    probe = folder if folder.exists() else Path(".")
+    free = shutil.disk_usage(probe).free
+    detail = f"{free / 1024**3:.1f} GiB free in {folder.resolve()}"
+    if free < MIN_FREE_DISK_BYTES:
+        return Check("disk", "warn", detail, "free space: each job keeps checkpoints and caches")
+    return Check("disk", "ok", detail)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Callable[[], Check]] = [
+        lambda: check_token(settings),
+        lambda: check_database(settings),
+        *[
+            (lambda n=name, e=entry: check_base_model(n, e))
+            for name, entry in settings.base_models.items()
+        ],
+        check_gpu,
+        lambda: check_disk(settings),
+    ]
+    return [check() for check in checks]
+
+
+def render_table(checks: list[Check]) -> str:
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for check in checks:
+        lines.append(f"{marks[check.status]}  {check.name.ljust(width)}  {check.detail}")
+        if check.fix and check.status != "ok":
+            lines.append(f"{'':4}  {'':{width}}  fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def doctor_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="atelier doctor", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        checks = [Check("settings", "fail", str(error), "fix the setting named above")]
+    else:
+        checks = [Check("settings", "ok", "valid"), *run_checks(settings)]
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        print(render_table(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(doctor_cli(sys.argv[1:]))
