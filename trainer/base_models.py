@@ -159,6 +159,15 @@ def _single_file_config(checkpoint: Path, explicit: str | Path | None) -> Path:
     )
 
 
+def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Cast only when needed (diffusers warns on every dtype `.to()`)."""
+    current = next(module.parameters())
+    if current.dtype != dtype:
+        module.to(dtype=dtype)
+    if current.device != device:
+        module.to(device=device)
+
+
 def _wrap(
     pipeline: Any, architecture: Architecture, *, device: torch.device, dtype: torch.dtype, source: str
 ) -> LoadedModel:
@@ -170,8 +179,8 @@ def _wrap(
         text_encoders.append(pipeline.text_encoder_2)
         tokenizers.append(pipeline.tokenizer_2)
     for module in (pipeline.unet, *text_encoders):
-        module.to(device=device, dtype=dtype)
-    pipeline.vae.to(device=device, dtype=torch.float32)
+        _move(module, device, dtype)
+    _move(pipeline.vae, device, torch.float32)
     for module in (pipeline.unet, pipeline.vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()

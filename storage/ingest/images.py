@@ -90,7 +90,9 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
             raise
         except Exception:  # Pillow raises many types on damaged data
             raise SkipFile("the image is damaged or truncated") from None
-    return DecodedImage(downscale(rgb), size, source_format, animated)
+    rgb = downscale(rgb)
+    rgb.info = {}  # the pixels are sRGB now; no profile, EXIF or GPS is carried over
+    return DecodedImage(rgb, size, source_format, animated)
 
 
 def _open(data: bytes, limits: Limits) -> Image.Image:
@@ -159,10 +161,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _upright(image: Image.Image) -> Image.Image:
+    """A rotated copy (always a copy: the opened file is closed after decoding)."""
     try:
-        return ImageOps.exif_transpose(image) or image
+        return ImageOps.exif_transpose(image) or image.copy()
     except Exception:  # malformed EXIF: keep the pixels as stored
-        return image
+        return image.copy()
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

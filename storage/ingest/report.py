@@ -171,12 +171,13 @@ def advise(report: QAReport) -> list[str]:
             f"{report.resolution}-px training size; larger originals will look "
             "sharper."
         )
-    if report.method in CONCEPT_METHODS and report.captions.get("prefix_only", 0) == count:
+    written = report.captions.get("sidecar", 0) + report.captions.get("metadata", 0)
+    if report.method in CONCEPT_METHODS and count and not written:
         advice.append(
             "No captions: describe what changes between images (pose, clothes, "
             "background) so the model does not bake it into the concept."
         )
-    elif report.caption_words and report.caption_words.median < 3 and count:
+    elif written and report.caption_words and report.caption_words.median < 3:
         advice.append("Captions are very short; a sentence per image trains better.")
     if report.skipped and len(report.skipped) >= max(3, count // 4):
         advice.append(f"{len(report.skipped)} files were skipped; see the reasons.")

@@ -53,7 +53,9 @@ def ingest(
     name: str = "upload.zip",
 ) -> IngestResult:
     zip_path = make_zip(tmp_path / name, entries)
-    return ingest_zip(zip_path, tmp_path / "datasets", options or IngestOptions(), limits or Limits())
+    return ingest_zip(
+        zip_path, tmp_path / "datasets", options or IngestOptions(), limits or Limits()
+    )
 
 
 def captions(result: IngestResult) -> list[dict[str, str]]:

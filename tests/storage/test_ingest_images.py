@@ -33,8 +33,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def header_bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims an enormous image."""
     ihdr = struct.pack(">LLBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def test_zero_byte_image_is_skipped(tmp_path: Path) -> None:
@@ -51,17 +55,13 @@ def test_truncated_png_is_skipped(tmp_path: Path) -> None:
 def test_pixel_limit_checked_from_header(tmp_path: Path) -> None:
     entries = [("a.png", png(1)), ("bomb.png", header_bomb_png(100_000, 100_000))]
     result = ingest(tmp_path, entries)
-    assert skip_reasons(result) == {
-        "bomb.png": "it has more pixels than the limit of 67,108,864"
-    }
+    assert skip_reasons(result) == {"bomb.png": "it has more pixels than the limit of 67,108,864"}
 
 
 def test_image_over_configured_pixel_limit(tmp_path: Path) -> None:
     entries = [("a.png", png(1)), ("big.png", png(2, (300, 300)))]
     result = ingest(tmp_path, entries, limits=Limits(max_image_pixels=50_000))
-    assert skip_reasons(result) == {
-        "big.png": "it is 300×300 pixels; the limit is 50,000 pixels"
-    }
+    assert skip_reasons(result) == {"big.png": "it is 300×300 pixels; the limit is 50,000 pixels"}
 
 
 def test_too_small_image_is_skipped(tmp_path: Path) -> None:

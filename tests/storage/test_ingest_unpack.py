@@ -166,7 +166,10 @@ def test_macos_and_hidden_files_are_ignored(tmp_path: Path) -> None:
     assert result.report.images == 1
     assert result.report.skipped == []
     assert result.report.ignored == [
-        "Thumbs.db", "__MACOSX/set/._a.png", "set/.DS_Store", "set/.hidden.png"
+        "Thumbs.db",
+        "__MACOSX/set/._a.png",
+        "set/.DS_Store",
+        "set/.hidden.png",
     ]
 
 
@@ -181,7 +184,9 @@ def test_case_differing_names_are_both_kept(tmp_path: Path) -> None:
     result = ingest(tmp_path, [("Cat.png", png(1)), ("cat.png", png(2)), ("CAT.PNG", png(3))])
     assert result.report.images == 3
     assert sorted(p.name for p in (result.path / "images").iterdir()) == [
-        "0001.png", "0002.png", "0003.png"
+        "0001.png",
+        "0002.png",
+        "0003.png",
     ]
 
 

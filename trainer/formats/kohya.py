@@ -59,7 +59,7 @@ def diffusers_to_sgm(path: str, layers_per_block: int, up_block_has_attention: t
     if head == "mid_block":
         kind, j = rest[0], int(rest[1])
         index = 1 if kind == "attentions" else 2 * j
-        return f"middle_block.{index}.{_inner(kind, rest[2:])}"
+        return f"middle_block.{index}." + _inner(kind, rest[2:]).split(".", 1)[1]
     if head == "up_blocks":
         block, kind = int(rest[0]), rest[1]
         if kind == "upsamplers":

@@ -1,0 +1,125 @@
+"""Posting to Discord from the outbox: where a job's messages go, idempotent sends, files that
+fit or links that expire, and what to tell the owner when Discord refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import render
+
+if TYPE_CHECKING:
+    from bot.client import AtelierBot
+
+log = logging.getLogger(__name__)
+
+REACTION_SPACING = 0.3
+"""Seconds between the bot's own reactions (Discord allows about one per 250 ms per channel)."""
+
+TOO_LARGE = 40005
+
+
+async def resolve_channel(bot: AtelierBot, channel_id: int) -> discord.abc.Messageable:
+    channel = bot.get_channel(channel_id)
+    if channel is None:
+        channel = await bot.fetch_channel(channel_id)
+    return channel  # type: ignore[return-value]
+
+
+async def send(
+    channel: discord.abc.Messageable, nonce: str, content: str | None = None, **kwargs: Any
+) -> discord.Message:
+    """Send with an enforced nonce: a retry after a crash returns the message Discord already
+    has instead of posting a second copy (discord.py sets `enforce_nonce` with `nonce`)."""
+    return await channel.send(content, nonce=nonce, **kwargs)
+
+
+def file_of(path: str | Path, name: str | None = None) -> discord.File:
+    """Read a (small) image into memory so the upload does not hold a file handle open."""
+    data = Path(path).read_bytes()
+    return discord.File(io.BytesIO(data), filename=name or Path(path).name)
+
+
+async def read_files(paths: list[str | None]) -> list[discord.File]:
+    existing = [p for p in paths if p and Path(p).is_file()]
+    return await asyncio.to_thread(lambda: [file_of(p) for p in existing])  # type: ignore[arg-type]
+
+
+async def add_reactions(message: discord.Message, emojis: list[str]) -> None:
+    """The bot's own reactions, spaced to stay under the reaction rate limit."""
+    have = {str(r.emoji) for r in message.reactions if r.me}
+    for emoji in emojis:
+        if emoji in have:
+            continue
+        await message.add_reaction(emoji)
+        await asyncio.sleep(REACTION_SPACING)
+
+
+def upload_limit(bot: AtelierBot, guild: discord.Guild | None) -> int:
+    """The smaller of the guild's tier limit and the last limit an interaction reported."""
+    tier = guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+    seen = bot.upload_limits.get(guild.id) if guild else None
+    return min(tier, seen) if seen else tier
+
+
+async def file_or_link(
+    bot: AtelierBot, guild: discord.Guild | None, path: Path
+) -> tuple[discord.File | None, str | None, Any]:
+    """Attach the model when it fits the upload limit, else make a signed, expiring link."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if size <= upload_limit(bot, guild):
+        return await asyncio.to_thread(file_of, path), None, None
+    url, expires = bot.signer.link(path)
+    return None, url, expires
+
+
+def missing_permission(channel: Any, with_files: bool) -> str:
+    """Name the permission Discord most likely refused, in its UI wording."""
+    guild = getattr(channel, "guild", None)
+    if guild is None or not hasattr(channel, "permissions_for"):
+        return "Send Messages"
+    perms = channel.permissions_for(guild.me)
+    in_thread = isinstance(channel, discord.Thread)
+    checks = [
+        (perms.view_channel, "View Channel"),
+        (perms.send_messages_in_threads if in_thread else perms.send_messages,
+         "Send Messages in Threads" if in_thread else "Send Messages"),
+        (perms.attach_files or not with_files, "Attach Files"),
+        (perms.embed_links, "Embed Links"),
+        (perms.add_reactions, "Add Reactions"),
+        (perms.create_public_threads, "Create Public Threads"),
+        (perms.read_message_history, "Read Message History"),
+    ]
+    return next((name for ok, name in checks if not ok), "Send Messages")
+
+
+async def explain_refusal(
+    bot: AtelierBot, channel: Any, fallback_id: int | None, owner_id: int, what: str,
+    missing: str,
+) -> None:
+    """Tell the job's owner, in the thread or else its parent channel, what Discord refused."""
+    text = render.permission_problem(owner_id, what, missing)
+    mentions = discord.AllowedMentions(users=[discord.Object(owner_id)])
+    for target in (channel, await _maybe_channel(bot, fallback_id)):
+        if target is None:
+            continue
+        try:
+            await target.send(text, allowed_mentions=mentions)
+            return
+        except discord.HTTPException:
+            continue
+    log.error("could not tell <@%s> that %s failed (missing %s)", owner_id, what, missing)
+
+
+async def _maybe_channel(bot: AtelierBot, channel_id: int | None) -> Any:
+    if channel_id is None:
+        return None
+    try:
+        return await resolve_channel(bot, channel_id)
+    except discord.HTTPException:
+        return None

@@ -1,0 +1,138 @@
+"""Reactions become votes; on start-up votes are re-counted from the messages themselves; votes
+close at their deadline (or earlier with /job finalize)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot import delivery, queries
+from bot.db import run_db
+from bot.render import NUMBER_EMOJI, VOTE_EMOJI
+from storage.finalize import FinalizeOutcome, NothingToFinalize, finalize
+from storage.models import Checkpoint, Job
+
+if TYPE_CHECKING:
+    from bot.client import AtelierBot
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_for_reaction(
+    emoji: str, kind: str, grid_checkpoint_id: int | None, numbered: Sequence[Checkpoint]
+) -> int | None:
+    """Which checkpoint a reaction votes for: 👍 on a checkpoint's grid, or its number on the
+    comparison grid. Anything else is not a vote."""
+    if kind == "grid":
+        return grid_checkpoint_id if emoji == VOTE_EMOJI else None
+    if emoji in NUMBER_EMOJI:
+        index = NUMBER_EMOJI.index(emoji)
+        if index < len(numbered):
+            return numbered[index].id
+    return None
+
+
+def numbered_checkpoints(checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
+    """The checkpoints the comparison grid numbers 1️⃣…🔟 (the newest ten, by step)."""
+    return sorted(checkpoints, key=lambda c: c.step)[-len(NUMBER_EMOJI):]
+
+
+def merge_reactions(
+    grid_voters: dict[int, set[int]], number_voters: dict[int, set[int]], bot_id: int
+) -> dict[int, set[int]]:
+    """Checkpoint id → members, from both kinds of message; one vote per member per
+    checkpoint; the bot's own reactions do not count."""
+    merged: dict[int, set[int]] = defaultdict(set)
+    for source in (grid_voters, number_voters):
+        for checkpoint_id, users in source.items():
+            merged[checkpoint_id] |= {u for u in users if u != bot_id}
+    return dict(merged)
+
+
+class Voting:
+    """Reaction handling, recounts and the deadline task."""
+
+    check_seconds = 15.0
+
+    def __init__(self, bot: AtelierBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+
+    async def on_reaction(self, payload: discord.RawReactionActionEvent, on: bool) -> None:
+        if self.bot.user is not None and payload.user_id == self.bot.user.id:
+            return
+        target = await run_db(queries.vote_target, self.engine, payload.message_id)
+        if target is None:
+            return
+        ckpts = numbered_checkpoints(await run_db(queries.checkpoints, self.engine, target.job_id))
+        checkpoint_id = checkpoint_for_reaction(
+            str(payload.emoji), target.kind, target.checkpoint_id, ckpts
+        )
+        if checkpoint_id is None:
+            return
+        if on:
+            await run_db(queries.record_vote, self.engine, checkpoint_id, payload.user_id, True)
+        else:  # the member may still hold the other reaction for the same checkpoint
+            job = await run_db(queries.get_job, self.engine, target.job_id)
+            await self.recount(job)
+
+    async def recount(self, job: Job) -> None:
+        """Make the stored votes of a job exactly what its messages show."""
+        ckpts = await run_db(queries.checkpoints, self.engine, job.id)
+        channel = await delivery.resolve_channel(self.bot, job.thread_id or job.channel_id)  # type: ignore[arg-type]
+        grid = {c.id: await self._users(channel, c.grid_message_id, VOTE_EMOJI) for c in ckpts
+                if c.grid_message_id}
+        numbers: dict[int, set[int]] = defaultdict(set)
+        for message_id in await run_db(queries.comparison_message_ids, self.engine, job.id):
+            for index, ckpt in enumerate(numbered_checkpoints(ckpts)):
+                numbers[ckpt.id] |= await self._users(channel, message_id, NUMBER_EMOJI[index])  # type: ignore[index]
+        bot_id = self.bot.user.id if self.bot.user else 0
+        counts = merge_reactions(grid, numbers, bot_id)  # type: ignore[arg-type]
+        counts = {c.id: counts.get(c.id, set()) for c in ckpts}  # type: ignore[misc]
+        await run_db(queries.store_recount, self.engine, counts)
+
+    async def _users(self, channel: object, message_id: int | None, emoji: str) -> set[int]:
+        if message_id is None:
+            return set()
+        try:
+            message = await channel.fetch_message(message_id)  # type: ignore[attr-defined]
+        except discord.HTTPException:
+            return set()
+        for reaction in message.reactions:
+            if str(reaction.emoji) == emoji:
+                return {user.id async for user in reaction.users()}
+        return set()
+
+    async def recount_open(self) -> None:
+        """After a restart: reactions made while the bot was away were never delivered."""
+        for job in await run_db(queries.open_vote_jobs, self.engine):
+            try:
+                await self.recount(job)
+            except discord.HTTPException:
+                log.warning("job %s: recount failed", job.id, exc_info=True)
+
+    async def close(self, job: Job, by_user: int | None) -> FinalizeOutcome:
+        """Recount, then finalize (keep the winner, delete the rest, write the event)."""
+        await self.recount(job)
+        keep = await run_db(queries.keep_count, self.engine, job.guild_id,
+                            self.bot.settings.keep_checkpoints)
+        outcome = await run_db(finalize, self.engine, job.id, keep, by_user)
+        await self.bot.notifier.process_job(job.id)  # type: ignore[arg-type]
+        return outcome
+
+    async def run_deadlines(self) -> None:
+        while True:
+            try:
+                for job in await run_db(queries.due_jobs, self.engine):
+                    try:
+                        await self.close(job, None)
+                    except NothingToFinalize:
+                        pass
+            except Exception:
+                log.exception("deadline check failed")
+            await asyncio.sleep(self.check_seconds)

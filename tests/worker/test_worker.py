@@ -1,0 +1,124 @@
+"""The worker on a real database with real training of the tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from storage import jobs
+from storage.datasets import record_dataset
+from storage.db import make_engine, session_scope
+from storage.ingest import IngestOptions, ingest_zip
+from storage.migrate import upgrade
+from storage.models import Checkpoint, Event, Job
+from storage.settings import Settings, load_settings
+from storage.states import JobState
+from tests.datasets import write_dataset_zip
+from trainer.presets import apply_preset
+from trainer.worker import Worker
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        worker={"heartbeat_seconds": 0.2, "stale_after_seconds": 30, "progress_event_seconds": 0},
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    return engine
+
+
+def _enqueue(settings: Settings, engine: Engine, tmp_path: Path, **overrides: object) -> int:
+    zip_path = write_dataset_zip(tmp_path / "data.zip", count=4, size=64)
+    result = ingest_zip(
+        zip_path, settings.datasets_dir, IngestOptions(trigger="tkxw"), settings.limits
+    )
+    config = apply_preset("quick-test", "lora", trigger="tkxw", **overrides)
+    with session_scope(engine) as session:
+        dataset = record_dataset(session, result)
+        job = jobs.enqueue(
+            session,
+            Job(
+                owner_id=1,
+                name="t",
+                method="lora",
+                base_model="tiny",
+                dataset_id=dataset.id,
+                config=config.model_dump(mode="json"),
+            ),
+        )
+        return job.id  # type: ignore[return-value]
+
+
+def _kinds(engine: Engine, job_id: int) -> list[str]:
+    with session_scope(engine) as session:
+        rows = session.exec(select(Event).where(Event.job_id == job_id).order_by(col(Event.id)))
+        return [e.kind for e in rows.all()]
+
+
+def test_worker_trains_a_job_to_awaiting_vote(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    job_id = _enqueue(settings, engine, tmp_path, steps=20, checkpoint_every=10)
+    assert Worker(settings, engine, "w1").run_once()
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        assert job.state == JobState.AWAITING_VOTE and job.vote_deadline is not None
+        checkpoints = session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+    assert [c.step for c in checkpoints] == [10, 20]
+    for checkpoint in checkpoints:
+        assert Path(checkpoint.path).is_file() and Path(checkpoint.grid_path).is_file()
+    kinds = _kinds(engine, job_id)
+    assert kinds[:3] == ["queued", "started", "training"]
+    assert kinds.count("checkpoint_ready") == 2 and kinds[-1] == "training_done"
+    assert "progress" in kinds
+    assert not Worker(settings, engine, "w1").run_once(), "queue is empty now"
+
+
+def test_cancel_is_seen_within_a_step(settings: Settings, engine: Engine, tmp_path: Path) -> None:
+    job_id = _enqueue(settings, engine, tmp_path, steps=400, checkpoint_every=400)
+
+    def cancel_when_training() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with session_scope(engine) as session:
+                job = session.get(Job, job_id)
+                if job.state == JobState.TRAINING and job.step >= 2:
+                    break
+            time.sleep(0.05)
+        jobs.request_cancel(engine, job_id, by_user=99)
+
+    canceller = threading.Thread(target=cancel_when_training)
+    canceller.start()
+    Worker(settings, engine, "w1").run_once()
+    canceller.join()
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        assert job.state == JobState.CANCELLED and job.step < 400
+    assert _kinds(engine, job_id)[-1] == "cancelled"
+
+
+def test_missing_dataset_fails_with_a_clear_reason(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    job_id = _enqueue(settings, engine, tmp_path, steps=20, checkpoint_every=10)
+    import shutil
+
+    shutil.rmtree(settings.datasets_dir)
+    Worker(settings, engine, "w1").run_once()
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        assert job.state == JobState.FAILED
+        assert job.error == "the job's dataset is missing from the data folder"
