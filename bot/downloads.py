@@ -46,7 +46,8 @@ class GuardedResolver(AbstractResolver):
         self.allow_loopback = allow_loopback
 
     def _allowed(self, address: str) -> bool:
-        return is_public(address) or (self.allow_loopback and ipaddress.ip_address(address).is_loopback)
+        loopback = ipaddress.ip_address(address).is_loopback
+        return is_public(address) or (self.allow_loopback and loopback)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

@@ -62,7 +62,7 @@ async def on_app_command_error(
         await reply_error(interaction, str(error) or "You may not use this command here.")
     else:
         log.error("command %s failed", _name(interaction), exc_info=original)
-        await reply_error(interaction, "Something went wrong on my side; an operator can see the log.")
+        await reply_error(interaction, "Something went wrong on my side; see the bot's log.")
 
 
 def _name(interaction: discord.Interaction) -> str:

@@ -39,7 +39,7 @@ def duration(seconds: float | None) -> str:
     """`1h 02m`, `3m 20s`, `45s`; unknown → `?`."""
     if seconds is None or seconds < 0:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

@@ -4,6 +4,7 @@ close at their deadline (or earlier with /job finalize)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -129,10 +130,8 @@ class Voting:
         while True:
             try:
                 for job in await run_db(queries.due_jobs, self.engine):
-                    try:
+                    with contextlib.suppress(NothingToFinalize):
                         await self.close(job, None)
-                    except NothingToFinalize:
-                        pass
             except Exception:
                 log.exception("deadline check failed")
             await asyncio.sleep(self.check_seconds)

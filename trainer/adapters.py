@@ -313,7 +313,9 @@ def load_adapter_state(
         _load_module_state(module, config, sub)
 
 
-def _load_module_state(module: nn.Module, config: TrainConfig, sub: dict[str, torch.Tensor]) -> None:
+def _load_module_state(
+    module: nn.Module, config: TrainConfig, sub: dict[str, torch.Tensor]
+) -> None:
     if config.method == "dora":
         own = dict(module.named_parameters())
         for key, value in sub.items():

@@ -121,7 +121,9 @@ def _load_pipeline(
     path: str, architecture: str, cache_dir: Path, single_file_config: str | Path | None
 ) -> Any:
     cls = _pipeline_class(architecture)
-    extra = {} if architecture == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra: dict[str, Any] = {}
+    if architecture == "sd1":
+        extra = {"safety_checker": None, "requires_safety_checker": False}
     if path in BUILTINS:
         if BUILTINS[path] != architecture:
             raise BaseModelError(f"{path} is {BUILTINS[path]}, not {architecture}")
@@ -169,7 +171,12 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 
 
 def _wrap(
-    pipeline: Any, architecture: Architecture, *, device: torch.device, dtype: torch.dtype, source: str
+    pipeline: Any,
+    architecture: Architecture,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    source: str,
 ) -> LoadedModel:
     from diffusers import DDPMScheduler
 

@@ -212,7 +212,8 @@ def _export_embedding(
         tensors = {"clip_l": vectors[0], "clip_g": vectors[1]}
     else:
         tensors = {"emb_params": vectors[0]}
-    meta = _modelspec(model, config, title, "textual-inversion", f"{config.resolution}x{config.resolution}")
+    resolution = f"{config.resolution}x{config.resolution}"
+    meta = _modelspec(model, config, title, "textual-inversion", resolution)
     meta |= {"ss_steps": str(step), "ss_base_model_version": BASE_VERSION[model.architecture]}
     primary = out_dir / stem / f"{slug(config.token)}.safetensors"
     _atomic_save(tensors, primary, meta)
@@ -244,7 +245,7 @@ def kohya_to_peft(
     for key, tensor in state_dict.items():
         module_name, _, suffix = key.partition(".")
         if module_name not in names:
-            raise ValueError(f"kohya key {key} matches no module of this {model.architecture} model")
+            raise ValueError(f"kohya key {key} matches no module of the {model.architecture} base")
         component, path = names[module_name]
         out.setdefault(component, {})[f"{path}.{renames.get(suffix, suffix)}"] = tensor
     return out

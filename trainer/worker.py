@@ -24,8 +24,9 @@ from sqlalchemy.engine import Engine
 
 from storage import jobs
 from storage.db import make_engine, session_scope
+from storage.generations import claim_generation, complete_generation, fail_generation
 from storage.migrate import ensure_schema
-from storage.models import Checkpoint, Dataset, GuildSettings, Job, utcnow
+from storage.models import Checkpoint, Dataset, Generation, GuildSettings, Job, utcnow
 from storage.settings import Settings, get_settings
 from storage.states import JobState
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
@@ -149,14 +150,66 @@ class Worker:
             log.warning("job %s: its worker stopped heart-beating; requeued", job_id)
 
     def run_once(self) -> bool:
-        """Claim and run one job; False when the queue was empty."""
+        """Render one waiting `/generate` request, or claim and run one training job; False
+        when there was nothing to do. Generations go first: they take seconds, jobs hours."""
         self.requeue_stale()
+        if self.run_generation():
+            return True
         job = jobs.claim(self.engine, self.worker_id)
         if job is None:
             return False
         log.info("job %s: claimed by %s (attempt %s)", job.id, self.worker_id, job.attempts)
         self.run_job(job)
         return True
+
+    def run_generation(self) -> bool:
+        request = claim_generation(self.engine, self.worker_id)
+        if request is None:
+            return False
+        started = time.monotonic()
+        try:
+            path = self._render(request)
+        except Exception as error:
+            log.exception("generation %s: failed", request.id)
+            fail_generation(self.engine, request.id, describe_crash(error))  # type: ignore[arg-type]
+        else:
+            complete_generation(self.engine, request.id, str(path))  # type: ignore[arg-type]
+            log.info("generation %s: %.1f s", request.id, time.monotonic() - started)
+        return True
+
+    def _render(self, request: Generation) -> Path:
+        from trainer.base_models import load_base_model, resolve_base_model
+        from trainer.generate import load_for_generation, render
+
+        with session_scope(self.engine) as session:
+            checkpoint = session.get(Checkpoint, request.checkpoint_id)
+            job = session.get(Job, checkpoint.job_id) if checkpoint else None
+        if checkpoint is None or job is None or not Path(checkpoint.path).is_file():
+            raise FileNotFoundError(2, "model file missing", checkpoint.path if checkpoint else "")
+        config = TrainConfig.model_validate(job.config)
+        path, architecture = resolve_base_model(job.base_model, self.settings)
+        base = load_base_model(
+            path,
+            architecture,
+            cache_dir=self.settings.cache_dir,
+            device=resolve_device(self.settings.worker.device),
+        )
+        pipeline = load_for_generation(base, Path(checkpoint.path), request.weight)
+        image = render(
+            pipeline,
+            request.prompt,
+            seed=request.seed,
+            steps=config.validation.steps,
+            guidance=config.validation.guidance,
+            scheduler=config.validation.scheduler,
+            negative_prompt=config.validation.negative_prompt,
+            width=config.resolution,
+            height=config.resolution,
+        )
+        out = self.settings.data_dir / "generations" / f"{request.id}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+        return out
 
     def run_forever(self) -> None:
         while not self.shutdown.is_set():

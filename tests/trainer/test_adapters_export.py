@@ -93,7 +93,9 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
-def test_lora_kohya_and_diffusers_files_reload_to_same_output(cache: Path, tmp_path: Path) -> None:
+def test_lora_kohya_and_diffusers_files_reload_to_same_output(
+    cache: Path, tmp_path: Path
+) -> None:
     cfg = config(targets="attention_conv", train_text_encoder=True)
     model = trained(cache, "sd1", cfg)
     want_unet, want_te = unet_out(model), te_out(model)
@@ -115,7 +117,7 @@ def test_kohya_keys_alpha_and_metadata(cache: Path, tmp_path: Path) -> None:
     cfg = config(targets="attention_conv", train_text_encoder=True)
     model = trained(cache, "sd1", cfg)
     tensors, meta = read_safetensors(export_checkpoint(model, cfg, tmp_path, 5, "x").primary)
-    assert all(KEY_PATTERN.match(k) for k in tensors), [k for k in tensors if not KEY_PATTERN.match(k)]
+    assert [k for k in tensors if not KEY_PATTERN.match(k)] == []
     assert all(t.dtype == torch.float32 for t in tensors.values())
     downs = [k for k in tensors if k.endswith(".lora_down.weight")]
     for down in downs:
@@ -145,7 +147,8 @@ def test_dora_kohya_file_round_trips(cache: Path, tmp_path: Path) -> None:
     assert files.diffusers is None
     tensors, meta = read_safetensors(files.primary)
     assert meta["ss_network_module"] == "lycoris.kohya"
-    scale = tensors["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.dora_scale"]
+    attn = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    scale = tensors[f"{attn}.dora_scale"]
     assert scale.shape == (1, 32)  # (1, in): LyCORIS / kohya convention
     assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.dora_scale"].shape == (1, 32, 1, 1)
     peft = kohya_to_peft(tensors, fresh(cache))
@@ -200,7 +203,8 @@ def test_embedding_files_reload_to_same_text_encoding(
     kohya_loaded, diffusers_loaded = fresh(cache, arch), fresh(cache, arch)
     from trainer.generate import _load_embedding
 
-    _load_embedding(kohya_loaded.pipeline, kohya_loaded, files.primary, {"modelspec.trigger_phrase": "sks"})
+    meta = {"modelspec.trigger_phrase": "sks"}
+    _load_embedding(kohya_loaded.pipeline, kohya_loaded, files.primary, meta)
     pipe = diffusers_loaded.pipeline
     pairs = [(pipe.text_encoder, pipe.tokenizer, "learned_embeds.safetensors")]
     if arch == "sdxl":

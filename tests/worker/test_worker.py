@@ -122,3 +122,33 @@ def test_missing_dataset_fails_with_a_clear_reason(
         job = session.get(Job, job_id)
         assert job.state == JobState.FAILED
         assert job.error == "the job's dataset is missing from the data folder"
+
+
+def test_generation_request_is_rendered_with_the_trained_model(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from storage.generations import request_generation
+
+    job_id = _enqueue(settings, engine, tmp_path, steps=10, checkpoint_every=10)
+    worker = Worker(settings, engine, "w1")
+    worker.run_once()
+    with session_scope(engine) as session:
+        (checkpoint,) = session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+        request = request_generation(
+            session,
+            guild_id=1,
+            channel_id=2,
+            user_id=3,
+            checkpoint_id=checkpoint.id,
+            prompt="tkxw on a beach",
+            weight=0.8,
+            seed=4,
+        )
+    assert worker.run_once()
+    with session_scope(engine) as session:
+        done = session.get(type(request), request.id)
+        assert done.state == "done"
+        assert Image.open(done.image_path).size == (64, 64)
+    assert _kinds(engine, job_id)[-1] == "generated"

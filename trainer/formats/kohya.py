@@ -45,7 +45,9 @@ def kohya_module_name(
     return prefix + path.replace(".", "_")
 
 
-def diffusers_to_sgm(path: str, layers_per_block: int, up_block_has_attention: tuple[bool, ...]) -> str:
+def diffusers_to_sgm(
+    path: str, layers_per_block: int, up_block_has_attention: tuple[bool, ...]
+) -> str:
     """Map a diffusers UNet module path to the original Stability (SGM) name."""
     per = layers_per_block + 1
     parts = path.split(".")

@@ -1,0 +1,60 @@
+"""`atelier bot` / `python -m bot`: build the client and run it; one clear line and exit code 2
+on a start-up error (the token never appears in a log or a message)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import discord
+
+from storage.db import make_engine
+from storage.migrate import SchemaMismatch
+from storage.settings import SettingsError, get_settings
+
+log = logging.getLogger("bot")
+
+
+class StartupError(RuntimeError):
+    """A problem the operator fixes in the configuration."""
+
+
+async def _main() -> None:
+    from bot.client import AtelierBot
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.discord_token is None or not settings.discord_token.get_secret_value():
+        raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
+    engine = make_engine(settings.db_url)
+    async with AtelierBot(settings, engine) as bot:
+        await bot.start(settings.discord_token.get_secret_value())
+
+
+def bot_cli(argv: list[str]) -> int:
+    """Run the bot until stopped; 2 on a start-up error."""
+    parser = argparse.ArgumentParser(prog="atelier bot", description="Run the Discord bot.")
+    parser.parse_args(argv)
+    try:
+        asyncio.run(_main())
+    except (StartupError, SettingsError, SchemaMismatch) as error:
+        print(f"atelier bot: {error}", file=sys.stderr)
+        return 2
+    except discord.LoginFailure:
+        print("atelier bot: Discord refused the token (DISCORD_TOKEN is wrong or revoked)",
+              file=sys.stderr)
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("atelier bot: a privileged intent is not enabled for this application",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(bot_cli(sys.argv[1:]))

@@ -1,0 +1,214 @@
+"""`/train lora` and `/train embedding`: dataset in, job queued, thread opened."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from pydantic import ValidationError
+
+from bot import downloads, queries
+from bot.db import run_db
+from bot.errors import BadInput, DatasetRefused, LimitReached
+from bot.exts._common import atelier
+from bot.permissions import require_trainer
+from storage.ingest import IngestError, IngestOptions, IngestResult, ingest_zip
+from storage.models import Job
+from trainer.config import TrainConfig, TrainOverrides
+from trainer.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    PresetError,
+    apply_preset,
+    explain_validation_error,
+)
+
+MIN_INGEST_RESOLUTION = 256
+
+
+def build_config(
+    method: str, preset: str, base_model: str, known_models: list[str], **options: Any
+) -> TrainConfig:
+    """Preset + the member's overrides, validated once; a bad value → one clear `BadInput`."""
+    if base_model not in known_models:
+        raise BadInput(f"Unknown base model `{base_model}`; pick one from the list.")
+    trigger, prefix = options.pop("trigger"), options.pop("caption_prefix") or ""
+    prompts = options.pop("validation_prompts", None)
+    try:
+        overrides = TrainOverrides(
+            validation_prompts=[p.strip() for p in prompts.split("|") if p.strip()]
+            if prompts else None,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except ValidationError as error:
+        raise BadInput(explain_validation_error(error)) from None
+    values = overrides.model_dump(exclude_none=True, exclude={"dora"})
+    try:
+        return apply_preset(preset, method, base_model=base_model, trigger=trigger,  # type: ignore[arg-type]
+                            caption_prefix=prefix, **values)
+    except PresetError as error:
+        raise BadInput(str(error)) from None
+
+
+def ingest_resolution(resolution: int) -> int:
+    """Datasets are stored at ≥ 256 px (multiple of 64) even for tiny test trainings."""
+    return max(MIN_INGEST_RESOLUTION, -(-resolution // 64) * 64)
+
+
+class Train(commands.Cog):
+    train = app_commands.Group(name="train", description="Train a model on a zip of images",
+                               guild_only=True)
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @train.command(name="lora", description="Train a LoRA (or DoRA) on a zip of images")
+    @app_commands.describe(
+        dataset="A zip of images (and optional .txt captions)",
+        dataset_url="Or an https link to the zip (for files over Discord's upload limit)",
+        trigger="The word that calls up your concept in prompts",
+        caption_prefix="Text put in front of every caption",
+        preset="Named defaults (character, style, …)", base_model="The model to train on",
+        name="Job name (default: the trigger)", steps="Training steps", rank="LoRA rank",
+        learning_rate="Learning rate", resolution="Training resolution (multiple of 64)",
+        validation_prompts="Prompts for the grids, separated by |; {trigger} is replaced",
+        dora="Train a DoRA instead of a plain LoRA",
+    )
+    async def lora(
+        self, interaction: discord.Interaction, trigger: app_commands.Range[str, 1, 100],
+        dataset: discord.Attachment | None = None,
+        dataset_url: app_commands.Range[str, 8, 1000] | None = None,
+        caption_prefix: app_commands.Range[str, 0, 200] | None = None,
+        preset: str = DEFAULT_PRESET, base_model: str | None = None,
+        name: app_commands.Range[str, 1, 60] | None = None,
+        steps: app_commands.Range[int, 10, 20000] | None = None,
+        rank: app_commands.Range[int, 1, 128] | None = None,
+        learning_rate: app_commands.Range[float, 1e-7, 1.0] | None = None,
+        resolution: app_commands.Range[int, 64, 1536] | None = None,
+        validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
+        dora: bool = False,
+    ) -> None:
+        await self._start(interaction, "dora" if dora else "lora", dataset, dataset_url, name,
+                          preset=preset, base_model=base_model, trigger=trigger,
+                          caption_prefix=caption_prefix, steps=steps, rank=rank,
+                          learning_rate=learning_rate, resolution=resolution,
+                          validation_prompts=validation_prompts)
+
+    @train.command(name="embedding", description="Train a textual-inversion embedding")
+    @app_commands.describe(
+        dataset="A zip of images", dataset_url="Or an https link to the zip",
+        trigger="The token the embedding learns", caption_prefix="Text before every caption",
+        preset="Named defaults", base_model="The model to train on", name="Job name",
+        steps="Training steps", learning_rate="Learning rate", resolution="Resolution",
+        validation_prompts="Prompts for the grids, separated by |",
+    )
+    async def embedding(
+        self, interaction: discord.Interaction, trigger: app_commands.Range[str, 1, 100],
+        dataset: discord.Attachment | None = None,
+        dataset_url: app_commands.Range[str, 8, 1000] | None = None,
+        caption_prefix: app_commands.Range[str, 0, 200] | None = None,
+        preset: str = DEFAULT_PRESET, base_model: str | None = None,
+        name: app_commands.Range[str, 1, 60] | None = None,
+        steps: app_commands.Range[int, 10, 20000] | None = None,
+        learning_rate: app_commands.Range[float, 1e-7, 1.0] | None = None,
+        resolution: app_commands.Range[int, 64, 1536] | None = None,
+        validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
+    ) -> None:
+        await self._start(interaction, "embedding", dataset, dataset_url, name, preset=preset,
+                          base_model=base_model, trigger=trigger, caption_prefix=caption_prefix,
+                          steps=steps, learning_rate=learning_rate, resolution=resolution,
+                          validation_prompts=validation_prompts)
+
+    @lora.autocomplete("preset")
+    @embedding.autocomplete("preset")
+    async def _preset_choices(
+        self, _interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
+                for p in PRESETS.values() if current.lower() in p.name][:25]
+
+    @lora.autocomplete("base_model")
+    @embedding.autocomplete("base_model")
+    async def _model_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        models = atelier(interaction).settings.base_models
+        return [app_commands.Choice(name=f"{n} — {m.description or m.architecture}"[:100], value=n)
+                for n, m in models.items() if current.lower() in n.lower()][:25]
+
+    async def _start(
+        self, interaction: discord.Interaction, method: str, dataset: discord.Attachment | None,
+        dataset_url: str | None, name: str | None, **options: Any,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        bot = atelier(interaction)
+        settings = bot.settings
+        guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
+        require_trainer(interaction.user, guild)
+        limit = (guild.jobs_per_member if guild and guild.jobs_per_member
+                 else settings.limits.jobs_per_member)
+        base_model = options.pop("base_model") or settings.default_base_model
+        config = build_config(method, options.pop("preset"), base_model,
+                              list(settings.base_models), **options)
+        if (dataset is None) == (dataset_url is None):
+            raise BadInput("Give exactly one of `dataset` (a zip) or `dataset_url` (a link).")
+        result = await self._ingest(bot, dataset, dataset_url, config)
+        job = Job(guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+                  owner_id=interaction.user.id, name=name or config.trigger or "model",
+                  method=method, base_model=base_model, dataset_id=result.dataset_id,
+                  config=config.model_copy(update={"dataset": str(result.path)})
+                  .model_dump(mode="json"))
+        new = await run_db(queries.create_job, bot.engine, result, job, limit)
+        await bot.notifier.process_job(new.job.id)  # type: ignore[arg-type]
+        current = await run_db(queries.get_job, bot.engine, new.job.id)  # type: ignore[arg-type]
+        where = f"<#{current.thread_id}>" if current.thread_id else "the channel"
+        await interaction.followup.send(
+            f"Job #{current.id} is queued (#{new.position} in line); follow it in {where}.",
+            ephemeral=True)
+
+    async def _ingest(
+        self, bot: Any, dataset: discord.Attachment | None, url: str | None,
+        config: TrainConfig,
+    ) -> IngestResult:
+        settings = bot.settings
+        incoming = settings.data_dir / "incoming"
+        await run_db(incoming.mkdir, parents=True, exist_ok=True)
+        path = incoming / f"{uuid.uuid4().hex}.zip"
+        try:
+            await self._download(settings, dataset, url, path)
+            options = IngestOptions(trigger=config.trigger, caption_prefix=config.caption_prefix,
+                                    method=config.method,
+                                    resolution=ingest_resolution(config.resolution))
+            return await run_db(ingest_zip, path, settings.datasets_dir, options,
+                                settings.limits)
+        except IngestError as error:
+            raise DatasetRefused(f"Dataset refused: {error.message}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                await run_db(Path.unlink, path, missing_ok=True)
+
+    @staticmethod
+    async def _download(
+        settings: Any, dataset: discord.Attachment | None, url: str | None, path: Path
+    ) -> None:
+        cap = settings.limits.max_zip_bytes
+        if dataset is not None:
+            if not dataset.filename.lower().endswith(".zip"):
+                raise BadInput("The dataset must be a .zip file.")
+            await downloads.download_attachment(dataset, path, cap)
+        else:
+            await downloads.download_url(
+                url or "", path, cap, allow_insecure=settings.discord.allow_insecure_dataset_urls
+            )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Train(bot))
+
+
+__all__ = ["LimitReached", "Train", "build_config", "setup"]

@@ -1,0 +1,124 @@
+"""Fixtures for the bot: settings in a temp folder, a migrated SQLite database, a dataset zip,
+and (for end-to-end tests) the Discord emulator with the real bot connected to it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from storage.db import make_engine
+from storage.migrate import upgrade
+from storage.settings import Settings, load_settings
+
+
+def make_zip(count: int = 6, side: int = 96) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(count):
+            image = Image.new("RGB", (side, side), (40 * i % 255, 90, 200 - 20 * i))
+            for x in range(0, side, 8):  # a little structure so images are not duplicates
+                for y in range(i, side, 16):
+                    image.putpixel((x, y), (255, 255, 255))
+            png = io.BytesIO()
+            image.save(png, "PNG")
+            zf.writestr(f"img{i}.png", png.getvalue())
+            zf.writestr(f"img{i}.txt", f"a red figure number {i}")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def dataset_zip() -> bytes:
+    return make_zip()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        discord={"link_port": 0, "progress_edit_seconds": 1.0, "link_ttl_hours": 1.0,
+                 "allow_insecure_dataset_urls": True},
+        worker={"heartbeat_seconds": 1.0, "stale_after_seconds": 5.0, "poll_seconds": 0.2,
+                "progress_event_seconds": 0.2, "device": "cpu"},
+        vote_window_hours=1.0,
+        link_secret="test-secret",
+    )
+
+
+@pytest.fixture
+def bot_engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Any]:
+    from discord_emulator import DiscordEmulator
+
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+async def start_bot(emu: Any, settings: Settings, engine: Engine) -> Any:
+    from bot.client import run_bot
+
+    settings = settings.model_copy(update={"discord_token": _secret(emu.token)})
+    bot = await run_bot(settings, engine)
+    bot.notifier.poll_seconds = 0.1
+    bot.notifier.retry_base_seconds = 0.3
+    bot.voting.check_seconds = 0.3
+    return bot
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+async def stop_bot(bot: Any) -> None:
+    await bot.close()
+    runner = getattr(bot, "runner", None)
+    if runner is not None:
+        try:
+            await asyncio.wait_for(runner, 3)
+        except (Exception, asyncio.CancelledError):
+            pass
+
+
+@pytest.fixture
+async def atelier(emu: Any, settings: Settings, bot_engine: Engine) -> AsyncIterator[Any]:
+    bot = await start_bot(emu, settings, bot_engine)
+    try:
+        yield bot
+    finally:
+        await stop_bot(bot)
+
+
+class WorkerThread:
+    """A real trainer worker running jobs in a thread until stopped."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        from trainer.worker import Worker
+
+        self.worker = Worker(settings, engine, worker_id="test-worker")
+        self.thread = threading.Thread(target=self.worker.run_forever, daemon=True)
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.shutdown.set()
+        self.thread.join(60)
