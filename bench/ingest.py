@@ -90,8 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
         mixed = measure(make_zip(root / "mixed.zip", args.mixed, 1024, True), root / "d1")
-        small = measure(make_zip(root / "small.zip", args.small, 512, False), root / "d2")
-        large = measure(make_zip(root / "large.zip", args.large, 512, False), root / "d3")
+        small = measure(make_zip(root / "small.zip", args.small, 384, False), root / "d2")
+        large = measure(make_zip(root / "large.zip", args.large, 384, False), root / "d3")
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     print(
         json.dumps(

@@ -126,7 +126,8 @@ def test_kohya_keys_alpha_and_metadata(cache: Path, tmp_path: Path) -> None:
         assert tensors[f"{name}.alpha"].item() == 1.0
     assert len(tensors) == 3 * len(downs)
     assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.alpha" in tensors
-    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in tensors)
+    te_q = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    assert any(k.startswith(te_q) for k in tensors)
     conv = tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"]
     assert conv.shape == (4, 32, 3, 3)
     assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"].shape == (32, 4, 1, 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from trainer.config import TrainConfig
@@ -49,3 +50,17 @@ def tiny_config(**overrides: Any) -> TrainConfig:
     }
     values.update(overrides)
     return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per test session: the tiny model is built once, latents cached per test."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """Two cores are shared by everyone: keep torch to one thread (also makes timings stable)."""
+    import torch
+
+    torch.set_num_threads(1)
