@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -519,7 +520,9 @@ def optimizer_step(
         if config.method == "embedding":
             adapters.restore_frozen_embedding_rows(model)
     optimizer.zero_grad(set_to_none=True)
-    lr_scheduler.step()
+    with warnings.catch_warnings():  # torch warns when a skipped step did not call optimizer.step
+        warnings.simplefilter("ignore", UserWarning)
+        lr_scheduler.step()
     return total if finite else float("nan")
 
 

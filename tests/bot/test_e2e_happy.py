@@ -45,8 +45,8 @@ async def test_train_vote_finalize(emu, atelier, settings, bot_engine, dataset_z
         done = await emu.wait_for_message(job.thread_id, "Training done", timeout=20)
     job = job_row(bot_engine, job_id)
     status = emu.message(job.status_message_id)
-    print([(m.id, m.content[:60]) for m in emu.timeline(job.thread_id)], job.status_message_id)
-    assert "step 20/20" in status.content
+    await emu.wait_until(lambda: "step 20/20" in status.content, 10)
+    assert "waiting for votes" in status.content
     with session_scope(bot_engine) as session:
         ckpts = session.query(Checkpoint).filter_by(job_id=job_id).order_by(Checkpoint.step).all()
     assert len(ckpts) >= 2 and all(c.grid_message_id for c in ckpts)

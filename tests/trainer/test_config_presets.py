@@ -1,0 +1,114 @@
+"""Presets validate for every method; impossible combinations and bad CLI input are refused in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.train_helpers import make_dataset
+from trainer.callbacks import TrainingFailed
+from trainer.config import TrainConfig
+from trainer.loop import check_runtime, make_accelerator
+from trainer.presets import PRESETS, PresetError, apply_preset, preset_choices
+from trainer.train_cli import train_cli
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "embedding"])
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_validates(name, method):
+    config = apply_preset(name, method, trigger="ohwx")
+    assert config.method == method
+    assert config.checkpoint_steps[-1] == config.steps
+
+
+def test_presets_cover_the_named_use_cases():
+    assert {"character", "style", "object", "quick-test"} <= set(PRESETS)
+    assert all(description for _, description in preset_choices())
+
+
+@pytest.mark.parametrize("method", ["lora", "embedding"])
+def test_quick_test_fits_the_tiny_model_on_cpu(method):
+    config = apply_preset("quick-test", method, trigger="ohwx")
+    assert config.base_model == "tiny" and config.resolution == 64 and config.batch_size == 2
+    assert config.steps <= 100 and config.checkpoint_every == 20 and config.validation.steps == 4
+
+
+def test_overrides_merge_and_steps_shrink_the_cadence():
+    config = apply_preset("character", "lora", trigger="ohwx", steps=100, validation_prompts=["x"])
+    assert config.steps == 100 and config.checkpoint_every == 25
+    assert config.validation.prompts == ["x"] and config.validation.seeds == [1, 2]
+    embedding = apply_preset("character", "embedding", trigger="ohwx", steps=100)
+    assert embedding.warmup_steps < 100
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("nope", {}, "unknown preset 'nope' (choose from: character"),
+        ("character", {"steps": 100, "checkpoint_every": 500}, "checkpoint_every (500) is larger"),
+        ("character", {"optimizer": "prodigy"}, "Prodigy expects learning_rate"),
+        ("character", {"rank": 0}, "rank: Input should be greater than or equal to 1"),
+    ],
+)
+def test_impossible_presets_are_refused_in_one_line(name, overrides, message):
+    with pytest.raises(PresetError) as refusal:
+        apply_preset(name, "lora", trigger="ohwx", **overrides)
+    assert message in str(refusal.value) and "\n" not in str(refusal.value)
+
+
+def test_embedding_without_trigger_is_refused():
+    with pytest.raises(PresetError, match="an embedding needs a trigger"):
+        apply_preset("style", "embedding")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="installed")
+def test_8bit_adamw_needs_bitsandbytes():
+    with pytest.raises(TrainingFailed, match="needs the bitsandbytes package"):
+        check_runtime(TrainConfig(optimizer="adamw8bit"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("prodigyopt") is not None, reason="installed")
+def test_prodigy_needs_prodigyopt():
+    with pytest.raises(TrainingFailed, match="needs the prodigyopt package"):
+        check_runtime(TrainConfig(optimizer="prodigy", learning_rate=1.0))
+
+
+def test_mixed_precision_on_cpu_is_refused_and_auto_is_fp32():
+    with pytest.raises(TrainingFailed, match="needs a CUDA GPU"):
+        make_accelerator(TrainConfig(mixed_precision="fp16"), "cpu")
+    assert make_accelerator(TrainConfig(), "cpu").mixed_precision == "no"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "error: give a CONFIG.yaml or --dataset"),
+        (["--dataset", "/nonexistent/x", "--trigger", "t"], "is neither a folder nor a .zip"),
+        (["--dataset", "{data}", "--preset", "nope"], "error: unknown preset 'nope'"),
+        (["--dataset", "{data}", "--method", "embedding"], "an embedding needs a trigger"),
+        (["{yaml}"], "is not valid YAML"),
+        (["--dataset", "{data}", "--trigger", "t", "--steps", "0"], "steps: Input should be"),
+    ],
+)
+def test_cli_refusals_exit_2_with_one_error_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
+    data = make_dataset(tmp_path / "ds", count=1, size=32)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    argv = [a.format(data=data, yaml=bad) for a in argv]
+    assert train_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert "Traceback" not in "".join(err)
+
+
+def test_cli_unknown_base_model_is_a_refusal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
+    data = make_dataset(tmp_path / "ds", count=1, size=32)
+    config = tmp_path / "job.yaml"
+    config.write_text(f"dataset: {data}\ntrigger: t\nbase_model: nowhere\nsteps: 2\ncheckpoint_every: 2\n")
+    assert train_cli([str(config), "--out", str(tmp_path / "out"), "--cache-dir", str(Path(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: unknown base model 'nowhere'")
