@@ -7,8 +7,6 @@ Exit codes: 0 accepted, 2 refused (one `error:` line on stderr), 1 unexpected fa
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -81,33 +79,18 @@ def _ingest(args: argparse.Namespace) -> IngestResult:
 
 
 def _record(settings: Any, result: IngestResult) -> None:
-    """Insert the Dataset row through storage.datasets, when that module exists."""
-    if importlib.util.find_spec("storage.datasets") is None:
-        return
-    from storage import datasets
-
-    record = datasets.record_dataset
-    first = next(iter(inspect.signature(record).parameters), "")
-    if first != "session":
-        record(settings, result)
-        return
+    """Insert the Dataset row (the same content gives the same row)."""
+    from storage.datasets import record_dataset
     from storage.db import make_engine, session_scope
+    from storage.migrate import ensure_schema
 
     engine = make_engine(settings.db_url)
     try:
-        _ensure_schema(engine)
+        ensure_schema(engine)
         with session_scope(engine) as session:
-            record(session, result)
+            record_dataset(session, result)
     finally:
         engine.dispose()
-
-
-def _ensure_schema(engine: Any) -> None:
-    if importlib.util.find_spec("storage.migrate") is None:
-        return
-    from storage.migrate import ensure_schema
-
-    ensure_schema(engine)
 
 
 def _print(result: IngestResult, *, as_json: bool) -> None:

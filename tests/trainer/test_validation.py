@@ -1,0 +1,98 @@
+"""Validation grids: layout and labels, the base column really lacks the adapter, size limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.trainer.train_helpers import _one_thread, model_cache, tiny_config
+from trainer import adapters, loop
+from trainer.validation import (
+    _LABEL_W,
+    _TITLE_H,
+    adapter_disabled,
+    comparison_grid,
+    default_prompts,
+    draw_grid,
+    loss_curve,
+    make_plan,
+    prepare_pipeline,
+    render,
+    render_base,
+    save_png,
+    validation_grid,
+)
+
+__all__ = ["_one_thread", "model_cache"]
+
+
+def _ink(image: Image.Image, box: tuple[int, int, int, int]) -> int:
+    """Non-white pixels in a box: labels drawn there."""
+    return sum(1 for p in image.crop(box).getdata() if p != (255, 255, 255))
+
+
+def test_draw_grid_layout_and_labels():
+    tiles = [[Image.new("RGB", (64, 64), (0, 0, 200)) for _ in range(3)] for _ in range(2)]
+    grid = draw_grid(tiles, ["ohwx", "a painting of ohwx"], ["base", "seed 1", "seed 2"], "step 20")
+    assert grid.size == (_LABEL_W + 3 * 64, _TITLE_H + 18 + 2 * 64)
+    assert _ink(grid, (0, 0, 80, _TITLE_H)) > 0  # title
+    assert _ink(grid, (0, _TITLE_H + 18, _LABEL_W, _TITLE_H + 18 + 64)) > 0  # first prompt
+    assert grid.getpixel((_LABEL_W + 2 * 64 + 10, _TITLE_H + 18 + 70)) == (0, 0, 200)
+
+
+def test_default_prompts_come_from_the_trigger():
+    assert all("ohwx" in p for p in default_prompts(tiny_config()))
+    plan = make_plan(tiny_config(validation={"prompts": ["{trigger} at sea"], "seeds": [3, 4]}))
+    assert plan.labels == ["ohwx at sea"] and plan.seeds == [3, 4]
+    embedding = make_plan(tiny_config(method="embedding", validation={"prompts": ["{trigger}"]}), "person")
+    assert embedding.prompts == ["ohwx"] and embedding.base_prompts == ["person"]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_base_column_is_the_model_without_the_adapter(method, tmp_path, model_cache):
+    config = tiny_config(method=method, resolution=32, validation={"steps": 2, "seeds": [1, 2]})
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    prepare_pipeline(model, config)
+    plan = make_plan(config)
+    plain = render(model, config, plan.prompts[0], 1, 32, 32)
+    torch.manual_seed(0)
+    for param in adapters.inject_adapter(model, config):
+        param.data.add_(torch.randn_like(param) * 0.5)
+    base = render_base(model, config, plan, method)
+    assert list(base[0].getdata()) == list(plain.getdata())  # adapter fully off
+    trained = render(model, config, plan.prompts[0], 1, 32, 32)
+    assert list(trained.getdata()) != list(plain.getdata())  # and back on afterwards
+    with adapter_disabled(model):
+        pass
+    assert list(render(model, config, plan.prompts[0], 1, 32, 32).getdata()) == list(trained.getdata())
+
+    path = validation_grid(model, config, plan, base, 20, tmp_path / "grid.png")
+    with Image.open(path) as grid:
+        assert grid.size == (_LABEL_W + 3 * 32, _TITLE_H + 18 + len(plan.prompts) * max(32, grid.size[1] and 36))
+    assert path.stat().st_size < 10 * 1024 * 1024
+
+
+def test_save_png_shrinks_until_under_the_limit(tmp_path):
+    noise = Image.effect_noise((512, 512), 100).convert("RGB")
+    path = save_png(noise, tmp_path / "big.png", max_bytes=60_000)
+    assert path.stat().st_size < 60_000
+    with Image.open(path) as saved:
+        assert saved.width < 512
+
+
+def test_comparison_grid_and_loss_curve(tmp_path):
+    grids = []
+    for step in (10, 20):
+        grids.append(save_png(Image.new("RGB", (300, 200), (step, 0, 0)), tmp_path / f"{step}.png"))
+    out = comparison_grid(grids, [10, 20], tmp_path / "comparison.png")
+    with Image.open(out) as image:
+        assert image.size == (600, 200 + _TITLE_H)
+    curve = loss_curve([1.0, 0.8, float("nan"), 0.5, 0.4], tmp_path / "loss.png")
+    with Image.open(curve) as image:
+        assert image.size == (640, 360)
+        assert _ink(image, (60, 30, 620, 330)) > 100  # the curve is drawn
+    with pytest.raises(ValueError):
+        comparison_grid([], [])
