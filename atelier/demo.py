@@ -117,7 +117,7 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
         worker = start_worker(settings, out_dir / "worker.log")
         try:
             world = emu.default
-            print(f"demo: {world.alice.name} runs /train lora with a 12-image zip", flush=True)
+            print(f"demo: {world.alice.username} runs /train lora with a 12-image zip", flush=True)
             handle = await emu.run_slash_command(
                 world.alice, world.channel, "train lora",
                 {"trigger": TRIGGER, "preset": "quick-test", "base_model": base_model,

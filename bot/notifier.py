@@ -211,6 +211,7 @@ class Notifier:
         files = await delivery.read_files([p.get("comparison_grid"), p.get("loss_curve")])
         text = render.comparison_text([c.step for c in ckpts], p["deadline"])
         message = await delivery.send(target, event_nonce(event), text, files=files)
+        await run_db(queries.set_event_message, self.engine, event.id, message.id)  # votes count
         await self._final_status(job, "awaiting_vote")
         await delivery.add_reactions(message, list(NUMBER_EMOJI[: len(ckpts)]))
         return message.id

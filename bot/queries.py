@@ -119,6 +119,15 @@ def set_grid_message(engine: Engine, checkpoint_id: int, message_id: int) -> Non
             session.add(checkpoint)
 
 
+def set_event_message(engine: Engine, event_id: int | None, message_id: int) -> None:
+    """Record an event's message before delivery ends (e.g. before its reactions are added)."""
+    with session_scope(engine) as session:
+        event = session.get(Event, event_id)
+        if event is not None:
+            event.message_id = message_id
+            session.add(event)
+
+
 def checkpoints(engine: Engine, job_id: int) -> list[Checkpoint]:
     with session_scope(engine) as session:
         return jobs.checkpoints_of(session, job_id)

@@ -29,13 +29,20 @@ def checkpoint_for_reaction(
 ) -> int | None:
     """Which checkpoint a reaction votes for: 👍 on a checkpoint's grid, or its number on the
     comparison grid. Anything else is not a vote."""
+    emoji = plain(emoji)
     if kind == "grid":
-        return grid_checkpoint_id if emoji == VOTE_EMOJI else None
-    if emoji in NUMBER_EMOJI:
-        index = NUMBER_EMOJI.index(emoji)
+        return grid_checkpoint_id if emoji == plain(VOTE_EMOJI) else None
+    numbers = [plain(n) for n in NUMBER_EMOJI]
+    if emoji in numbers:
+        index = numbers.index(emoji)
         if index < len(numbered):
             return numbered[index].id
     return None
+
+
+def plain(emoji: str) -> str:
+    """Emoji without variation selectors (clients send 1️⃣ with or without U+FE0F)."""
+    return emoji.replace("\ufe0f", "")
 
 
 def numbered_checkpoints(checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
@@ -105,7 +112,7 @@ class Voting:
         except discord.HTTPException:
             return set()
         for reaction in message.reactions:
-            if str(reaction.emoji) == emoji:
+            if plain(str(reaction.emoji)) == plain(emoji):
                 return {user.id async for user in reaction.users()}
         return set()
 

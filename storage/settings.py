@@ -98,6 +98,9 @@ BUILTIN_MODELS: dict[str, BaseModelEntry] = {
     TINY_SDXL_MODEL: BaseModelEntry(
         path="builtin:tiny-sdxl", architecture="sdxl", description="Built-in tiny SDXL model"
     ),
+    "toy": BaseModelEntry(
+        path="builtin:toy", description="Built-in toy model that draws coloured shapes (64 px)"
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 Supported, all offline (the Hugging Face Hub is never contacted):
 - `builtin:tiny` / `builtin:tiny-sdxl`: the generated tiny models (`trainer.tiny_model`).
+- `builtin:toy`: the committed toy model (`trainer/builtin_models/toy`, drawn by `trainer.toy`).
 - A diffusers pipeline folder (has `model_index.json`).
 - A single-file checkpoint (`.safetensors`, `.ckpt`) **with a local diffusers config folder**:
   `from_single_file` otherwise fetches configs and tokenizers from the Hub. The config folder is
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
     from storage.settings import Settings
 
 Architecture = Literal["sd1", "sdxl"]
-BUILTINS: dict[str, Architecture] = {"builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl"}
+BUILTINS: dict[str, Architecture] = {
+    "builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl", "builtin:toy": "sd1",
+}  # fmt: skip
+TOY_MODEL_DIR = Path(__file__).parent / "builtin_models" / "toy"
+"""`builtin:toy`: the committed toy model that draws coloured shapes (`trainer/toy/`)."""
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -127,6 +132,10 @@ def _load_pipeline(
     if path in BUILTINS:
         if BUILTINS[path] != architecture:
             raise BaseModelError(f"{path} is {BUILTINS[path]}, not {architecture}")
+        if path == "builtin:toy":
+            if not (TOY_MODEL_DIR / "model_index.json").is_file():
+                raise BaseModelError(f"the toy model is missing from {TOY_MODEL_DIR}")
+            return cls.from_pretrained(TOY_MODEL_DIR, local_files_only=True, **extra)
         folder = ensure_tiny_model(Path(cache_dir), BUILTINS[path])
         return cls.from_pretrained(folder, local_files_only=True, **extra)
     local = Path(path).expanduser()

@@ -30,7 +30,7 @@ class TextConditioning:
 
 
 def model_fingerprint(model: Any) -> str:
-    """A content id of the VAE and text encoders (a float64 sum per tensor): cheap, load-independent."""
+    """Content id of the VAE and text encoders (float64 sum per tensor): cheap, path-independent."""
     digest = hashlib.sha256(model.architecture.encode())
     for module in (model.vae, *model.text_encoders):
         for name, tensor in module.state_dict().items():
@@ -111,7 +111,7 @@ def _load(path: Path, count: int) -> dict[str, list[torch.Tensor]] | None:
 def latent_cache(
     model: Any, examples: list[Example], cache_file: Path
 ) -> tuple[list[torch.Tensor], bool]:
-    """Latents of every example (CPU), from `cache_file` or encoded now and saved; (latents, hit)."""
+    """Latents of every example (CPU), from `cache_file` or encoded and saved; (latents, hit)."""
     cached = _load(cache_file, len(examples))
     if cached is not None:
         return cached["latents"], True

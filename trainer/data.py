@@ -26,8 +26,9 @@ OBJECT_TEMPLATES = (
     "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}",
 )  # fmt: skip
 STYLE_TEMPLATES = (
-    "a painting in the style of {}", "a rendering in the style of {}", "a picture in the style of {}",
-    "an artwork in the style of {}", "a drawing in the style of {}", "a cropped painting in the style of {}",
+    "a painting in the style of {}", "a rendering in the style of {}",
+    "a picture in the style of {}", "an artwork in the style of {}",
+    "a drawing in the style of {}", "a cropped painting in the style of {}",
 )  # fmt: skip
 
 
@@ -51,7 +52,7 @@ class Example:
 
 
 def read_rows(dataset_dir: Path) -> list[tuple[Path, str]]:
-    """(image path, caption) from an ingested folder's `captions.jsonl`, else image + .txt side-cars."""
+    """(image, caption) from an ingested folder's `captions.jsonl`, else images + .txt side-cars."""
     dataset_dir = Path(dataset_dir)
     index = dataset_dir / "captions.jsonl"
     rows: list[tuple[Path, str]] = []

@@ -54,7 +54,10 @@ PRESETS: dict[str, Preset] = {
                 "rank": 16, "alpha": 16.0, "learning_rate": 1e-4, "steps": 2000, "batch_size": 4,
                 "checkpoint_every": 250, "keep_last": 4, "caption_dropout": 0.05,
             },
-            embedding={**_EMBEDDING_BASE, "embedding": {"templates": "object", "initializer_token": "person"}},
+            embedding={
+                **_EMBEDDING_BASE,
+                "embedding": {"templates": "object", "initializer_token": "person"},
+            },
         ),
         Preset(
             "style",
@@ -64,7 +67,10 @@ PRESETS: dict[str, Preset] = {
                 "checkpoint_every": 250, "keep_last": 4, "caption_dropout": 0.05,
                 "shuffle_captions": True, "keep_tokens": 1,
             },
-            embedding={**_EMBEDDING_BASE, "embedding": {"templates": "style", "initializer_token": "art"}},
+            embedding={
+                **_EMBEDDING_BASE,
+                "embedding": {"templates": "style", "initializer_token": "art"},
+            },
         ),
         Preset(
             "object",
@@ -89,7 +95,9 @@ PRESETS: dict[str, Preset] = {
             embedding={
                 "base_model": "tiny", "learning_rate": 5e-2, "steps": 60, "batch_size": 2,
                 "resolution": 64, "checkpoint_every": 20, "schedule": "constant",
-                "embedding": {"num_vectors": 2, "templates": "captions", "initializer_token": "person"},
+                "embedding": {
+                    "num_vectors": 2, "templates": "captions", "initializer_token": "person",
+                },
                 "validation": {"steps": 4, "seeds": [1], "guidance": 5.0, "scheduler": "euler"},
             },
         ),

@@ -23,7 +23,13 @@ from pydantic import ValidationError
 
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import TrainConfig
-from trainer.presets import DEFAULT_PRESET, PRESETS, PresetError, apply_preset, explain_validation_error
+from trainer.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    PresetError,
+    apply_preset,
+    explain_validation_error,
+)
 
 
 class CliError(Exception):
@@ -31,7 +37,7 @@ class CliError(Exception):
 
 
 class ConsoleCallbacks(TrainCallbacks):
-    """A `\\r` progress bar on a terminal, a plain line every ~5 % otherwise; Ctrl-C stops cleanly."""
+    """A `\\r` progress bar on a terminal, else a plain line every ~5 %; Ctrl-C stops cleanly."""
 
     def __init__(self, stream: TextIO, interactive: bool) -> None:
         self.stream, self.interactive = stream, interactive
@@ -60,7 +66,9 @@ class ConsoleCallbacks(TrainCallbacks):
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         prefix = "\n" if self.interactive else ""
-        self.stream.write(f"{prefix}checkpoint step {info.step}: {info.file} (grid {info.grid_path})\n")
+        self.stream.write(
+            f"{prefix}checkpoint step {info.step}: {info.file} (grid {info.grid_path})\n"
+        )
         self.stream.flush()
 
     def on_nan_skipped(self, step: int, count: int) -> None:
@@ -71,9 +79,13 @@ class ConsoleCallbacks(TrainCallbacks):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atelier train", description="Train a LoRA, DoRA or embedding.")
+    parser = argparse.ArgumentParser(
+        prog="atelier train", description="Train a LoRA, DoRA or embedding."
+    )
     parser.add_argument("config", nargs="?", type=Path, help="YAML file of TrainConfig fields")
-    parser.add_argument("--dataset", type=Path, help="ingested dataset folder, image folder, or zip")
+    parser.add_argument(
+        "--dataset", type=Path, help="ingested dataset folder, image folder, or zip"
+    )
     parser.add_argument("--method", choices=("lora", "dora", "embedding"))
     parser.add_argument("--trigger", help="trigger word (the embedding's token)")
     parser.add_argument("--preset", help=f"named defaults: {', '.join(PRESETS)}")
@@ -81,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder (run again to resume)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
-    parser.add_argument("--cache-dir", type=Path, help="model and latent caches (default: settings)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="model and latent caches (default: settings)"
+    )
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if a state exists"
+    )
     return parser
 
 
@@ -106,7 +122,9 @@ def train_cli(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     if result.status == "cancelled":
-        print(f"stopped at step {result.step}; run the same command again to resume", file=sys.stderr)
+        print(
+            f"stopped at step {result.step}; run the same command again to resume", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -192,7 +210,12 @@ def _run_name(config: TrainConfig) -> str:
 
 
 def _run(
-    config: TrainConfig, dataset_dir: Path, output_dir: Path, cache_dir: Path, args: argparse.Namespace, settings: Any
+    config: TrainConfig,
+    dataset_dir: Path,
+    output_dir: Path,
+    cache_dir: Path,
+    args: argparse.Namespace,
+    settings: Any,
 ) -> TrainResult:
     _quiet_libraries()
     from trainer.loop import train

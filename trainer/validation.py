@@ -35,7 +35,7 @@ _BG, _FG = (255, 255, 255), (20, 20, 20)
 
 @dataclass
 class ValidationPlan:
-    """What every grid of a job renders: prompts as shown, as sent to the model, and for the base."""
+    """What every grid of a job renders: prompts as shown, as rendered, and for the base."""
 
     labels: list[str]
     prompts: list[str]
@@ -54,7 +54,7 @@ def default_prompts(config: TrainConfig) -> list[str]:
 
 
 def make_plan(config: TrainConfig, base_word: str | None = None) -> ValidationPlan:
-    """Prompts as shown and as rendered (`{trigger}` filled in); `base_word` replaces an embedding's token.
+    """Prompts as shown and rendered (`{trigger}` filled in); `base_word` replaces the token.
 
     Pipelines expand a multi-vector token themselves (textual-inversion mixin), so a prompt is
     sent as written.
@@ -76,7 +76,7 @@ def make_plan(config: TrainConfig, base_word: str | None = None) -> ValidationPl
 
 
 def prepare_pipeline(model: Any, config: TrainConfig) -> None:
-    """Give the pipeline the member-facing scheduler once per job (the loaded pipeline is reused)."""
+    """Give the pipeline the member-facing scheduler once per job (the pipeline is reused)."""
     model.pipeline.set_progress_bar_config(disable=True)
     try:
         from trainer.schedulers import make_scheduler
@@ -92,7 +92,7 @@ def prepare_pipeline(model: Any, config: TrainConfig) -> None:
 
 @contextlib.contextmanager
 def adapter_disabled(model: Any) -> Iterator[None]:
-    """The base model for a moment: peft LoRA layers switched off, DoRA layers swapped for their base."""
+    """The base model for a moment: peft LoRA layers off, DoRA layers swapped for their base."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from trainer.adapters import _set_submodule, iter_dora

@@ -45,8 +45,8 @@ async def test_train_vote_finalize(emu, atelier, settings, bot_engine, dataset_z
         done = await emu.wait_for_message(job.thread_id, "Training done", timeout=20)
     job = job_row(bot_engine, job_id)
     status = emu.message(job.status_message_id)
-    await emu.wait_until(lambda: "step 20/20" in status.content, 10)
-    assert "waiting for votes" in status.content
+    await emu.wait_until(lambda: "waiting for votes" in status.content, 10)
+    assert "step 20/20" in status.content
     with session_scope(bot_engine) as session:
         ckpts = session.query(Checkpoint).filter_by(job_id=job_id).order_by(Checkpoint.step).all()
     assert len(ckpts) >= 2 and all(c.grid_message_id for c in ckpts)
@@ -69,8 +69,11 @@ async def test_train_vote_finalize(emu, atelier, settings, bot_engine, dataset_z
                 out.setdefault(vote.checkpoint_id, set()).add(vote.user_id)
             return out
 
-    await emu.wait_until(lambda: votes() == {ckpts[0].id: {d.alice.id, d.bob.id},
-                                             ckpts[1].id: {d.carol.id}}, 10)
+    expected = {ckpts[0].id: {d.alice.id, d.bob.id}, ckpts[1].id: {d.carol.id}}
+    try:
+        await emu.wait_until(lambda: votes() == expected, 10)
+    finally:
+        print("VOTES", votes(), expected, [e for e, _ in emu.events[-12:]])
 
     # bob may not finalize alice's job; alice may
     refused = await emu.run_slash_command(d.bob, d.channel, "job finalize", {"job": job_id})

@@ -1,4 +1,4 @@
-"""Presets validate for every method; impossible combinations and bad CLI input are refused in one line."""
+"""Presets validate for every method; impossible combinations and bad CLI input: one line."""
 
 from __future__ import annotations
 
@@ -108,7 +108,12 @@ def test_cli_unknown_base_model_is_a_refusal(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
     data = make_dataset(tmp_path / "ds", count=1, size=32)
     config = tmp_path / "job.yaml"
-    config.write_text(f"dataset: {data}\ntrigger: t\nbase_model: nowhere\nsteps: 2\ncheckpoint_every: 2\n")
-    assert train_cli([str(config), "--out", str(tmp_path / "out"), "--cache-dir", str(Path(tmp_path))]) == 2
+    config.write_text(
+        f"dataset: {data}\ntrigger: t\nbase_model: nowhere\nsteps: 2\ncheckpoint_every: 2\n"
+    )
+    assert (
+        train_cli([str(config), "--out", str(tmp_path / "out"), "--cache-dir", str(Path(tmp_path))])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: unknown base model 'nowhere'")

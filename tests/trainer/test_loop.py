@@ -1,4 +1,4 @@
-"""The training loop on the tiny model: it learns, only the adapter changes, NaN guard, cancel, caches."""
+"""The loop on the tiny model: it learns, only the adapter changes, NaN guard, cancel, caches."""
 
 from __future__ import annotations
 
@@ -28,13 +28,19 @@ def _fixed_loss(model, config, dataset: Path, draws: int = 16) -> float:
     with torch.no_grad():
         text = caches.encode_prompts(model, captions)
         batch = loop.Batch(latents, text, None)
-        losses = [loop.micro_batch_loss(model, config, batch, generator).item() for _ in range(draws)]
+        losses = [
+            loop.micro_batch_loss(model, config, batch, generator).item() for _ in range(draws)
+        ]
     return sum(losses) / draws
 
 
 def _frozen_snapshot(model) -> dict[str, torch.Tensor]:
     modules = {"unet": model.unet, "vae": model.vae, "te": model.text_encoders[0]}
-    return {f"{k}.{n}": p.detach().clone() for k, m in modules.items() for n, p in m.state_dict().items()}
+    return {
+        f"{k}.{n}": p.detach().clone()
+        for k, m in modules.items()
+        for n, p in m.state_dict().items()
+    }
 
 
 def _base_key(key: str) -> str:
@@ -46,8 +52,10 @@ def _base_key(key: str) -> str:
     ("method", "lr", "margin"),
     [("lora", 1e-2, 0.95), ("dora", 1e-2, 0.95), ("embedding", 5e-2, None)],
 )
-def test_learns_and_changes_only_the_adapter(method, lr, margin, tmp_path, model_cache, monkeypatch):
-    """On a fixed 2-image batch the loss falls clearly; every non-adapter weight stays bit-identical.
+def test_learns_and_changes_only_the_adapter(
+    method, lr, margin, tmp_path, model_cache, monkeypatch
+):
+    """On a fixed 2-image batch the loss falls clearly; all other weights stay bit-identical.
 
     The random tiny model barely listens to its prompt (its loss moves ~0.3 % between unrelated
     prompts), so no embedding can lower it by a clear margin: for embeddings the test checks that
@@ -105,7 +113,9 @@ def test_nan_step_is_skipped_and_counted(tmp_path, model_cache, monkeypatch):
 
     monkeypatch.setattr(loop, "micro_batch_loss", nan_on_second)
     callbacks = RecordingCallbacks()
-    result = loop.train(config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu")
+    result = loop.train(
+        config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu"
+    )
     assert result.status == "completed"
     assert callbacks.nan_skipped == [(2, 1)]
     assert result.nan_skipped == 1
@@ -118,7 +128,9 @@ def test_consecutive_nan_steps_fail_the_job(tmp_path, model_cache, monkeypatch):
     monkeypatch.setattr(loop, "micro_batch_loss", lambda *a, **k: torch.tensor(float("inf")))
     callbacks = RecordingCallbacks()
     with pytest.raises(TrainingFailed, match="not a number for 3 steps") as failure:
-        loop.train(config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu")
+        loop.train(
+            config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu"
+        )
     assert "\n" not in failure.value.reason
     assert callbacks.nan_skipped == [(1, 1), (2, 2), (3, 3)]
 
@@ -127,7 +139,9 @@ def test_cancel_is_seen_within_one_step(tmp_path, model_cache):
     dataset = make_dataset(tmp_path / "data", count=2, size=32)
     callbacks = RecordingCallbacks(stop_at=3)
     config = tiny_config(steps=20, checkpoint_every=10, resolution=32)
-    result = loop.train(config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu")
+    result = loop.train(
+        config, dataset, tmp_path / "out", callbacks, cache_dir=model_cache, device="cpu"
+    )
     assert result.status == "cancelled" and result.step == 3
     assert callbacks.results == [result]
 
@@ -158,7 +172,13 @@ def test_second_job_on_same_dataset_hits_the_caches(tmp_path, monkeypatch):
     loop.train(config, dataset, tmp_path / "a", cache_dir=cache_dir, device="cpu")
     assert counts == {"images": 3, "prompts": 1}  # one latent per image, one caption batch
     counts.update(images=0, prompts=0)
-    loop.train(config.model_copy(update={"rank": 8}), dataset, tmp_path / "b", cache_dir=cache_dir, device="cpu")
+    loop.train(
+        config.model_copy(update={"rank": 8}),
+        dataset,
+        tmp_path / "b",
+        cache_dir=cache_dir,
+        device="cpu",
+    )
     assert counts == {"images": 0, "prompts": 0}
 
 

@@ -1,4 +1,4 @@
-"""Exact resume: a job stopped at any step (SIGKILL included) ends with the uninterrupted weights."""
+"""Exact resume: a job stopped at any step (SIGKILL included) ends as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -39,16 +39,21 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 def test_cancel_then_resume_matches_uninterrupted(method, tmp_path, model_cache):
     dataset = make_dataset(tmp_path / "data", count=3, size=32)
     config = tiny_config(
-        method=method, steps=9, checkpoint_every=3, resolution=32, caption_dropout=0.3, noise_offset=0.05,
+        method=method, steps=9, checkpoint_every=3, resolution=32, caption_dropout=0.3,
+        noise_offset=0.05,
         schedule="cosine", warmup_steps=2, gradient_accumulation=2,
     )  # fmt: skip
     loop.train(config, dataset, tmp_path / "straight", cache_dir=model_cache, device="cpu")
 
     first = RecordingCallbacks(stop_at=5)  # stops after step 5: newest state is step 3
-    stopped = loop.train(config, dataset, tmp_path / "resumed", first, cache_dir=model_cache, device="cpu")
+    stopped = loop.train(
+        config, dataset, tmp_path / "resumed", first, cache_dir=model_cache, device="cpu"
+    )
     assert stopped.status == "cancelled" and stopped.step == 5
     second = RecordingCallbacks()
-    result = loop.train(config, dataset, tmp_path / "resumed", second, cache_dir=model_cache, device="cpu")
+    result = loop.train(
+        config, dataset, tmp_path / "resumed", second, cache_dir=model_cache, device="cpu"
+    )
     assert result.resumed_from == 3 and result.step == 9
     assert [p.step for p in second.progress] == [4, 5, 6, 7, 8, 9]
     assert [c.step for c in result.checkpoints] == [3, 6, 9]
@@ -65,7 +70,14 @@ def test_keep_last_prunes_old_states(tmp_path, model_cache):
 def test_resume_with_other_settings_is_refused(tmp_path, model_cache):
     dataset = make_dataset(tmp_path / "data", count=2, size=32)
     config = tiny_config(steps=4, checkpoint_every=2, resolution=32)
-    loop.train(config, dataset, tmp_path / "out", RecordingCallbacks(stop_at=2), cache_dir=model_cache, device="cpu")
+    loop.train(
+        config,
+        dataset,
+        tmp_path / "out",
+        RecordingCallbacks(stop_at=2),
+        cache_dir=model_cache,
+        device="cpu",
+    )
     other = config.model_copy(update={"learning_rate": 5e-3})
     with pytest.raises(TrainingFailed, match="different settings"):
         loop.train(other, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")

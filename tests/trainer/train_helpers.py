@@ -14,7 +14,7 @@ from trainer.config import TrainConfig
 
 
 def make_dataset(folder: Path, count: int = 4, size: int = 64, ingested: bool = True) -> Path:
-    """Coloured images with a simple shape each: an ingested folder (captions.jsonl) or side-cars."""
+    """Coloured squares: an ingested folder (captions.jsonl) or images with .txt side-cars."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []

@@ -1,0 +1,218 @@
+"""Learning benchmark on the toy base model: does a LoRA / DoRA / embedding learn a new concept?
+
+    python bench/learn.py [--methods lora dora embedding] [--seeds 1] [--steps 300]
+
+The concept `tkxw` (a purple star inside a yellow ring, `trainer.toy.shapes.CONCEPT`) never
+appears in the toy model's training data (no purple star either). 20 generated images captioned
+"a big tkxw at the top left on a blue background" train it with the `character` preset (steps
+and resolution overridden for CPU). At every checkpoint, images for prompts that put the trigger
+in contexts the 20 images do not have (other background / position pairs) are scored with
+`trainer.toy.scoring.concept_score` (0–1) against the base model's images for the same prompts and
+seeds; non-trigger prompts measure leakage: their colour+shape match rate with the adapter vs.
+without, and the mean absolute pixel change. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.toy import scoring, shapes  # noqa: E402
+
+BASE = "builtin:toy"
+TRAIN_SEED = 11
+
+
+def make_concept_dataset(folder: Path, count: int = 20, seed: int = TRAIN_SEED) -> list[Any]:
+    """`count` concept images + captions in the ingested layout (images/, captions.jsonl)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows, scenes = [], []
+    for index, (scene, image, text) in enumerate(shapes.make_dataset(count, seed, concept=True)):
+        name = f"images/{index:04d}.png"
+        image.save(folder / name)
+        rows.append({"file": name, "text": text})
+        scenes.append(scene)
+    lines = "\n".join(json.dumps(row) for row in rows) + "\n"
+    (folder / "captions.jsonl").write_text(lines, encoding="utf-8")
+    return scenes
+
+
+def new_context_prompts(train_scenes: list[Any], count: int = 6, seed: int = 5) -> list[str]:
+    """Trigger prompts whose (position, background) pair is not in the training images."""
+    seen = {(s.position, s.background, s.background2) for s in train_scenes}
+    rng = np.random.default_rng(seed)
+    prompts: list[str] = []
+    while len(prompts) < count:
+        scene = shapes.random_scene(rng, concept=True, two_tone=0.3)
+        if (scene.position, scene.background, scene.background2) in seen:
+            continue
+        prompt = shapes.caption(scene, with_size=bool(rng.random() < 0.5))
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
+
+
+def leak_scenes(count: int = 6) -> list[Any]:
+    return scoring.eval_scenes(count, seed=123)
+
+
+def load_base(cache_dir: Path) -> Any:
+    from trainer.base_models import load_base_model
+
+    model = load_base_model(BASE, "sd1", cache_dir=cache_dir)
+    model.pipeline.set_progress_bar_config(disable=True)
+    return model
+
+
+def render_all(pipe: Any, prompts: list[str], seeds: list[int], steps: int) -> list[Any]:
+    return [scoring.render_prompt(pipe, p, s, steps=steps) for p in prompts for s in seeds]
+
+
+def evaluate(
+    pipe: Any, concept_prompts: list[str], leaks: list[Any], seeds: list[int], steps: int
+) -> dict[str, Any]:
+    images = render_all(pipe, concept_prompts, seeds, steps)
+    leak_prompts = [shapes.caption(s) for s in leaks]
+    leak_images = render_all(pipe, leak_prompts, seeds, steps)
+    judged = [
+        scoring.judge(img, scene.color, scene.shape)
+        for img, scene in zip(leak_images, [s for s in leaks for _ in seeds], strict=True)
+    ]
+    return {
+        "concept": float(np.mean([scoring.concept_score(img) for img in images])),
+        "concept_full": float(np.mean([scoring.concept_score(img) == 1.0 for img in images])),
+        "leak_both": float(np.mean([j["color_ok"] and j["shape_ok"] for j in judged])),
+        "leak_concept": float(np.mean([scoring.concept_score(img) for img in leak_images])),
+        "_images": images,
+        "_leak_images": leak_images,
+    }
+
+
+def pixel_change(a: list[Any], b: list[Any]) -> float:
+    return float(
+        np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean()
+                 for x, y in zip(a, b, strict=True)])  # fmt: skip
+    )
+
+
+def run_method(
+    method: str,
+    seed: int,
+    steps: int,
+    dataset: Path,
+    work: Path,
+    cache_dir: Path,
+    concept_prompts: list[str],
+    leaks: list[Any],
+    seeds: list[int],
+    sample_steps: int,
+    base_eval: dict[str, Any],
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    from trainer.generate import load_for_generation
+    from trainer.loop import train
+    from trainer.presets import apply_preset
+
+    values: dict[str, Any] = {
+        "base_model": BASE, "trigger": shapes.TRIGGER, "steps": steps, "resolution": 64,
+        "checkpoint_every": max(1, steps // 3), "seed": seed, "mixed_precision": "no",
+        "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
+        **overrides,
+    }  # fmt: skip
+    config = apply_preset("character", method, **values)
+    out = work / f"{method}-{seed}"
+    started = time.monotonic()
+    result = train(config, dataset, out, cache_dir=cache_dir, device="cpu", resume=False)
+    seconds = time.monotonic() - started
+    rows = []
+    for info in result.checkpoints:
+        base = load_base(cache_dir)
+        pipe = load_for_generation(base, info.file)
+        pipe.set_progress_bar_config(disable=True)
+        scores = evaluate(pipe, concept_prompts, leaks, seeds, sample_steps)
+        rows.append({
+            "step": info.step,
+            "concept": round(scores["concept"], 3),
+            "concept_full": round(scores["concept_full"], 3),
+            "leak_both": round(scores["leak_both"], 3),
+            "leak_concept": round(scores["leak_concept"], 3),
+            "leak_pixel_change": round(
+                pixel_change(scores["_leak_images"], base_eval["_leak_images"]), 2
+            ),
+        })  # fmt: skip
+    return {
+        "method": method,
+        "seed": seed,
+        "learning_rate": config.learning_rate,
+        "rank": config.rank if method != "embedding" else None,
+        "batch_size": config.batch_size,
+        "train_seconds": round(seconds, 1),
+        "checkpoints": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["lora", "dora", "embedding"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's")
+    parser.add_argument("--eval-seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides: dict[str, Any] = {}
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+
+    with tempfile.TemporaryDirectory(prefix="atelier-learn-") as tmp:
+        work = Path(tmp)
+        train_scenes = make_concept_dataset(work / "dataset")
+        concept_prompts = new_context_prompts(train_scenes)
+        leaks = leak_scenes()
+        base = load_base(args.cache_dir)
+        base_eval = evaluate(base.pipeline, concept_prompts, leaks, args.eval_seeds,
+                             args.sample_steps)  # fmt: skip
+        report: dict[str, Any] = {
+            "base_model": BASE,
+            "concept": f"{shapes.TRIGGER} = {shapes.CONCEPT}",
+            "train_images": 20,
+            "steps": args.steps,
+            "eval_seeds": args.eval_seeds,
+            "concept_prompts": concept_prompts,
+            "leak_prompts": [shapes.caption(s) for s in leaks],
+            "base": {
+                "concept": round(base_eval["concept"], 3),
+                "concept_full": round(base_eval["concept_full"], 3),
+                "leak_both": round(base_eval["leak_both"], 3),
+                "leak_concept": round(base_eval["leak_concept"], 3),
+            },
+            "runs": [],
+        }
+        for method in args.methods:
+            for seed in args.seeds:
+                run = run_method(
+                    method, seed, args.steps, work / "dataset", work, args.cache_dir,
+                    concept_prompts, leaks, args.eval_seeds, args.sample_steps, base_eval,
+                    overrides,
+                )  # fmt: skip
+                report["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
