@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# run as a script, bench/ is first on sys.path and bench/queue.py would shadow the stdlib `queue`
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from trainer.toy import scoring, shapes  # noqa: E402
 
@@ -66,10 +69,10 @@ def leak_scenes(count: int = 6) -> list[Any]:
     return scoring.eval_scenes(count, seed=123)
 
 
-def load_base(cache_dir: Path) -> Any:
+def load_base(cache_dir: Path, base: str = BASE) -> Any:
     from trainer.base_models import load_base_model
 
-    model = load_base_model(BASE, "sd1", cache_dir=cache_dir)
+    model = load_base_model(base, "sd1", cache_dir=cache_dir)
     model.pipeline.set_progress_bar_config(disable=True)
     return model
 
@@ -99,10 +102,11 @@ def evaluate(
 
 
 def pixel_change(a: list[Any], b: list[Any]) -> float:
-    return float(
-        np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean()
-                 for x, y in zip(a, b, strict=True)])  # fmt: skip
-    )
+    diffs = [
+        np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean()
+        for x, y in zip(a, b, strict=True)
+    ]
+    return float(np.mean(diffs))
 
 
 def run_method(
@@ -118,13 +122,14 @@ def run_method(
     sample_steps: int,
     base_eval: dict[str, Any],
     overrides: dict[str, Any],
+    base_model: str = BASE,
 ) -> dict[str, Any]:
     from trainer.generate import load_for_generation
     from trainer.loop import train
     from trainer.presets import apply_preset
 
     values: dict[str, Any] = {
-        "base_model": BASE, "trigger": shapes.TRIGGER, "steps": steps, "resolution": 64,
+        "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps, "resolution": 64,
         "checkpoint_every": max(1, steps // 3), "seed": seed, "mixed_precision": "no",
         "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
         **overrides,
@@ -136,7 +141,7 @@ def run_method(
     seconds = time.monotonic() - started
     rows = []
     for info in result.checkpoints:
-        base = load_base(cache_dir)
+        base = load_base(cache_dir, base_model)
         pipe = load_for_generation(base, info.file)
         pipe.set_progress_bar_config(disable=True)
         scores = evaluate(pipe, concept_prompts, leaks, seeds, sample_steps)
@@ -171,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--base", default=BASE, help="builtin:toy or a diffusers folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = {}
@@ -182,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         train_scenes = make_concept_dataset(work / "dataset")
         concept_prompts = new_context_prompts(train_scenes)
         leaks = leak_scenes()
-        base = load_base(args.cache_dir)
+        base = load_base(args.cache_dir, args.base)
         base_eval = evaluate(base.pipeline, concept_prompts, leaks, args.eval_seeds,
                              args.sample_steps)  # fmt: skip
         report: dict[str, Any] = {
-            "base_model": BASE,
+            "base_model": args.base,
             "concept": f"{shapes.TRIGGER} = {shapes.CONCEPT}",
             "train_images": 20,
             "steps": args.steps,
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_method(
                     method, seed, args.steps, work / "dataset", work, args.cache_dir,
                     concept_prompts, leaks, args.eval_seeds, args.sample_steps, base_eval,
-                    overrides,
+                    overrides, args.base,
                 )  # fmt: skip
                 report["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)

@@ -150,14 +150,29 @@ class Notifier:
         assert channel_id is not None
         return await delivery.resolve_channel(self.bot, channel_id)
 
+    async def _send(self, target: Any, event: Event, content: str | None = None,
+                    **kwargs: Any) -> discord.Message:
+        """Post an event's main message once: the nonce makes Discord return an earlier copy,
+        and the id recorded right after posting lets a retry reuse it where nonces are not
+        enforced."""
+        if event.message_id:
+            try:
+                return await target.fetch_message(event.message_id)
+            except discord.NotFound:
+                pass
+        message = await delivery.send(target, event_nonce(event), content, **kwargs)
+        await run_db(queries.set_event_message, self.engine, event.id, message.id)
+        event.message_id = message.id
+        return message
+
     # --- handlers ------------------------------------------------------------------------
 
     async def _queued(self, job: Job, event: Event) -> int:
         """The job card in the channel, a public thread on it, and the QA report inside."""
         assert job.channel_id is not None and job.id is not None
         channel = await delivery.resolve_channel(self.bot, job.channel_id)
-        card = await delivery.send(
-            channel, event_nonce(event),
+        card = await self._send(
+            channel, event,
             render.job_card_text(job.id, job.name, job.owner_id, job.method, job.base_model),
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -199,7 +214,7 @@ class Notifier:
         files = await delivery.read_files([p.get("grid_path")])
         text = render.checkpoint_caption(int(p["step"]), int(p.get("total") or job.total_steps),
                                          p.get("loss"), None)
-        message = await delivery.send(target, event_nonce(event), text, files=files)
+        message = await self._send(target, event, text, files=files)
         await run_db(queries.set_grid_message, self.engine, int(p["checkpoint_id"]), message.id)
         await delivery.add_reactions(message, [VOTE_EMOJI])
         return message.id
@@ -210,8 +225,7 @@ class Notifier:
         ckpts = (await run_db(queries.checkpoints, self.engine, job.id))[-len(NUMBER_EMOJI):]
         files = await delivery.read_files([p.get("comparison_grid"), p.get("loss_curve")])
         text = render.comparison_text([c.step for c in ckpts], p["deadline"])
-        message = await delivery.send(target, event_nonce(event), text, files=files)
-        await run_db(queries.set_event_message, self.engine, event.id, message.id)  # votes count
+        message = await self._send(target, event, text, files=files)
         await self._final_status(job, "awaiting_vote")
         await delivery.add_reactions(message, list(NUMBER_EMOJI[: len(ckpts)]))
         return message.id
@@ -220,7 +234,7 @@ class Notifier:
         target = await self._target(job)
         text = render.failure_text(event.kind, event.payload, job.owner_id)
         mentions = discord.AllowedMentions(users=[discord.Object(job.owner_id)])
-        message = await delivery.send(target, event_nonce(event), text, allowed_mentions=mentions)
+        message = await self._send(target, event, text, allowed_mentions=mentions)
         state = str(event.payload.get("state") or event.kind)
         await self._final_status(job, state)
         return message.id
@@ -233,7 +247,7 @@ class Notifier:
         file, url, expires = await delivery.file_or_link(self.bot, guild, path)
         text = render.finalized_text(p, url, expires)
         try:
-            message = await delivery.send(target, event_nonce(event), text,
+            message = await self._send(target, event, text,
                                           files=[file] if file else [])
         except discord.HTTPException as error:
             if error.code != delivery.TOO_LARGE or file is None:

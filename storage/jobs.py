@@ -210,12 +210,14 @@ def checkpoints_of(
 # --- what a worker reports (each checks the worker still holds the job) ---------------------
 
 
-def start_training(engine: Engine, job_id: int, worker_id: str, total_steps: int) -> None:
-    """`preparing → training`, once data and model are loaded."""
+def start_training(
+    engine: Engine, job_id: int, worker_id: str, total_steps: int, resumed_from: int = 0
+) -> None:
+    """`preparing → training`, once data and model are loaded (and any saved state read)."""
     with session_scope(engine) as session:
         job = owned_job(session, job_id, worker_id)
         job.total_steps = total_steps
-        resumed_from = job.step if job.resume_path else 0
+        job.step = resumed_from
         transition(session, job, JobState.TRAINING, total=total_steps, resumed_from=resumed_from)
 
 

@@ -121,6 +121,11 @@ class TrainCallbacks:
         """Polled before every step; True stops the job cleanly (result status 'cancelled')."""
         return False
 
+    def keep_progress_on_stop(self) -> bool:
+        """Asked when `should_stop` said True: save a resume state at the current step first
+        (a worker shutting down, not a member cancelling)."""
+        return False
+
 
 class RecordingCallbacks(TrainCallbacks):
     """Keeps every event in lists: for tests and the CLI's JSON summary."""

@@ -140,6 +140,11 @@ def train(
     train_seconds, steps_this_run = 0.0, 0
     for step in range(state.step + 1, config.steps + 1):
         if callbacks.should_stop():
+            if steps_this_run and callbacks.keep_progress_on_stop():
+                save_state(
+                    output_dir, state, adapters.adapter_state(model, config), optimizer,
+                    lr_scheduler,
+                )  # fmt: skip
             return _finish(
                 "cancelled",
                 state,

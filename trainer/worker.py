@@ -61,7 +61,9 @@ class DatabaseCallbacks(TrainCallbacks):
         self._nan = 0
 
     def on_start(self, step: int, total: int) -> None:
-        jobs.start_training(self.engine, self.job_id, self.worker_id, total_steps=total)
+        jobs.start_training(
+            self.engine, self.job_id, self.worker_id, total_steps=total, resumed_from=step
+        )
         log.info("job %s: training from step %s of %s", self.job_id, step, total)
 
     def on_progress(self, progress: Progress) -> None:
@@ -101,6 +103,9 @@ class DatabaseCallbacks(TrainCallbacks):
 
     def should_stop(self) -> bool:
         return self.control.stop
+
+    def keep_progress_on_stop(self) -> bool:
+        return self.control.shutdown.is_set() and self.control.cancel_requested_by is None
 
 
 class Heartbeat(threading.Thread):

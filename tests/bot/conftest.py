@@ -4,6 +4,7 @@ and (for end-to-end tests) the Discord emulator with the real bot connected to i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 import zipfile
@@ -91,10 +92,8 @@ async def stop_bot(bot: Any) -> None:
     await bot.close()
     runner = getattr(bot, "runner", None)
     if runner is not None:
-        try:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(runner, 3)
-        except (Exception, asyncio.CancelledError):
-            pass
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ file → announcement)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.render import NUMBER_EMOJI, VOTE_EMOJI
@@ -86,7 +88,21 @@ async def test_train_vote_finalize(emu, atelier, settings, bot_engine, dataset_z
     assert final.attachments, final.content
     with session_scope(bot_engine) as session:
         winner = session.get(Checkpoint, ckpts[0].id)
-    assert emu.attachment_bytes(final.id) == open(winner.path, "rb").read()
+    model_bytes = Path(winner.path).read_bytes()
+    assert emu.attachment_bytes(final.id) == model_bytes
     announcement = await emu.wait_for_message(d.channel, "New model", timeout=10)
     assert "ohwx" in announcement.content and "tiny" in announcement.content
     assert job_row(bot_engine, job_id).state == "finalized"
+
+    # over the upload limit: a signed link that serves the exact bytes, until it expires
+    emu.update_guild(d.guild, attachment_size_limit=16)
+    handle = await emu.run_slash_command(d.bob, d.channel, "models get", {"model": job_id})
+    reply = await handle.wait_followup(1, 10)
+    url = re.search(r"(http://\S+)", reply.content).group(1)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == model_bytes
+        atelier.signer.ttl = -1
+        expired, _ = atelier.signer.link(Path(winner.path))
+        async with http.get(expired) as resp:
+            assert resp.status == 403

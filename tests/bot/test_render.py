@@ -43,8 +43,10 @@ def test_comparison_text_numbers_and_deadline() -> None:
 def test_failure_texts_are_plain_words() -> None:
     assert "ran out of memory" in render.failure_text(
         "failed", {"reason": "the GPU ran out of memory", "step": 3}, 7)
-    assert "cancelled at step 4 by <@9>" in render.failure_text("cancelled", {"by": 9, "step": 4}, 7)
-    assert "stopped answering" in render.failure_text("requeued", {"lost_worker": "w", "step": 5}, 7)
+    cancelled = render.failure_text("cancelled", {"by": 9, "step": 4}, 7)
+    assert "cancelled at step 4 by <@9>" in cancelled
+    lost = render.failure_text("requeued", {"lost_worker": "w", "step": 5}, 7)
+    assert "stopped answering" in lost
 
 
 def test_qa_report_embed() -> None:

@@ -1,5 +1,5 @@
-from storage.models import Checkpoint
 from bot.voting import checkpoint_for_reaction, merge_reactions, numbered_checkpoints
+from storage.models import Checkpoint
 
 
 def ck(i: int, step: int) -> Checkpoint:

@@ -8,7 +8,6 @@ for trigger prompts in contexts the training images do not have must score clear
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from tests.trainer.train_helpers import _one_thread
 from trainer.toy import scoring
 
 __all__ = ["_one_thread"]
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 STEPS = LEARN_STEPS = 200
 LEARNING_RATE = None  # the preset's

@@ -61,8 +61,9 @@ def test_toy_model_loads_and_draws_a_green_triangle(tmp_path: Path):
     assert model.unet.config.sample_size * model.pipeline.vae_scale_factor == 64
     model.pipeline.set_progress_bar_config(disable=True)
     hits = 0
+    prompt = "a green triangle on a white background"
     for seed in range(8):
-        image = scoring.render_prompt(model.pipeline, "a green triangle on a white background", seed)
+        image = scoring.render_prompt(model.pipeline, prompt, seed)
         assert image.size == (64, 64)
         info = scoring.analyse(image)
         hits += info.dominant == "green" and info.share("green") >= 0.5

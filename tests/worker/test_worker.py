@@ -152,3 +152,41 @@ def test_generation_request_is_rendered_with_the_trained_model(
         assert done.state == "done"
         assert Image.open(done.image_path).size == (64, 64)
     assert _kinds(engine, job_id)[-1] == "generated"
+
+
+def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    job_id = _enqueue(settings, engine, tmp_path, steps=40, checkpoint_every=40)
+    first = Worker(settings, engine, "w-old")
+    runner = threading.Thread(target=first.run_once)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with session_scope(engine) as session:
+            if session.get(Job, job_id).step >= 3:
+                break
+        time.sleep(0.02)
+    first.shutdown.set()
+    runner.join(60)
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        stopped_at = job.step
+        assert job.state == JobState.QUEUED and job.worker_id is None
+        requeued = session.exec(
+            select(Event).where(Event.job_id == job_id, Event.kind == "requeued")
+        ).one()
+    assert requeued.payload["reason"] == "worker restarting"
+    assert 3 <= stopped_at < 40
+    saved = sorted((settings.jobs_dir / str(job_id) / "state").glob("step-*"))
+    assert saved and saved[-1].name == f"step-{stopped_at:08d}"
+
+    assert Worker(settings, engine, "w-new").run_once()
+    with session_scope(engine) as session:
+        assert session.get(Job, job_id).state == JobState.AWAITING_VOTE
+        resumed = session.exec(
+            select(Event)
+            .where(Event.job_id == job_id, Event.kind == "training")
+            .order_by(col(Event.id).desc())
+        ).first()
+    assert resumed.payload["resumed_from"] == stopped_at

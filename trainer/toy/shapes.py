@@ -101,7 +101,7 @@ def caption(
     with_background: bool = True,
     trigger: str = TRIGGER,
 ) -> str:
-    """"a small red circle at the top left on a blue background" (parts may be left out)."""
+    """ "a small red circle at the top left on a blue background" (parts may be left out)."""
     if scene.concept:
         parts = [f"a {scene.size} {trigger}" if with_size else trigger]
     else:

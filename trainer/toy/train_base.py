@@ -8,7 +8,7 @@ Stages (each cached in `--work`, so a re-run resumes after the last finished sta
 2. VAE (AutoencoderKL, 4× downsampling: 64 px ↔ 4×16×16 latents) on freshly drawn scenes;
 3. latents of a fixed set of scenes, then UNet + text encoder together (ε-prediction, min-SNR 5,
    10 % empty captions for classifier-free guidance, EMA of the weights), for a wall-clock budget;
-4. the diffusers folder (fp16 safetensors), then a sample grid and the loss curve in `--docs`.
+4. the diffusers folder (fp32 safetensors), then a sample grid and the loss curve in `--docs`.
 
 Deterministic for a given seed and step count (the UNet stage stops at `--unet-steps`, or
 earlier when `--unet-minutes` is set, so timings decide how far a budgeted run goes).
@@ -59,7 +59,8 @@ def vocab_and_merges(words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[
             rule, merged = f"{parts[0]} {parts[1]}", parts[0] + parts[1]
             if rule not in merges:
                 merges.append(rule)
-                tokens.append(merged) if merged not in tokens else None
+                if merged not in tokens:
+                    tokens.append(merged)
             parts = [merged, *parts[2:]]
     for _ in range(200):  # earlier merges of other words can split a word: add merges until not
         tokenizer = build()
@@ -171,9 +172,11 @@ def train_vae(vae: Any, steps: int, seed: int, log: list[dict[str, float]]) -> N
     rng = np.random.default_rng(seed + 1)
     torch.manual_seed(seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    )
+
+    def factor(s: int) -> float:
+        return min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     vae.train()
     started = time.monotonic()
     for step in range(1, steps + 1):
@@ -301,11 +304,11 @@ def _named(unet: Any, text_encoder: Any) -> dict[str, torch.Tensor]:
 
 
 def save_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> None:
-    """A diffusers folder (fp16 weights except the VAE) with vocab.json + merges.txt too."""
+    """A diffusers folder (fp32: 7 MB, loads with no dtype argument) + vocab.json, merges.txt."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        unet=unet.to(torch.float16), vae=vae, text_encoder=text_encoder.to(torch.float16),
+        unet=unet.float(), vae=vae.float(), text_encoder=text_encoder.float(),
         tokenizer=tokenizer, scheduler=make_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
@@ -317,9 +320,9 @@ def save_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, tokenize
     (tmp / "tokenizer" / "merges.txt").write_text(
         "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
     )
-    keep = {p.name for p in folder.glob("*.py")} if folder.is_dir() else set()
-    for name in keep:
-        shutil.copy(folder / name, tmp / name)
+    # empty packages, so setuptools' package-data ("*.safetensors", "*.json", "*.txt") ships them
+    for sub in (tmp, *(p for p in tmp.iterdir() if p.is_dir())):
+        (sub / "__init__.py").write_text('"""Toy model weights (data only)."""\n')
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -369,8 +372,10 @@ def loss_curve_png(
     width, height, pad = 900, 340, 50
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    panels = [("VAE reconstruction MSE", [r["mse"] for r in vae_log], 0),
-              ("UNet + text encoder: noise MSE (avg of 100)", [r["loss"] for r in unet_log], 1)]
+    panels = [
+        ("VAE reconstruction MSE", [r["mse"] for r in vae_log], 0),
+        ("UNet + text encoder: noise MSE (avg of 100)", [r["loss"] for r in unet_log], 1),
+    ]
     for title, values, i in panels:
         if not values:
             continue
