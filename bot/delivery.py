@@ -100,7 +100,7 @@ def missing_permission(channel: Any, with_files: bool) -> str:
 
 async def explain_refusal(
     bot: AtelierBot, channel: Any, fallback_id: int | None, owner_id: int, what: str,
-    missing: str,
+    missing: str, nonce: str | None = None,
 ) -> None:
     """Tell the job's owner, in the thread or else its parent channel, what Discord refused."""
     text = render.permission_problem(owner_id, what, missing)
@@ -109,7 +109,7 @@ async def explain_refusal(
         if target is None:
             continue
         try:
-            await target.send(text, allowed_mentions=mentions)
+            await target.send(text, allowed_mentions=mentions, nonce=nonce)
             return
         except discord.HTTPException:
             continue

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Job, Event], Awaitable[int | None]]
+GENERATION_FAILED = "generation_failed"
+GENERATION_KINDS = frozenset({EventKind.GENERATED, GENERATION_FAILED})
+TRAINING = "training"  # the `preparing → training` transition's event kind
 WHAT = {
     EventKind.QUEUED: "the job card", EventKind.CHECKPOINT: "a checkpoint grid",
     EventKind.TRAINING_DONE: "the comparison grid", EventKind.FINALIZED: "the model file",
@@ -55,6 +58,7 @@ class Notifier:
         self.handlers: dict[str, Handler] = {
             EventKind.QUEUED: self._queued,
             EventKind.STARTED: self._started,
+            TRAINING: self._training,
             EventKind.CHECKPOINT: self._checkpoint,
             EventKind.TRAINING_DONE: self._training_done,
             EventKind.FAILED: self._plain,
@@ -75,24 +79,35 @@ class Notifier:
 
     async def tick(self) -> None:
         events = await run_db(pending, self.engine, 500)
+        await self._generations([e for e in events if is_generation(e)])
         by_job: dict[int | None, list[Event]] = defaultdict(list)
         for event in events:
-            by_job[event.job_id].append(event)
+            if not is_generation(event):
+                by_job[event.job_id].append(event)
         for job_id, job_events in by_job.items():
-            if job_id is None:
-                await self._generations(job_events)
+            if job_id is None:  # nothing to say for a job-less event of another kind
+                for event in job_events:
+                    await run_db(mark_delivered, self.engine, event.id, None)  # type: ignore[arg-type]
             else:
                 await self.process(job_id, job_events)
 
-    async def process_job(self, job_id: int) -> None:
-        """Deliver a job's pending events now (used by /train for the job card)."""
-        events = await run_db(pending, self.engine, 500)
-        await self.process(job_id, [e for e in events if e.job_id == job_id])
+    async def process_job(self, job_id: int) -> bool:
+        """Deliver a job's pending events now (used by /train and /job finalize). False when
+        that failed: the background loop retries, so the caller need not fail."""
+        try:
+            events = await run_db(pending, self.engine, 500)
+            await self.process(job_id, [e for e in events
+                                        if e.job_id == job_id and not is_generation(e)])
+        except Exception:
+            log.exception("job %s: delivering its events failed; the notifier retries", job_id)
+            return False
+        return True
 
     async def process(self, job_id: int, events: Sequence[Event]) -> None:
         async with self._locks[job_id]:
-            fresh = {e.id for e in await run_db(pending, self.engine, 500)}
-            events = [e for e in events if e.id in fresh]  # another task may have said them
+            fresh = {e.id: e for e in await run_db(pending, self.engine, 500)}
+            # another task may have said some meanwhile, or recorded their message ids
+            events = [fresh[e.id] for e in events if e.id in fresh]
             progress = [e for e in events if e.kind == EventKind.PROGRESS]
             for event in (e for e in events if e.kind != EventKind.PROGRESS):
                 job = await run_db(queries.get_job, self.engine, job_id)
@@ -143,7 +158,7 @@ class Notifier:
         self._explained.add((job.id or 0, missing))
         what = WHAT.get(event.kind, "an update")
         await delivery.explain_refusal(self.bot, target, job.channel_id, job.owner_id, what,
-                                       missing)
+                                       missing, nonce=f"{event_nonce(event)}-p")
 
     async def _target(self, job: Job) -> Any:
         channel_id = job.thread_id or job.channel_id
@@ -207,6 +222,15 @@ class Notifier:
     async def _started(self, job: Job, event: Event) -> int:
         return await self._status(job, "preparing", {"step": job.step, "total": job.total_steps},
                                   nonce=event_nonce(event))
+
+    async def _training(self, job: Job, event: Event) -> int | None:
+        """Training began; after a requeue, say from which step it resumed."""
+        step = int(event.payload.get("resumed_from") or 0)
+        if not step:
+            return None
+        target = await self._target(job)
+        message = await self._send(target, event, render.resumed_text(step))
+        return message.id
 
     async def _checkpoint(self, job: Job, event: Event) -> int:
         p = event.payload
@@ -318,25 +342,37 @@ class Notifier:
         progress = self._progress.get(job.id or 0) or {"step": job.step, "total": job.total_steps}
         progress = {**progress, "step": max(int(progress.get("step", 0)), job.step)}
         try:
-            await self._status(job, state, progress, nonce=f"atelier-st-{job.id}-{state}"[:25])
+            await self._status(job, state, progress, nonce=f"atelier-st-{job.id}-{state[:6]}")
         except discord.HTTPException:
             log.warning("job %s: could not update the progress message", job.id)
 
     # --- /generate results ---------------------------------------------------------------
 
     async def _generations(self, events: list[Event]) -> None:
+        """`/generate` results: the image (or why there is none) in the member's channel."""
         for event in events:
-            if event.kind != EventKind.GENERATED:
-                await run_db(mark_delivered, self.engine, event.id, None)  # type: ignore[arg-type]
-                continue
             await run_db(mark_attempted, self.engine, event.id)  # type: ignore[arg-type]
-            p = event.payload
             try:
-                channel = await delivery.resolve_channel(self.bot, int(p["channel_id"]))
-                files = await delivery.read_files([p.get("image_path")])
-                text = render.truncate(f"🖌️ <@{p.get('user_id', 0)}>: {p.get('prompt', '')}")
-                message = await delivery.send(channel, event_nonce(event), text, files=files)
+                message_id = await self._generation(event)
             except discord.HTTPException as error:
                 log.warning("generation event %s refused (%s)", event.id, error.status)
                 continue
-            await run_db(mark_delivered, self.engine, event.id, message.id)  # type: ignore[arg-type]
+            await run_db(mark_delivered, self.engine, event.id, message_id)  # type: ignore[arg-type]
+
+    async def _generation(self, event: Event) -> int:
+        p = event.payload
+        user_id = int(p.get("user_id") or 0)
+        channel = await delivery.resolve_channel(self.bot, int(p["channel_id"]))
+        mentions = discord.AllowedMentions(users=[discord.Object(user_id)])
+        if event.kind == EventKind.GENERATED:
+            files = await delivery.read_files([p.get("image_path")])
+            text = render.generated_text(user_id, str(p.get("prompt", "")))
+        else:
+            files, text = [], render.generation_failed_text(user_id, str(p.get("reason", "")))
+        message = await delivery.send(channel, event_nonce(event), text, files=files,
+                                      allowed_mentions=mentions)
+        return message.id
+
+
+def is_generation(event: Event) -> bool:
+    return event.kind in GENERATION_KINDS

@@ -151,11 +151,24 @@ def failure_text(kind: str, payload: dict[str, Any], owner_id: int) -> str:
         who = f"<@{by}>" if by else "an operator"
         return f"🛑 Job cancelled{at} by {who}."
     if payload.get("lost_worker"):
-        return (f"🔁 The worker training this job stopped answering{at}; the job is back in "
-                "the queue and resumes from its newest checkpoint.")
+        return (f"🔁 The worker training this job was lost (it stopped answering){at}; the job "
+                "is back in the queue and will resume from its newest checkpoint.")
     if payload.get("by"):
         return f"🔁 <@{payload['by']}> queued the job again; it resumes from step {step or 0}."
     return f"🔁 The job went back to the queue{at} ({payload.get('reason', 'worker restart')})."
+
+
+def resumed_text(step: int) -> str:
+    return f"▶️ Training resumed from the checkpoint at step {step}."
+
+
+def generated_text(user_id: int, prompt: str) -> str:
+    return truncate(f"🖌️ <@{user_id}>: {prompt}")
+
+
+def generation_failed_text(user_id: int, reason: str) -> str:
+    return truncate(f"⚠️ <@{user_id}> I could not make your image: {reason or 'unknown error'}. "
+                    "Try `/generate` again; if it keeps failing, tell a server admin.")
 
 
 def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime | None) -> str:

@@ -70,7 +70,7 @@ class DiscordEmulator(ScriptingMixin):
         self.command_creates: dict[int | None, list[float]] = {}
         self.interactions: dict[int, InteractionHandle] = {}
         self.gateway = Gateway(self)
-        self.world = World(self._dispatch, lambda: self.base_url)
+        self.world = World(self._dispatch, lambda: self.base_url, self.now)
         self.owner = self.world.add_user("app-owner")
         self.rest = Rest(self)
         self._runner: web.AppRunner | None = None

@@ -265,6 +265,7 @@ class Message:
     reference_id: int | None = None
     deleted: bool = False
     interaction_id: int | None = None
+    nonce: str | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -284,6 +285,8 @@ class Message:
                 for k, v in self.reactions.items() if v
             ],
         }
+        if self.nonce is not None:
+            out["nonce"] = self.nonce
         if self.webhook_id:
             out["webhook_id"] = str(self.webhook_id)
         if self.application_id:

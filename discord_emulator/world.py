@@ -30,16 +30,23 @@ MAX_FILES = 10
 MAX_REQUEST_BYTES = 25 * MIB
 MAX_EMBEDS = 10
 MAX_EMBED_CHARS = 6000
+MAX_NONCE = 25
+NONCE_SECONDS = 300.0
+"""How long Discord remembers an enforced nonce ("the past few minutes")."""
 
 
 class World:
-    def __init__(self, dispatch: Dispatch, base_url: Callable[[], str]) -> None:
+    def __init__(self, dispatch: Dispatch, base_url: Callable[[], str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatch = dispatch
         self.base_url = base_url
+        self.clock = clock
         self.users: dict[int, User] = {}
         self.guilds: dict[int, Guild] = {}
         self.messages: dict[int, Message] = {}
         self.cdn: dict[int, Attachment] = {}
+        self.nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
+        self.nonce_seconds = NONCE_SECONDS
         self.bot = self.add_user("Atelier", bot=True)
         self.application_id = self.bot.id
 
@@ -128,6 +135,10 @@ class World:
             send = P.SEND_MESSAGES_IN_THREADS if channel.is_thread else P.SEND_MESSAGES
             needed = [send] + ([P.ATTACH_FILES] if files else [])
             self.require(author.id, channel_id, *needed)
+        nonce = self.check_nonce(payload)
+        existing = self.nonce_message(author.id, channel_id, nonce, payload)
+        if existing is not None:
+            return existing
         content = payload.get("content") or ""
         embeds = payload.get("embeds") or []
         self.check_body(content, embeds)
@@ -146,8 +157,11 @@ class World:
             payload.get("components") or [], atts, flags=int(payload.get("flags") or 0),
             webhook_id=webhook_id, application_id=self.application_id if webhook_id else None,
             type=msg_type if not ref else 19, reference_id=int(ref) if ref else None,
+            nonce=nonce,
         )
         self.messages[msg.id] = msg
+        if nonce is not None:
+            self.nonces[(author.id, channel_id, nonce)] = (msg.id, self.clock())
         if not msg.ephemeral:
             channel.message_ids.append(msg.id)
             channel.last_message_id = msg.id
@@ -157,6 +171,29 @@ class World:
         if dispatch and not msg.ephemeral:
             self.dispatch("MESSAGE_CREATE", self.message_event(msg))
         return msg
+
+    @staticmethod
+    def check_nonce(payload: dict[str, Any]) -> str | None:
+        nonce = payload.get("nonce")
+        if nonce is None:
+            return None
+        nonce = str(nonce)
+        if len(nonce) > MAX_NONCE:
+            raise E.form_error("nonce", "BASE_TYPE_MAX_LENGTH",
+                               f"Must be {MAX_NONCE} or fewer in length.")
+        return nonce
+
+    def nonce_message(self, author_id: int, channel_id: int, nonce: str | None,
+                      payload: dict[str, Any]) -> Message | None:
+        """With `enforce_nonce`, a create that repeats a recent nonce of the same author in the
+        same channel returns the message made the first time (no new message, no event)."""
+        if nonce is None or not payload.get("enforce_nonce"):
+            return None
+        seen = self.nonces.get((author_id, channel_id, nonce))
+        if seen is None or self.clock() - seen[1] > self.nonce_seconds:
+            return None
+        msg = self.messages.get(seen[0])
+        return msg if msg is not None and not msg.deleted else None
 
     def message_event(self, msg: Message) -> dict[str, Any]:
         out = msg.payload(self.bot.id)

@@ -13,6 +13,7 @@ Drawing uses Pillow only (default font), so the worker needs no plotting library
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import textwrap
 from collections.abc import Iterator
@@ -163,7 +164,36 @@ def validation_grid(
     ]
     headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
     grid = draw_grid(rows, plan.labels, headers, title=f"step {step}")
+    save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), plan.labels)
+    save_strip([row[1] for row in rows], strip_path(path), plan.labels)
     return save_png(grid, path)
+
+
+def strip_path(grid: Path) -> Path:
+    """Where a grid's first-seed column is kept for the comparison grid."""
+    return grid.with_name(f"{grid.stem}.strip.png")
+
+
+def save_strip(images: list[Image.Image], path: Path, labels: list[str]) -> None:
+    """One column of full-size tiles (one per prompt), with the prompts in the PNG's text."""
+    from PIL import PngImagePlugin
+
+    width, height = images[0].width, images[0].height
+    strip = Image.new("RGB", (width, height * len(images)), _BG)
+    for row, image in enumerate(images):
+        strip.paste(image.convert("RGB"), (0, row * height))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("labels", json.dumps(labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path, format="PNG", pnginfo=info)
+
+
+def _read_strip(path: Path) -> tuple[list[Image.Image], list[str]]:
+    strip = Image.open(path)
+    labels = json.loads(strip.text["labels"])  # type: ignore[attr-defined]
+    height = strip.height // len(labels)
+    tiles = [strip.crop((0, r * height, strip.width, (r + 1) * height)) for r in range(len(labels))]
+    return tiles, labels
 
 
 # ---------------------------------------------------------------- drawing
@@ -214,26 +244,23 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
 
 
 def comparison_grid(
-    paths: list[Path], steps: list[int], out: Path | None = None, max_width: int = 4096
+    paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = 128
 ) -> Path:
-    """All checkpoint grids side by side (each already titled with its step), under 10 MiB."""
+    """One table to vote on: a row per prompt (first seed), the base model, then one column per
+    checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")
-    images = [Image.open(path).convert("RGB") for path in paths]
-    height = max(image.height for image in images)
-    scale = min(1.0, max_width / sum(image.width for image in images))
-    scaled = [
-        image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-        for image in images
-    ]
-    canvas = Image.new("RGB", (sum(i.width for i in scaled), int(height * scale) + _TITLE_H), _BG)
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for image, step in zip(scaled, steps, strict=True):
-        draw.text((x + 4, 5), f"checkpoint {step}", fill=_FG, font=_font())
-        canvas.paste(image, (x, _TITLE_H))
-        x += image.width
-    return save_png(canvas, out or Path(paths[0]).parent / "comparison.png")
+    base, labels = _read_strip(strip_path(Path(paths[0]).parent / "base.png"))
+    columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
+    side = max(min_tile, base[0].width)
+    rows = [
+        [column[row].resize((side, side * column[row].height // column[row].width),
+                            Image.Resampling.NEAREST) for column in columns]
+        for row in range(len(labels))
+    ]  # fmt: skip
+    headers = ["base", *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
+    grid = draw_grid(rows, labels, headers, title="Vote for the best checkpoint")
+    return save_png(grid, out or Path(paths[0]).parent / "comparison.png")
 
 
 def loss_curve(losses: list[float], path: Path, size: tuple[int, int] = (640, 360)) -> Path:

@@ -240,3 +240,36 @@ async def test_server_errors_and_slow_responses(emu: DiscordEmulator, client: di
     start = loop.time()
     await client.fetch_channel(channel.id)
     assert loop.time() - start >= 0.2
+
+
+async def _raw_post(emu: DiscordEmulator, channel_id: int, body: dict[str, object]
+                    ) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{emu.api_base}/channels/{channel_id}/messages", json=body,
+        headers={"Authorization": f"Bot {emu.token}"},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_enforced_nonce_returns_the_existing_message(
+        emu: DiscordEmulator, client: discord.Client) -> None:
+    channel = training(client, emu)
+    creates = len([e for e, _ in emu.events if e == "MESSAGE_CREATE"])
+    first = await channel.send("once", nonce="job-1-report")
+    again = await channel.send("once (retry)", nonce="job-1-report")
+    assert again.id == first.id and again.content == "once"
+    status, body = await _raw_post(emu, channel.id, {"content": "raw", "nonce": "job-1-report",
+                                                     "enforce_nonce": True})
+    assert status == 200 and body["id"] == str(first.id) and body["nonce"] == "job-1-report"
+    assert [m.content for m in emu.timeline(channel.id)][-1:] == ["once"]
+    assert len([e for e, _ in emu.events if e == "MESSAGE_CREATE"]) == creates + 1
+    # not enforced, another nonce, or the nonce has expired: a new message each time
+    _, plain = await _raw_post(emu, channel.id, {"content": "plain", "nonce": "job-1-report"})
+    other = await channel.send("other", nonce="job-1-announce")
+    emu.advance_time(301)
+    late = await channel.send("late", nonce="job-1-report")
+    assert len({first.id, int(plain["id"]), other.id, late.id}) == 4
+    assert len([e for e, _ in emu.events if e == "MESSAGE_CREATE"]) == creates + 4
+    status, body = await _raw_post(emu, channel.id, {"content": "x", "nonce": "n" * 26,
+                                                     "enforce_nonce": True})
+    assert status == 400 and body["code"] == 50035

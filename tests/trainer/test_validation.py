@@ -9,6 +9,7 @@ from PIL import Image
 from tests.trainer.train_helpers import _one_thread, model_cache, tiny_config
 from trainer import adapters, loop
 from trainer.validation import (
+    _HEADER_H,
     _LABEL_W,
     _TITLE_H,
     adapter_disabled,
@@ -21,6 +22,8 @@ from trainer.validation import (
     render,
     render_base,
     save_png,
+    save_strip,
+    strip_path,
     validation_grid,
 )
 
@@ -88,13 +91,26 @@ def test_save_png_shrinks_until_under_the_limit(tmp_path):
         assert saved.width < 512
 
 
-def test_comparison_grid_and_loss_curve(tmp_path):
+def test_comparison_grid_puts_base_and_numbered_checkpoints_side_by_side(tmp_path):
+    labels = ["tkxw", "tkxw on a blue background"]
+    colors = {"base": (0, 0, 255), 10: (255, 0, 0), 20: (0, 255, 0)}
+    save_strip(
+        [Image.new("RGB", (64, 64), colors["base"])] * 2, tmp_path / "base.strip.png", labels
+    )
     grids = []
     for step in (10, 20):
-        grids.append(save_png(Image.new("RGB", (300, 200), (step, 0, 0)), tmp_path / f"{step}.png"))
+        grid = tmp_path / f"step-{step:08d}.png"
+        save_png(Image.new("RGB", (300, 200)), grid)
+        save_strip([Image.new("RGB", (64, 64), colors[step])] * 2, strip_path(grid), labels)
+        grids.append(grid)
     out = comparison_grid(grids, [10, 20], tmp_path / "comparison.png")
     with Image.open(out) as image:
-        assert image.size == (600, 200 + _TITLE_H)
+        tile = 128  # 64-px tiles are shown at least 128 px wide
+        assert image.size[0] == _LABEL_W + 3 * tile
+        top = _TITLE_H + _HEADER_H
+        for column, key in enumerate(["base", 10, 20]):
+            center = (_LABEL_W + column * tile + tile // 2, top + tile // 2)
+            assert image.getpixel(center) == colors[key]
     curve = loss_curve([1.0, 0.8, float("nan"), 0.5, 0.4], tmp_path / "loss.png")
     with Image.open(curve) as image:
         assert image.size == (640, 360)
