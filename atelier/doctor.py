@@ -6,6 +6,7 @@ The exit code is 0 when every check passed (warnings allowed), 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import sys
@@ -16,6 +17,19 @@ from pathlib import Path
 from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings
 
 MIN_FREE_DISK_BYTES = 10 * 1024**3
+DISCORD_TIMEOUT_SECONDS = 30.0
+
+REQUIRED_PERMISSIONS = (
+    "view_channel",
+    "send_messages",
+    "create_public_threads",
+    "send_messages_in_threads",
+    "attach_files",
+    "embed_links",
+    "add_reactions",
+    "read_message_history",
+)
+"""What the bot needs in the channels it works in (the README's invite integer is their sum)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,70 @@ def check_disk(settings: Settings) -> Check:
     return Check("disk", "ok", detail)
 
 
+def _permission_label(name: str) -> str:
+    return name.replace("_", " ").title()
+
+
+def guild_permission_check(guild: object) -> Check:
+    """The bot's server-wide permissions in one guild, against `REQUIRED_PERMISSIONS`."""
+    permissions = guild.me.guild_permissions  # type: ignore[attr-defined]
+    missing = [_permission_label(p) for p in REQUIRED_PERMISSIONS if not getattr(permissions, p)]
+    label = f"discord {guild.name}"  # type: ignore[attr-defined]
+    if not missing:
+        return Check(label, "ok", "the bot has every permission it needs")
+    return Check(
+        label,
+        "fail",
+        "missing: " + ", ".join(missing),
+        "Server Settings → Roles → the bot's role: allow " + ", ".join(missing),
+    )
+
+
+async def discord_checks(token: str, timeout: float = DISCORD_TIMEOUT_SECONDS) -> list[Check]:
+    """Log in, read the bot's permissions in every guild it is in, log out."""
+    import discord
+
+    client = discord.Client(intents=discord.Intents(guilds=True))
+    checks: list[Check] = []
+
+    @client.event
+    async def on_ready() -> None:
+        checks.extend(guild_permission_check(guild) for guild in client.guilds)
+        if not client.guilds:
+            checks.append(
+                Check(
+                    "discord guilds",
+                    "warn",
+                    "the bot is in no server yet",
+                    "invite it with the URL in the README",
+                )
+            )
+        await client.close()
+
+    try:
+        await asyncio.wait_for(client.start(token), timeout)
+    except discord.LoginFailure:
+        return [
+            Check(
+                "discord login",
+                "fail",
+                "Discord refused the token",
+                "reset the token in the developer portal and set DISCORD_TOKEN",
+            )
+        ]
+    except (TimeoutError, OSError) as error:
+        await client.close()
+        return [
+            Check(
+                "discord login",
+                "fail",
+                f"could not connect ({type(error).__name__})",
+                "check the network, or skip with --offline",
+            )
+        ]
+    return [Check("discord login", "ok", f"logged in as {client.user}"), *checks]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_token(settings),
@@ -151,6 +229,7 @@ def render_table(checks: list[Check]) -> str:
 def doctor_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="atelier doctor", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--offline", action="store_true", help="do not connect to Discord")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -158,6 +237,8 @@ def doctor_cli(argv: list[str]) -> int:
         checks = [Check("settings", "fail", str(error), "fix the setting named above")]
     else:
         checks = [Check("settings", "ok", "valid"), *run_checks(settings)]
+        if settings.discord_token is not None and not args.offline:
+            checks += asyncio.run(discord_checks(settings.discord_token.get_secret_value()))
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 def _doctor(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     env["ATELIER_DATA_DIR"] = str(tmp_path / "data")
+    env.pop("DISCORD_TOKEN", None)
     return subprocess.run(
         [sys.executable, "-m", "atelier.cli", "doctor", *args],
         env=env,
@@ -54,3 +55,28 @@ def test_doctor_reports_a_bad_setting(tmp_path: Path) -> None:
     result = _doctor(tmp_path)
     assert result.returncode == 1
     assert "keep_checkpoints" in result.stdout
+
+
+async def test_doctor_names_a_missing_discord_permission() -> None:
+    from atelier.doctor import discord_checks
+    from discord_emulator import DiscordEmulator
+
+    async with DiscordEmulator() as emu:
+        guild = emu.default.guild
+        everyone = guild.roles[guild.id]
+        emu.set_role_permissions(guild, everyone, everyone.permissions & ~(1 << 15))  # Attach Files
+        checks = {check.name: check for check in await discord_checks(emu.token, timeout=20)}
+    assert checks["discord login"].status == "ok"
+    (guild_check,) = [c for name, c in checks.items() if name.startswith("discord A")]
+    assert guild_check.status == "fail"
+    assert guild_check.detail == "missing: Attach Files"
+
+
+def test_readme_invite_integer_matches_the_required_permissions() -> None:
+    import discord
+
+    from atelier.doctor import REQUIRED_PERMISSIONS
+
+    value = discord.Permissions(**dict.fromkeys(REQUIRED_PERMISSIONS, True)).value
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"permissions={value}" in readme

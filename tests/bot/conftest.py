@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -121,3 +125,65 @@ class WorkerThread:
     def __exit__(self, *exc: object) -> None:
         self.worker.shutdown.set()
         self.thread.join(60)
+
+
+class WorkerProcess:
+    """A real `atelier worker` in its own process (its own GIL), with short timings; kill it
+    with SIGKILL to simulate a lost worker."""
+
+    def __init__(self, settings: Settings, worker_id: str, log_path: Path) -> None:
+        self.worker_id = worker_id
+        self.log_path = log_path
+        self.env = worker_env(settings)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "atelier.cli", "worker", "--id", self.worker_id],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parents[2])
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, the job is left `training` with its heartbeat."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The parent's environment without its ATELIER_* settings, pointed at the test data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
+    worker = settings.worker
+    env.update(
+        ATELIER_DATA_DIR=str(settings.data_dir),
+        ATELIER_CONFIG=str(settings.data_dir / "no-such-atelier.toml"),
+        ATELIER_WORKER__HEARTBEAT_SECONDS=str(worker.heartbeat_seconds),
+        ATELIER_WORKER__STALE_AFTER_SECONDS=str(worker.stale_after_seconds),
+        ATELIER_WORKER__POLL_SECONDS=str(worker.poll_seconds),
+        ATELIER_WORKER__PROGRESS_EVENT_SECONDS=str(worker.progress_event_seconds),
+        ATELIER_WORKER__DEVICE="cpu",
+        ATELIER_VOTE_WINDOW_HOURS=str(settings.vote_window_hours),
+    )
+    if settings.database_url:
+        env["ATELIER_DATABASE_URL"] = settings.database_url
+    return env
