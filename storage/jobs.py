@@ -231,9 +231,11 @@ def report_progress(engine: Engine, job_id: int, worker_id: str, **progress: Any
 
 
 def add_checkpoint(
-    engine: Engine, job_id: int, worker_id: str, checkpoint: Checkpoint
+    engine: Engine, job_id: int, worker_id: str, checkpoint: Checkpoint, **extra: Any
 ) -> Checkpoint:
-    """Record a checkpoint, make it the resume point, and write `checkpoint_ready`."""
+    """Record a checkpoint, make it the resume point, and write `checkpoint_ready`.
+
+    `extra` fields go into the event payload only (e.g. `heldout_loss`: float | None)."""
     with session_scope(engine) as session:
         job = owned_job(session, job_id, worker_id)
         checkpoint.job_id = job_id
@@ -260,6 +262,7 @@ def add_checkpoint(
             total=job.total_steps,
             grid_path=checkpoint.grid_path,
             loss=checkpoint.loss,
+            **extra,
         )
         return checkpoint
 

@@ -3,8 +3,10 @@
 A cache file's name is its key: model fingerprint (the VAE / text-encoder weights themselves, so
 two catalogue names for one file share it and a changed file never hits a stale cache), dataset
 fingerprint (file bytes + captions) and, for latents, resolution and bucketing. Whether a cache
-may be used at all is decided by `TrainConfig.uses_latent_cache` / `uses_text_cache`: with flips,
-caption dropout/shuffle, embeddings or a trained text encoder the inputs change every step.
+may be used at all is decided by `TrainConfig.uses_latent_cache` / `uses_text_cache`: with flips
+or crop jitter the pixels (so the latents) change every step; with caption dropout/shuffle,
+embeddings or a trained text encoder the text states do. Held-out images are not in the training
+fingerprint: their latents are encoded once per job (`trainer.heldout.HeldoutSet`).
 """
 
 from __future__ import annotations

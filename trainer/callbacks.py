@@ -40,6 +40,7 @@ class CheckpointInfo:
     grid_path: Path | None
     state_path: Path | None
     loss: float
+    heldout_loss: float | None = None  # fixed-noise denoising loss on held-out images (None: none)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,9 @@ class CheckpointInfo:
             grid_path=path("grid_path"),
             state_path=path("state_path"),
             loss=float(data["loss"]),
+            heldout_loss=(
+                float(data["heldout_loss"]) if data.get("heldout_loss") is not None else None
+            ),
         )
 
 
@@ -76,6 +80,8 @@ class TrainResult:
     nan_skipped: int = 0
     comparison_grid: Path | None = None
     loss_curve: Path | None = None
+    heldout_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    overfit_after: int | None = None  # see trainer.heldout.overfitting_from
 
     @property
     def final(self) -> CheckpointInfo | None:
@@ -96,6 +102,8 @@ class TrainResult:
             "nan_skipped": self.nan_skipped,
             "comparison_grid": str(self.comparison_grid) if self.comparison_grid else None,
             "loss_curve": str(self.loss_curve) if self.loss_curve else None,
+            "heldout_losses": [[step, loss] for step, loss in self.heldout_losses],
+            "overfit_after": self.overfit_after,
         }
 
 

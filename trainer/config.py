@@ -68,6 +68,19 @@ class TrainConfig(_Strict):
     shuffle_captions: bool = False
     keep_tokens: int = Field(1, ge=0, description="Leading comma-separated tags kept in place.")
     flip: bool = False
+    crop_jitter: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.25,
+        description="Random crop within the bucket: zoom up to this fraction, then shift.",
+    )
+    heldout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of images kept out of training for the held-out loss (0: none). "
+        "None are held out from a set of fewer than 10 images.",
+    )
     cache_latents: bool = True
     cache_text: bool = True
 
@@ -142,8 +155,8 @@ class TrainConfig(_Strict):
 
     @property
     def uses_latent_cache(self) -> bool:
-        """VAE latents can be cached only without pixel augmentation."""
-        return self.cache_latents and not self.flip
+        """VAE latents can be cached only without pixel augmentation (flip, crop jitter)."""
+        return self.cache_latents and not self.flip and self.crop_jitter == 0.0
 
     @property
     def checkpoint_steps(self) -> list[int]:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One training image: its file, caption (trigger and prefix applied), size and bucket."""
+    """One training image: its file, caption (trigger and prefix applied), size and bucket.
+
+    `concept` is the image's own trigger in a multi-concept dataset ('' otherwise), `repeats`
+    how many times an epoch shows it, `file` its name inside the dataset folder.
+    """
 
     index: int
     path: Path
@@ -46,34 +50,72 @@ class Example:
     width: int
     height: int
     bucket: tuple[int, int]  # (width, height) in pixels
+    concept: str = ""
+    repeats: int = 1
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a dataset: image, caption and what ingest recorded about it."""
+
+    path: Path
+    text: str
+    file: str
+    concept: str = ""
+    repeats: int = 1
+    split: str | None = None  # "train" | "heldout" as ingest wrote it; None: not recorded
+
+
+@dataclass
+class DatasetSplit:
+    """The examples a job trains on, those it holds out, and the dataset's concepts."""
+
+    train: list[Example]
+    heldout: list[Example] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)  # triggers, in dataset order (> 1: multi)
+    dataset_id: str = ""
 
 
 # ---------------------------------------------------------------- reading
 
 
-def read_rows(dataset_dir: Path) -> list[tuple[Path, str]]:
-    """(image, caption) from an ingested folder's `captions.jsonl`, else images + .txt side-cars."""
+def read_records(dataset_dir: Path) -> list[Row]:
+    """Rows of an ingested folder's `captions.jsonl`, else images + .txt side-cars."""
     dataset_dir = Path(dataset_dir)
     index = dataset_dir / "captions.jsonl"
-    rows: list[tuple[Path, str]] = []
+    rows: list[Row] = []
     if index.is_file():
         for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                rows.append((dataset_dir / record["file"], str(record.get("text", ""))))
-            except (ValueError, KeyError) as error:
+                repeats = int(record.get("repeats", 1))
+                if repeats < 1:
+                    raise ValueError(f"repeats {repeats} is below 1")
+                split = record.get("split")
+                rows.append(
+                    Row(
+                        dataset_dir / record["file"],
+                        str(record.get("text", "")),
+                        str(record["file"]),
+                        str(record.get("concept") or ""),
+                        repeats,
+                        str(split) if split is not None else None,
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as error:
                 raise DatasetError(f"captions.jsonl line {number} is not valid: {error}") from None
     elif dataset_dir.is_dir():
         for path in sorted(dataset_dir.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
                 side_car = path.with_suffix(".txt")
                 text = side_car.read_text(encoding="utf-8").strip() if side_car.is_file() else ""
-                rows.append((path, text))
+                rows.append(Row(path, text, path.relative_to(dataset_dir).as_posix()))
     else:
         raise DatasetError(f"dataset folder {dataset_dir} does not exist")
-    missing = [str(path.name) for path, _ in rows if not path.is_file()]
+    missing = [str(row.path.name) for row in rows if not row.path.is_file()]
     if missing:
         raise DatasetError(f"dataset lists {len(missing)} missing image(s), e.g. {missing[0]}")
     if not rows:
@@ -81,25 +123,85 @@ def read_rows(dataset_dir: Path) -> list[tuple[Path, str]]:
     return rows
 
 
-def with_trigger(caption: str, config: TrainConfig) -> str:
-    """Caption prefix and trigger phrase in front, unless the caption already has them."""
+def read_rows(dataset_dir: Path) -> list[tuple[Path, str]]:
+    """(image, caption) pairs: `read_records` without the per-image metadata."""
+    return [(row.path, row.text) for row in read_records(dataset_dir)]
+
+
+def with_trigger(caption: str, config: TrainConfig, trigger: str | None = None) -> str:
+    """Caption prefix and trigger phrase in front, unless the caption already has them.
+
+    `trigger` is the image's concept in a multi-concept dataset (instead of the job's)."""
     caption = caption.strip()
-    if config.trigger and config.trigger not in caption:
-        caption = f"{config.trigger}, {caption}" if caption else config.trigger
+    trigger = config.trigger if trigger is None else trigger
+    if trigger and trigger not in caption:
+        caption = f"{trigger}, {caption}" if caption else trigger
     if config.caption_prefix and not caption.startswith(config.caption_prefix):
         caption = f"{config.caption_prefix} {caption}".strip()
     return caption
 
 
+def _example(index: int, row: Row, config: TrainConfig) -> Example:
+    with Image.open(row.path) as image:
+        width, height = ImageOps.exif_transpose(image).size
+    bucket = bucket_size(width, height, config.resolution, config.bucketing)
+    caption = with_trigger(row.text, config, row.concept or None)
+    return Example(
+        index, row.path, caption, width, height, bucket, row.concept, row.repeats, row.file
+    )
+
+
 def load_examples(dataset_dir: Path, config: TrainConfig) -> list[Example]:
     """Every usable image with its caption and bucket, in the dataset's own order."""
-    examples = []
-    for index, (path, caption) in enumerate(read_rows(dataset_dir)):
-        with Image.open(path) as image:
-            width, height = ImageOps.exif_transpose(image).size
-        bucket = bucket_size(width, height, config.resolution, config.bucketing)
-        examples.append(Example(index, path, with_trigger(caption, config), width, height, bucket))
-    return examples
+    return [_example(i, row, config) for i, row in enumerate(read_records(dataset_dir))]
+
+
+def dataset_identity(dataset_dir: Path) -> tuple[str, float | None]:
+    """(dataset id, held-out fraction ingest used): from dataset.json, else the folder name."""
+    dataset_dir = Path(dataset_dir)
+    try:
+        meta = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    fraction = meta.get("heldout_fraction")
+    return (
+        str(meta.get("dataset_id") or dataset_dir.resolve().name),
+        float(fraction) if isinstance(fraction, (int, float)) else None,
+    )
+
+
+def load_dataset(dataset_dir: Path, config: TrainConfig) -> DatasetSplit:
+    """Examples split into training and held-out images (each list indexed from 0).
+
+    The split ingest recorded is used when the job asks for the fraction ingest used;
+    otherwise it is recomputed with the same pure function, from the file names and the
+    dataset id, so every job on one dataset with one fraction holds out the same images.
+    """
+    from trainer.heldout import heldout_files
+
+    rows = read_records(dataset_dir)
+    dataset_id, ingest_fraction = dataset_identity(dataset_dir)
+    recorded = all(row.split is not None for row in rows)
+    if recorded and ingest_fraction is not None and ingest_fraction == config.heldout_fraction:
+        held = {row.file for row in rows if row.split == "heldout"}
+    else:
+        concepts = {row.file: row.concept for row in rows}
+        held = heldout_files(
+            [row.file for row in rows], dataset_id, config.heldout_fraction, concepts
+        )
+    train = [row for row in rows if row.file not in held]
+    heldout = [row for row in rows if row.file in held]
+    if not train:
+        raise DatasetError("every image of the dataset is held out; lower heldout_fraction")
+    triggers = list(dict.fromkeys(row.concept for row in rows if row.concept))
+    return DatasetSplit(
+        train=[_example(i, row, config) for i, row in enumerate(train)],
+        heldout=[_example(i, row, config) for i, row in enumerate(heldout)],
+        concepts=triggers,
+        dataset_id=dataset_id,
+    )
 
 
 def dataset_fingerprint(examples: list[Example]) -> str:
@@ -142,15 +244,26 @@ def bucket_size(width: int, height: int, resolution: int, bucketing: bool) -> tu
     return _bucket_for(width, height, resolution)
 
 
-def load_pixels(example: Example, flip: bool = False) -> torch.Tensor:
-    """The image resized to cover its bucket, centre-cropped, as a CHW float tensor in [-1, 1]."""
+def load_pixels(
+    example: Example, flip: bool = False, crop: tuple[float, float, float] | None = None
+) -> torch.Tensor:
+    """The image resized to cover its bucket, centre-cropped, as a CHW float tensor in [-1, 1].
+
+    `crop` = (zoom, x, y), each in [0, 1] scaled by the job's jitter for zoom: the image is
+    enlarged by (1 + zoom) and the bucket-sized window placed at fraction (x, y) of the slack
+    instead of the centre (a small random crop within the bucket).
+    """
     target_w, target_h = example.bucket
     with Image.open(example.path) as raw:
         image = ImageOps.exif_transpose(raw).convert("RGB")
-    scale = max(target_w / image.width, target_h / image.height)
+    zoom, fx, fy = crop if crop is not None else (0.0, 0.5, 0.5)
+    scale = max(target_w / image.width, target_h / image.height) * (1.0 + zoom)
     size = (max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.LANCZOS)
-    left, top = (size[0] - target_w) // 2, (size[1] - target_h) // 2
+    if crop is None:
+        left, top = (size[0] - target_w) // 2, (size[1] - target_h) // 2
+    else:
+        left, top = round((size[0] - target_w) * fx), round((size[1] - target_h) * fy)
     image = image.crop((left, top, left + target_w, top + target_h))
     if flip:
         image = ImageOps.mirror(image)
@@ -164,9 +277,10 @@ def load_pixels(example: Example, flip: bool = False) -> torch.Tensor:
 class BatchOrder:
     """Which examples form micro-batch number `m`: a pure function of (seed, m).
 
-    Each epoch, every bucket's examples are shuffled and cut into batches (a batch never mixes
-    buckets, so its tensors stack), then the batches are shuffled, with `random.Random` seeded
-    from (seed, epoch). Resuming at step s only needs m = s × gradient_accumulation.
+    Each epoch, every bucket's examples (each `repeats` times) are shuffled and cut into batches
+    (a batch never mixes buckets, so its tensors stack), then the batches are shuffled, with
+    `random.Random` seeded from (seed, epoch). Resuming at step s only needs
+    m = s × gradient_accumulation.
     """
 
     def __init__(self, examples: list[Example], batch_size: int, seed: int) -> None:
@@ -182,7 +296,7 @@ class BatchOrder:
             rng = random.Random(f"atelier-order-{self.seed}-{epoch}")
             by_bucket: dict[tuple[int, int], list[int]] = {}
             for example in self.examples:
-                by_bucket.setdefault(example.bucket, []).append(example.index)
+                by_bucket.setdefault(example.bucket, []).extend([example.index] * example.repeats)
             batches: list[list[int]] = []
             for bucket in sorted(by_bucket):
                 indices = by_bucket[bucket]
@@ -201,6 +315,13 @@ class BatchOrder:
 
     def epoch_of(self, micro_index: int) -> int:
         return micro_index // self.batches_per_epoch
+
+
+def crop_choice(config: TrainConfig, rng: random.Random) -> tuple[float, float, float] | None:
+    """(zoom, x, y) of a random crop within the bucket, or None without crop jitter."""
+    if not config.crop_jitter:
+        return None
+    return (config.crop_jitter * rng.random(), rng.random(), rng.random())
 
 
 # ---------------------------------------------------------------- captions

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,14 +47,18 @@ from trainer.checkpointing import (
 from trainer.config import TrainConfig
 from trainer.data import (
     BatchOrder,
+    DatasetSplit,
     Example,
     caption_rng,
+    crop_choice,
     dataset_fingerprint,
     embedding_caption,
-    load_examples,
+    load_dataset,
+    load_examples,  # noqa: F401 - bench/train.py reads loop.load_examples
     load_pixels,
     training_caption,
 )
+from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -102,10 +107,15 @@ def train(
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
 
-    # 3. data: captions, buckets, resumable order, caches (only where an option allows them)
-    examples = _load_examples(dataset_dir, config)
+    # 3. data: captions, buckets, held-out split, resumable order (each image `repeats` times
+    #    per epoch), caches (only where an option allows them)
+    dataset = _load_dataset(dataset_dir, config)
+    examples = dataset.train
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
+    heldout = HeldoutSet(model, dataset.heldout)
+    if len(heldout):
+        log.info("%d of %d images held out", len(heldout), len(heldout) + len(examples))
 
     # 4. the adapter (or the new embedding rows): the only weights that change
     torch.manual_seed(config.seed)
@@ -126,7 +136,7 @@ def train(
         state = restore(path, model, config, optimizer, lr_scheduler)
         resumed_from = state.step
     checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
-    plan = make_plan(config, _initializer(config))
+    plan = make_plan(config, _initializer(config), concepts=dataset.concepts)
     prepare_pipeline(model, config)
     base_column: list = []
     callbacks.on_start(state.step, config.steps)
@@ -189,6 +199,10 @@ def train(
                 module.eval()
             if not base_column:
                 base_column = render_base(model, config, plan, config.method)
+            held = heldout_loss(
+                model, heldout, heldout_captions(config, heldout, prompt_token),
+                accelerator.autocast(),
+            )  # fmt: skip
             info = save_checkpoint(
                 model,
                 config,
@@ -200,6 +214,7 @@ def train(
                 base_column,
                 checkpoints,
                 title,
+                heldout_loss=held,
             )
             callbacks.on_checkpoint(info)
 
@@ -287,13 +302,28 @@ def load_model(
         raise TrainingFailed(str(error)) from None
 
 
-def _load_examples(dataset_dir: Path, config: TrainConfig) -> list[Example]:
+def _load_dataset(dataset_dir: Path, config: TrainConfig) -> DatasetSplit:
     from trainer.data import DatasetError
 
     try:
-        return load_examples(dataset_dir, config)
+        return load_dataset(dataset_dir, config)
     except DatasetError as error:
         raise TrainingFailed(str(error)) from None
+
+
+def heldout_captions(
+    config: TrainConfig, heldout: HeldoutSet, prompt_token: str | None
+) -> list[str]:
+    """Held-out prompts as the model reads them: no dropout or shuffle; an embedding's token."""
+    if prompt_token is None:
+        return [example.caption for example in heldout.examples]
+    plain = config.model_copy(update={"caption_dropout": 0.0, "shuffle_captions": False})
+    return [
+        embedding_caption(
+            example.caption, plain, prompt_token, random.Random(f"atelier-heldout-{example.file}")
+        )
+        for example in heldout.examples
+    ]
 
 
 def build_caches(
@@ -400,8 +430,12 @@ def make_batch(
         batch_latents = torch.stack([latents[i] for i in indices]).to(device)
     else:
         flips = [config.flip and rng.random() < 0.5 for rng in rngs]
+        crops = [crop_choice(config, rng) for rng in rngs]
         pixels = torch.stack(
-            [load_pixels(examples[i], flip) for i, flip in zip(indices, flips, strict=True)]
+            [
+                load_pixels(examples[i], flip, crop)
+                for i, flip, crop in zip(indices, flips, crops, strict=True)
+            ]
         )
         batch_latents = encode_images(model.vae, pixels)
     if texts is not None:
@@ -545,6 +579,7 @@ def save_checkpoint(
     base_column: list,
     checkpoints: list[CheckpointInfo],
     title: str | None,
+    heldout_loss: float | None = None,
 ) -> CheckpointInfo:
     """Model file, validation grid, then the resume state (last: it marks the checkpoint done)."""
     from trainer.export import export_checkpoint
@@ -563,6 +598,7 @@ def save_checkpoint(
         grid_path=grid,
         state_path=None,
         loss=_recent_loss(state.losses),
+        heldout_loss=heldout_loss,
     )
     from trainer.checkpointing import state_dir
 
@@ -601,12 +637,18 @@ def _finish(
         steps_per_second=steps_this_run / seconds if seconds > 0 else 0.0,
         resumed_from=resumed_from,
         nan_skipped=state.nan_skipped,
+        heldout_losses=[
+            (c.step, c.heldout_loss) for c in checkpoints if c.heldout_loss is not None
+        ],
+        overfit_after=overfitting_from([(c.step, c.loss, c.heldout_loss) for c in checkpoints]),
     )
     if output_dir is not None and checkpoints:
         grids = [c.grid_path for c in checkpoints if c.grid_path and c.grid_path.is_file()]
         if grids:
             steps = [c.step for c in checkpoints if c.grid_path and c.grid_path.is_file()]
             result.comparison_grid = comparison_grid(grids, steps, output_dir / "comparison.png")
-        result.loss_curve = loss_curve(state.losses, output_dir / "loss.png")
+        result.loss_curve = loss_curve(
+            state.losses, output_dir / "loss.png", heldout=result.heldout_losses
+        )
     callbacks.on_done(result)
     return result

@@ -46,23 +46,38 @@ class ValidationPlan:
     height: int
 
 
-def default_prompts(config: TrainConfig) -> list[str]:
-    """Prompts from the trigger when the job names none: the concept alone and in two contexts."""
+MAX_CONCEPT_PROMPTS = 8
+
+
+def default_prompts(config: TrainConfig, concepts: list[str] | None = None) -> list[str]:
+    """Prompts from the trigger when the job names none: the concept alone and in two contexts.
+
+    A dataset of several concepts (LoRA/DoRA) gets each trigger alone, then all together."""
+    if concepts and len(concepts) > 1 and config.method != "embedding":
+        shown = concepts[: MAX_CONCEPT_PROMPTS - 1]
+        together = ", ".join(shown[:-1]) + f" and {shown[-1]}"
+        return [*shown, f"a photo of {together}"]
     trigger = config.token if config.method == "embedding" else config.trigger
     if not trigger:
         return ["a photo", "a painting of a landscape"]
     return [trigger, f"a photo of {trigger}, outdoors", f"a painting of {trigger}"]
 
 
-def make_plan(config: TrainConfig, base_word: str | None = None) -> ValidationPlan:
+def make_plan(
+    config: TrainConfig, base_word: str | None = None, concepts: list[str] | None = None
+) -> ValidationPlan:
     """Prompts as shown and rendered (`{trigger}` filled in); `base_word` replaces the token.
 
-    Pipelines expand a multi-vector token themselves (textual-inversion mixin), so a prompt is
-    sent as written.
+    `concepts` are the dataset's triggers (several: multi-concept prompts when the job names
+    none; `{trigger}` without a job trigger becomes all of them). Pipelines expand a
+    multi-vector token themselves (textual-inversion mixin), so a prompt is sent as written.
     """
     word = config.token if config.method == "embedding" else config.trigger
+    if not word and concepts:
+        word = " and ".join(concepts)
     labels = [
-        p.replace("{trigger}", word) for p in (config.validation.prompts or default_prompts(config))
+        p.replace("{trigger}", word)
+        for p in (config.validation.prompts or default_prompts(config, concepts))
     ]
     prompts = list(labels)
     if config.method == "embedding" and base_word and word:
@@ -263,15 +278,36 @@ def comparison_grid(
     return save_png(grid, out or Path(paths[0]).parent / "comparison.png")
 
 
-def loss_curve(losses: list[float], path: Path, size: tuple[int, int] = (640, 360)) -> Path:
-    """The per-step loss (grey) and its moving average (dark), with min/max and step axis labels."""
+_TRAIN_COLOUR, _HELDOUT_COLOUR = (30, 80, 200), (220, 90, 20)
+
+
+def loss_curve(
+    losses: list[float],
+    path: Path,
+    size: tuple[int, int] = (640, 360),
+    heldout: list[tuple[int, float]] | None = None,
+) -> Path:
+    """The per-step loss (grey) and its moving average (blue), with min/max and step axis
+    labels; the held-out loss at each checkpoint step (orange points and line), with a legend.
+
+    Both share one axis: the held-out loss is unweighted (no min-SNR), so compare their trends
+    rather than their levels.
+    """
     width, height = size
     left, right, top, bottom = 56, 16, 24, 28
     image = Image.new("RGB", size, _BG)
     draw = ImageDraw.Draw(image)
     font = _font()
-    draw.text((left, 5), "training loss", fill=_FG, font=font)
-    finite = [value for value in losses if math.isfinite(value)]
+    held = [(s, v) for s, v in (heldout or []) if v is not None and math.isfinite(v)]
+    if held:
+        draw.line((left, 12, left + 16, 12), fill=_TRAIN_COLOUR, width=2)
+        draw.text((left + 20, 5), "training loss", fill=_FG, font=font)
+        draw.line((left + 120, 12, left + 136, 12), fill=_HELDOUT_COLOUR, width=2)
+        draw.ellipse((left + 125, 9, left + 131, 15), fill=_HELDOUT_COLOUR)
+        draw.text((left + 140, 5), "held-out loss (checkpoints)", fill=_FG, font=font)
+    else:
+        draw.text((left, 5), "training loss", fill=_FG, font=font)
+    finite = [value for value in losses if math.isfinite(value)] + [v for _, v in held]
     draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
     if len(finite) >= 1:
         low, high = min(finite), max(finite)
@@ -292,7 +328,12 @@ def loss_curve(losses: list[float], path: Path, size: tuple[int, int] = (640, 36
                 average = 0.9 * average + 0.1 * value
             smooth.append(point(i, average))
         if len(smooth) > 1:
-            draw.line(smooth, fill=(30, 80, 200), width=2)
+            draw.line(smooth, fill=_TRAIN_COLOUR, width=2)
+        marks = [point(step - 1, value) for step, value in held]
+        if len(marks) > 1:
+            draw.line(marks, fill=_HELDOUT_COLOUR, width=2)
+        for x, y in marks:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_HELDOUT_COLOUR)
         draw.text((4, top - 4), f"{high:.3g}", fill=_FG, font=font)
         draw.text((4, height - bottom - 8), f"{low:.3g}", fill=_FG, font=font)
         draw.text((left, height - bottom + 6), "1", fill=_FG, font=font)

@@ -92,7 +92,9 @@ class DatabaseCallbacks(TrainCallbacks):
             state_path=str(info.state_path) if info.state_path else None,
             loss=info.loss,
         )
-        jobs.add_checkpoint(self.engine, self.job_id, self.worker_id, checkpoint)
+        jobs.add_checkpoint(
+            self.engine, self.job_id, self.worker_id, checkpoint, heldout_loss=info.heldout_loss
+        )
         log.info("job %s: checkpoint at step %s (%s)", self.job_id, info.step, info.file.name)
 
     def on_nan_skipped(self, step: int, count: int) -> None:
@@ -293,6 +295,8 @@ class Worker:
                 seconds=round(result.seconds, 1),
                 steps_per_second=round(result.steps_per_second, 3),
                 nan_skipped=result.nan_skipped,
+                overfit_after=result.overfit_after,
+                heldout_losses=[[step, round(loss, 6)] for step, loss in result.heldout_losses],
             )
         elif control.lost:
             log.warning("job %s: no longer ours; left to its new worker", job.id)

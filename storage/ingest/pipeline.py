@@ -6,7 +6,9 @@ complete, so a reader never sees half a dataset and a refusal leaves nothing beh
 
 Layout of `datasets_dir/<dataset_id>/`:
     images/0001.png ...   normalized images (see images.py for why PNG)
-    captions.jsonl        {"file": "images/0001.png", "text": ..., "source": ...} per image
+    captions.jsonl        {"file": "images/0001.png", "text": ..., "source": ...,
+                           "split": "train" | "heldout"} per image, plus "concept" (its
+                           trigger) and "repeats" when the zip defines concepts
     report.json           the QA report
     dataset.json          format version, options, image count
 """
@@ -21,11 +23,13 @@ import shutil
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from storage.ingest import captions as cap
+from storage.ingest import split as heldout
+from storage.ingest.concepts import Concept, ConceptIndex, is_concepts_file
 from storage.ingest.errors import IngestError, SkipFile
 from storage.ingest.images import MAX_STORED_SIDE, decode_image, save_png
 from storage.ingest.options import IngestOptions
@@ -86,6 +90,7 @@ class _Build:
     options: IngestOptions
     limits: Limits
     index: cap.CaptionIndex = field(default_factory=cap.CaptionIndex)
+    concepts: ConceptIndex = field(default_factory=ConceptIndex)
     pending: list[_Pending] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -148,7 +153,10 @@ def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build) -> None:
     """Captions first (small), then images one at a time, so memory stays flat."""
     budget = ByteBudget(build.limits.max_uncompressed_bytes)
     is_text = [
-        cap.is_caption_file(i.filename) or cap.is_metadata_file(i.filename) for i in plan.files
+        cap.is_caption_file(i.filename)
+        or cap.is_metadata_file(i.filename)
+        or is_concepts_file(i.filename)
+        for i in plan.files
     ]
     ordered = [i for i, t in zip(plan.files, is_text, strict=True) if t] + [
         i for i, t in zip(plan.files, is_text, strict=True) if not t
@@ -162,7 +170,9 @@ def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build) -> None:
 
 
 def _accept(name: str, data: bytes, build: _Build) -> None:
-    if cap.is_metadata_file(name):
+    if is_concepts_file(name):
+        build.concepts.add_file(name, data)
+    elif cap.is_metadata_file(name):
         build.index.add_metadata(name, data)
     elif cap.is_caption_file(name):
         build.index.add_sidecar(name, data)
@@ -207,6 +217,7 @@ def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
     if orphans:
         warnings.append(f"{len(orphans)} caption files match no image (e.g. {orphans[0]})")
     dataset_id = _dataset_id(build, rows)
+    records = _assign_split(records, rows, dataset_id)
     report = build_report(records, build.skipped, plan.ignored, warnings, build.options)
     _write_jsonl(build.root / "captions.jsonl", rows)
     _write_json(build.root / "report.json", report.to_dict())
@@ -220,17 +231,39 @@ def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
             "max_side": MAX_STORED_SIDE,
             "captions": "captions.jsonl",
             "options": build.options.to_dict(),
+            "heldout_fraction": heldout.DEFAULT_HELDOUT_FRACTION,
+            "heldout": sum(row["split"] == heldout.HELDOUT for row in rows),
+            "concepts": sorted({row["concept"] for row in rows if row.get("concept")}),
         },
     )
     return dataset_id, report
 
 
-def _caption_rows(build: _Build) -> tuple[list[ImageRecord], list[dict[str, str]]]:
+def _concept_options(options: IngestOptions, concept: Concept | None) -> IngestOptions:
+    """A concept's trigger (and prefix, when it names one) in place of the job's."""
+    if concept is None:
+        return options
+    return IngestOptions(
+        trigger=concept.trigger,
+        caption_prefix=concept.caption_prefix or options.caption_prefix,
+        method=options.method,
+        resolution=options.resolution,
+    )
+
+
+def _caption_rows(build: _Build) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
     records: list[ImageRecord] = []
-    rows: list[dict[str, str]] = []
-    for item in build.pending:
-        caption = cap.caption_for(build.index.lookup(item.original), build.options)
-        rows.append({"file": item.file, "text": caption.text, "source": caption.source})
+    rows: list[dict[str, Any]] = []
+    found = [build.concepts.concept_of(item.original) for item in build.pending]
+    with_concepts = any(concept is not None for concept in found)
+    for item, concept in zip(build.pending, found, strict=True):
+        options = _concept_options(build.options, concept)
+        caption = cap.caption_for(build.index.lookup(item.original), options)
+        row: dict[str, Any] = {"file": item.file, "text": caption.text, "source": caption.source}
+        if with_concepts:
+            row["concept"] = options.trigger
+            row["repeats"] = concept.repeats if concept else 1
+        rows.append(row)
         records.append(
             ImageRecord(
                 file=item.file,
@@ -241,17 +274,34 @@ def _caption_rows(build: _Build) -> tuple[list[ImageRecord], list[dict[str, str]
                 caption_source=caption.source,
                 caption_words=len(caption.text.split()),
                 had_trigger=caption.had_trigger,
+                concept=row.get("concept", ""),
+                repeats=row.get("repeats", 1),
             )
         )
     return records, rows
 
 
-def _dataset_id(build: _Build, rows: list[dict[str, str]]) -> str:
-    """sha256 over format, options, and each image's pixels and caption, in stored order."""
+def _assign_split(
+    records: list[ImageRecord], rows: list[dict[str, Any]], dataset_id: str
+) -> list[ImageRecord]:
+    """Mark the held-out images (a pure function of dataset id and file names)."""
+    files = [row["file"] for row in rows]
+    concepts = {row["file"]: row.get("concept", "") for row in rows}
+    held = heldout.heldout_files(files, dataset_id, heldout.DEFAULT_HELDOUT_FRACTION, concepts)
+    for row in rows:
+        row["split"] = heldout.HELDOUT if row["file"] in held else heldout.TRAIN
+    return [replace(r, split=row["split"]) for r, row in zip(records, rows, strict=True)]
+
+
+def _dataset_id(build: _Build, rows: list[dict[str, Any]]) -> str:
+    """sha256 over format, options, and each image's pixels and caption (and concept, when the
+    zip defines concepts), in stored order. The held-out split follows from the id."""
     digest = hashlib.sha256(f"atelier-dataset-v{FORMAT_VERSION}\n".encode())
     digest.update(json.dumps(build.options.to_dict(), sort_keys=True).encode())
     for item, row in zip(build.pending, rows, strict=True):
         digest.update(f"\n{item.digest}\n{row['text']}\n{row['source']}".encode())
+        if "concept" in row:
+            digest.update(f"\n{row['concept']}\n{row['repeats']}".encode())
     return digest.hexdigest()[:ID_CHARS]
 
 
@@ -283,6 +333,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

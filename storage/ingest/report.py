@@ -10,6 +10,7 @@ from typing import Any
 from storage.ingest.buckets import nearest_bucket, needs_upscale
 from storage.ingest.options import CONCEPT_METHODS, IngestOptions
 from storage.ingest.phash import near_duplicates
+from storage.ingest.split import DEFAULT_HELDOUT_FRACTION, HELDOUT, too_small_note
 
 MANY_SHARE = 0.25
 """'Many' upscaled images or duplicates: a quarter of the dataset."""
@@ -33,6 +34,9 @@ class ImageRecord:
     caption_source: str
     caption_words: int
     had_trigger: bool
+    concept: str = ""  # the concept's trigger when the zip defines concepts
+    repeats: int = 1
+    split: str = "train"  # "train" | "heldout"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,19 @@ class NearDuplicate:
     a: str
     b: str
     distance: int
+
+
+@dataclass
+class ConceptStats:
+    """One concept of a multi-concept dataset, as the member should see it."""
+
+    trigger: str
+    images: int
+    repeats: int  # the most any of its images is repeated (normally all alike)
+    per_epoch: int  # training images × repeats: how often the concept is seen per epoch
+    held_out: int
+    captions: dict[str, int] = field(default_factory=dict)
+    missing_trigger: int = 0
 
 
 @dataclass
@@ -69,6 +86,9 @@ class QAReport:
     missing_trigger: list[str] = field(default_factory=list)
     caption_words: Spread | None = None
     advice: list[str] = field(default_factory=list)
+    concepts: list[ConceptStats] = field(default_factory=list)  # empty: one concept (the trigger)
+    held_out: list[str] = field(default_factory=list)  # originals kept out of training
+    held_out_note: str = ""  # why none are held out, when none are
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +119,10 @@ def build_report(
     )
     _size_stats(report, records)
     _caption_stats(report, records, options)
+    _concept_stats(report, records)
+    report.held_out = [r.original for r in records if r.split == HELDOUT]
+    if not report.held_out:
+        report.held_out_note = too_small_note(len(records), DEFAULT_HELDOUT_FRACTION)
     pairs = near_duplicates([record.dhash for record in records])
     report.near_duplicates = [
         NearDuplicate(records[i].original, records[j].original, d) for i, j, d in pairs
@@ -126,12 +150,7 @@ def _size_stats(report: QAReport, records: list[ImageRecord]) -> None:
 
 def _caption_stats(report: QAReport, records: list[ImageRecord], options: IngestOptions) -> None:
     sources = Counter(record.caption_source for record in records)
-    report.captions = {
-        "sidecar": sources["sidecar"],
-        "metadata": sources["metadata"],
-        "prefix_only": sources["prefix"],
-        "none": sources["none"],
-    }
+    report.captions = _source_counts(records)
     report.missing_trigger = [r.original for r in records if not r.had_trigger]
     report.caption_words = _spread([float(r.caption_words) for r in records])
     uncaptioned = sources["prefix"] + sources["none"]
@@ -140,6 +159,38 @@ def _caption_stats(report: QAReport, records: list[ImageRecord], options: Ingest
         report.warnings.append(
             f"{uncaptioned} of {len(records)} images have no caption; they are captioned "
             f"with {fallback}"
+        )
+
+
+def _source_counts(records: list[ImageRecord]) -> dict[str, int]:
+    sources = Counter(record.caption_source for record in records)
+    return {
+        "sidecar": sources["sidecar"],
+        "metadata": sources["metadata"],
+        "prefix_only": sources["prefix"],
+        "none": sources["none"],
+    }
+
+
+def _concept_stats(report: QAReport, records: list[ImageRecord]) -> None:
+    """Images, captions and missing triggers per concept (only when the zip defines concepts)."""
+    if not any(record.concept for record in records):
+        return
+    groups: dict[str, list[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault(record.concept, []).append(record)
+    for trigger, group in groups.items():
+        training = [r for r in group if r.split != HELDOUT]
+        report.concepts.append(
+            ConceptStats(
+                trigger=trigger,
+                images=len(group),
+                repeats=max(r.repeats for r in group),
+                per_epoch=sum(r.repeats for r in training),
+                held_out=len(group) - len(training),
+                captions=_source_counts(group),
+                missing_trigger=sum(not r.had_trigger for r in group),
+            )
         )
 
 
@@ -179,6 +230,13 @@ def advise(report: QAReport) -> list[str]:
         )
     elif written and report.caption_words and report.caption_words.median < 3:
         advice.append("Captions are very short; a sentence per image trains better.")
+    small = [c.trigger for c in report.concepts if c.images < 5]
+    if small:
+        advice.append(
+            f"Concept{'s' if len(small) > 1 else ''} {', '.join(small)} "
+            f"{'have' if len(small) > 1 else 'has'} fewer than 5 images; add more or raise "
+            "its repeats."
+        )
     if report.skipped and len(report.skipped) >= max(3, count // 4):
         advice.append(f"{len(report.skipped)} files were skipped; see the reasons.")
     return advice
@@ -206,6 +264,21 @@ def render_report_text(report: QAReport) -> str:
         lines.append(f"trigger added to {len(report.missing_trigger)} captions")
     if report.upscaled:
         lines.append(f"smaller than their bucket: {len(report.upscaled)}")
+    for concept in report.concepts:
+        captioned = concept.captions.get("sidecar", 0) + concept.captions.get("metadata", 0)
+        line = (
+            f"concept '{concept.trigger}': {concept.images} images × {concept.repeats} "
+            f"repeats, {captioned} captioned"
+        )
+        if concept.missing_trigger:
+            line += f", trigger added to {concept.missing_trigger}"
+        if concept.held_out:
+            line += f", {concept.held_out} held out"
+        lines.append(line)
+    if report.held_out:
+        lines.append(f"held out from training (for the held-out loss): {len(report.held_out)}")
+    elif report.held_out_note:
+        lines.append(report.held_out_note)
     lines += [f"near-duplicate: {d.a} ~ {d.b} ({d.distance} bits)" for d in report.near_duplicates]
     lines += [f"skipped {s.file}: {s.reason}" for s in report.skipped]
     lines += [f"warning: {w}" for w in report.warnings]

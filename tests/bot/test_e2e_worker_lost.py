@@ -12,7 +12,7 @@ from storage.models import Checkpoint
 from tests.bot.conftest import WorkerProcess
 from tests.bot.e2e_jobs import job_row, texts, train, undelivered
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def checkpoint_steps(engine, job_id: int) -> list[int]:
 async def test_killed_worker_job_resumes_on_another(
         emu, atelier, settings, bot_engine, dataset_zip, tmp_path) -> None:
     d = emu.default
-    job_id, reply = await train(emu, d.alice, dataset_zip, steps=40, name="lost")
+    job_id, reply = await train(emu, d.alice, dataset_zip, steps=20, name="lost")
     assert job_id, reply.content
     thread = job_row(bot_engine, job_id).thread_id
     first = WorkerProcess(settings, "first", tmp_path / "first.log").start()
@@ -52,9 +52,9 @@ async def test_killed_worker_job_resumes_on_another(
     await emu.wait_for_message(thread, "Training done", timeout=20)
     await emu.wait_until(lambda: not undelivered(bot_engine, job_id), 20)
     job = job_row(bot_engine, job_id)
-    assert job.attempts == 2 and job.step == 40
+    assert job.attempts == 2 and job.step == 20
     said = [m.content for m in emu.timeline(thread) if m.content]
     assert [t for t, n in Counter(said).items() if n > 1] == []
     for step in sorted(set(checkpoint_steps(bot_engine, job_id))):
-        assert len(texts(emu, thread, f"step **{step}/40**")) == 1
+        assert len(texts(emu, thread, f"step **{step}/20**")) == 1
     assert len(texts(emu, d.channel, f"Job #{job_id}")) == 1

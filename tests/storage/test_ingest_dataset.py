@@ -44,8 +44,8 @@ def test_layout(tmp_path: Path) -> None:
         "report.json",
     ]
     assert captions(result) == [
-        {"file": "images/0001.png", "text": "ohwx, a cat", "source": "sidecar"},
-        {"file": "images/0002.png", "text": "ohwx", "source": "prefix"},
+        {"file": "images/0001.png", "text": "ohwx, a cat", "source": "sidecar", "split": "train"},
+        {"file": "images/0002.png", "text": "ohwx", "source": "prefix", "split": "train"},
     ]
     meta = json.loads((result.path / "dataset.json").read_text())
     assert meta["images"] == 2 and meta["options"]["trigger"] == "ohwx"
