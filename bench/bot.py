@@ -132,7 +132,7 @@ async def run(counts: list[int], zip_mb: float) -> dict[str, Any]:
     zip_bytes = await asyncio.to_thread(noise_zip, zip_mb)
     zip_seconds = time.monotonic() - made
     rounds = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         async with DiscordEmulator() as emu:
             d = emu.default
             assert d is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -93,7 +94,11 @@ class DatabaseCallbacks(TrainCallbacks):
             loss=info.loss,
         )
         jobs.add_checkpoint(
-            self.engine, self.job_id, self.worker_id, checkpoint, heldout_loss=info.heldout_loss
+            self.engine,
+            self.job_id,
+            self.worker_id,
+            checkpoint,
+            heldout_loss=_finite(info.heldout_loss),
         )
         log.info("job %s: checkpoint at step %s (%s)", self.job_id, info.step, info.file.name)
 
@@ -136,6 +141,11 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
+
+
+def _finite(value: float | None) -> float | None:
+    """A loss for an event payload: JSON has no NaN, so a non-finite loss is None."""
+    return round(value, 6) if value is not None and math.isfinite(value) else None
 
 
 def default_worker_id() -> str:
@@ -296,7 +306,11 @@ class Worker:
                 steps_per_second=round(result.steps_per_second, 3),
                 nan_skipped=result.nan_skipped,
                 overfit_after=result.overfit_after,
-                heldout_losses=[[step, round(loss, 6)] for step, loss in result.heldout_losses],
+                heldout_losses=[
+                    [step, round(loss, 6)]
+                    for step, loss in result.heldout_losses
+                    if math.isfinite(loss)
+                ],
             )
         elif control.lost:
             log.warning("job %s: no longer ours; left to its new worker", job.id)
