@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "worker": "run one trainer worker (claims jobs from the database)",
     "train": "train headless from a dataset or a config file",
     "ingest": "check a dataset zip and store it",
+    "dataset": "named datasets: add, list, show, remove",
     "generate": "render a prompt with a trained model file",
     "demo": "run the whole product offline against a local Discord",
     "doctor": "check settings, database, models, GPU and disk",
@@ -36,6 +37,12 @@ def _run_ingest(argv: list[str]) -> int:
     from storage.ingest.cli import run_ingest_cli
 
     return run_ingest_cli(argv)
+
+
+def _run_dataset(argv: list[str]) -> int:
+    from atelier.dataset_cli import dataset_cli
+
+    return dataset_cli(argv)
 
 
 def _run_train(argv: list[str]) -> int:
@@ -86,6 +93,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "worker": _run_worker,
     "train": _run_train,
     "ingest": _run_ingest,
+    "dataset": _run_dataset,
     "generate": _run_generate,
     "demo": _run_demo,
     "doctor": _run_doctor,

@@ -24,7 +24,7 @@ from storage.settings import Settings
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.exts.train", "bot.exts.jobs", "bot.exts.models", "bot.exts.admin",
-              "bot.exts.votes")
+              "bot.exts.votes", "bot.exts.datasets", "bot.exts.iterate")
 
 
 class AtelierTree(app_commands.CommandTree):

@@ -79,6 +79,10 @@ class Notifier:
 
     async def tick(self) -> None:
         events = await run_db(pending, self.engine, 500)
+        from bot.exts import iterate  # /iterate and /compare events carry no job
+
+        await iterate.deliver(self, [e for e in events if iterate.is_iteration_event(e)])
+        events = [e for e in events if not iterate.is_iteration_event(e)]
         await self._generations([e for e in events if is_generation(e)])
         by_job: dict[int | None, list[Event]] = defaultdict(list)
         for event in events:
@@ -236,8 +240,11 @@ class Notifier:
         p = event.payload
         target = await self._target(job)
         files = await delivery.read_files([p.get("grid_path")])
+        heldout = p.get("heldout_loss")
+        previous = (await run_db(previous_heldout, self.engine, job.id or 0, int(p["step"]))
+                    if heldout is not None else None)
         text = render.checkpoint_caption(int(p["step"]), int(p.get("total") or job.total_steps),
-                                         p.get("loss"), None)
+                                         p.get("loss"), None, heldout, previous)
         message = await self._send(target, event, text, files=files)
         await run_db(queries.set_grid_message, self.engine, int(p["checkpoint_id"]), message.id)
         await delivery.add_reactions(message, [VOTE_EMOJI])
@@ -249,6 +256,8 @@ class Notifier:
         ckpts = (await run_db(queries.checkpoints, self.engine, job.id))[-len(NUMBER_EMOJI):]
         files = await delivery.read_files([p.get("comparison_grid"), p.get("loss_curve")])
         text = render.comparison_text([c.step for c in ckpts], p["deadline"])
+        if p.get("overfit_after") is not None:
+            text = render.truncate(f"{text}\n{render.overfit_notice(int(p['overfit_after']))}")
         message = await self._send(target, event, text, files=files)
         await self._final_status(job, "awaiting_vote")
         await delivery.add_reactions(message, list(NUMBER_EMOJI[: len(ckpts)]))
@@ -372,6 +381,24 @@ class Notifier:
         message = await delivery.send(channel, event_nonce(event), text, files=files,
                                       allowed_mentions=mentions)
         return message.id
+
+
+def previous_heldout(engine: Any, job_id: int, step: int) -> float | None:
+    """The held-out loss of the job's checkpoint before `step` (from its event), if any."""
+    from sqlmodel import col, select
+
+    from storage.db import session_scope
+
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Event).where(Event.job_id == job_id, Event.kind == EventKind.CHECKPOINT)
+            .order_by(col(Event.id))
+        ).all()
+    earlier = [e.payload for e in rows if int(e.payload.get("step") or 0) < step]
+    if not earlier:
+        return None
+    value = max(reversed(earlier), key=lambda p: int(p.get("step") or 0)).get("heldout_loss")
+    return float(value) if value is not None else None
 
 
 def is_generation(event: Event) -> bool:

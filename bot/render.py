@@ -105,6 +105,7 @@ def qa_report_embed(
     _list_field(embed, "Skipped", [f"{s['file']}: {s['reason']}" for s in skipped])
     _list_field(embed, "Warnings", list(report.get("warnings") or []))
     _list_field(embed, "Advice", list(report.get("advice") or []))
+    _concept_fields(embed, report)
     place = f"#{position} in the queue" if position else "starting now"
     embed.add_field(name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}",
                     inline=False)
@@ -120,13 +121,34 @@ def _list_field(embed: discord.Embed, name: str, items: Sequence[str], most: int
     embed.add_field(name=name, value=truncate("\n".join(lines), 1024), inline=False)
 
 
-def checkpoint_caption(step: int, total: int, loss: float | None, number: int | None) -> str:
+def checkpoint_caption(step: int, total: int, loss: float | None, number: int | None,
+                       heldout: float | None = None, previous_heldout: float | None = None) -> str:
     label = f" (#{number} on the final grid)" if number else ""
     loss_text = f", loss {loss:.4f}" if loss is not None else ""
+    held_text = f", {heldout_text(heldout, previous_heldout)}" if heldout is not None else ""
     return (
-        f"🖼️ Checkpoint at step **{step}/{total}**{loss_text}{label}. "
+        f"🖼️ Checkpoint at step **{step}/{total}**{loss_text}{held_text}{label}. "
         f"React {VOTE_EMOJI} if you like it."
     )
+
+
+def heldout_text(heldout: float, previous: float | None) -> str:
+    """`held-out loss 0.1234 ▲ +0.0100` (rose: worse) or `▼ -0.0100` (fell) vs the previous
+    checkpoint; no arrow for the first one."""
+    text = f"held-out loss {heldout:.4f}"
+    if previous is None:
+        return text
+    delta = heldout - previous
+    arrow = "▲" if delta > 0 else "▼" if delta < 0 else "="
+    return f"{text} {arrow} {delta:+.4f}"
+
+
+def overfit_notice(step: int | None) -> str:
+    """Said next to the vote when the held-out loss turned up while training loss fell."""
+    if step is None:
+        return ""
+    return (f"⚠️ Checkpoints after step {step} may be overfitting: held-out loss rose twice "
+            "while training loss fell.")
 
 
 def comparison_text(steps: Sequence[int], deadline: datetime | str) -> str:
@@ -214,4 +236,82 @@ def queue_lines(rows: Sequence[dict[str, Any]]) -> str:
             + (f" · step {row['step']}/{row['total']}" if row.get("total") else "")
             + (f" · ETA {duration(row['eta'])}" if row.get("eta") is not None else "")
         )
+    return truncate("\n".join(lines))
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+def _concept_fields(embed: discord.Embed, report: dict[str, Any]) -> None:
+    """Images and captions per concept, and the held-out split (multi-concept datasets)."""
+    lines = []
+    for concept in (report.get("concepts") or [])[:10]:
+        caps = concept.get("captions") or {}
+        captioned = int(caps.get("sidecar", 0)) + int(caps.get("metadata", 0))
+        line = (f"`{concept.get('trigger') or '—'}`: {concept.get('images', 0)} images × "
+                f"{concept.get('repeats', 1)}, {captioned} captioned")
+        if concept.get("missing_trigger"):
+            line += f", trigger added to {concept['missing_trigger']}"
+        if concept.get("held_out"):
+            line += f", {concept['held_out']} held out"
+        lines.append(f"• {line}")
+    if lines:
+        embed.add_field(name="Concepts", value=truncate("\n".join(lines), 1024), inline=False)
+    held = report.get("held_out") or []
+    if held:
+        embed.add_field(name="Held out", value=f"{len(held)} images kept out of training to "
+                        "measure the held-out loss (overfitting)", inline=False)
+    elif report.get("held_out_note"):
+        embed.add_field(name="Held out", value=truncate(str(report["held_out_note"]), 1024),
+                        inline=False)
+
+
+def dataset_embed(
+    name: str, description: str | None, report: dict[str, Any], created_by: int | None,
+    samples: Sequence[dict[str, Any]] = (), thumbnails: tuple[int, int] | None = None,
+) -> discord.Embed:
+    """`/dataset add` and `/dataset show`: the QA report of a named dataset, caption samples."""
+    embed = discord.Embed(title=f"Dataset {name}"[:256], colour=COLOUR)
+    skipped = report.get("skipped") or []
+    lines = [description] if description else []
+    lines.append(f"**{report.get('images', 0)}** images, {len(skipped)} skipped"
+                 + (f" · added by <@{created_by}>" if created_by else ""))
+    if thumbnails and thumbnails[0] < thumbnails[1]:
+        lines.append(f"Thumbnails: the first {thumbnails[0]} of {thumbnails[1]}.")
+    embed.description = truncate("\n".join(lines), 4000)
+    trigger = str(report.get("trigger") or "")
+    embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    buckets = report.get("buckets") or {}
+    if buckets:
+        embed.add_field(name="Buckets",
+                        value=", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6]))
+    captions = ", ".join(f"{k} {n}" for k, n in (report.get("captions") or {}).items() if n)
+    embed.add_field(name="Captions", value=captions or "none")
+    _concept_fields(embed, report)
+    _list_field(embed, "Skipped", [f"{s['file']}: {s['reason']}" for s in skipped])
+    _list_field(embed, "Warnings", list(report.get("warnings") or []))
+    _list_field(embed, "Advice", list(report.get("advice") or []))
+    sample_lines = []
+    for row in samples:
+        index = str(row.get("file", "")).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        concept = f"[{row['concept']}] " if row.get("concept") else ""
+        sample_lines.append(f"`{index}` {concept}{row.get('text') or '(no caption)'}"[:200])
+    if sample_lines:
+        embed.add_field(name="Caption samples", value=truncate("\n".join(sample_lines), 1024),
+                        inline=False)
+    return embed
+
+
+def dataset_list_text(rows: Sequence[dict[str, Any]]) -> str:
+    """`/dataset list`: one line per dataset."""
+    if not rows:
+        return "No datasets yet; store one with `/dataset add`."
+    lines = []
+    for row in rows:
+        line = f"• **{row['name']}** — {row['images']} images"
+        if row.get("created_by"):
+            line += f", by <@{row['created_by']}>"
+        if row.get("description"):
+            line += f": {row['description'][:100]}"
+        lines.append(line)
     return truncate("\n".join(lines))

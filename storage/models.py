@@ -46,6 +46,7 @@ class Dataset(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64, description="Content hash.")
     guild_id: int | None = _snowflake(default=None, nullable=True, index=True)
     name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=500)
     path: str
     images: int
     created_by: int | None = _snowflake(default=None, nullable=True)
@@ -141,4 +142,106 @@ class Generation(SQLModel, table=True):
     worker_id: str | None = Field(default=None, max_length=200)
     image_path: str | None = None
     error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Iteration(SQLModel, table=True):
+    """An `/iterate` request: a finalized model renders candidates the team curates by vote
+    into the next dataset version (see storage/iterations.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    guild_id: int | None = _snowflake(default=None, nullable=True)
+    channel_id: int | None = _snowflake(default=None, nullable=True)
+    thread_id: int | None = _snowflake(default=None, nullable=True)
+    user_id: int = _snowflake()
+    job_id: int = Field(foreign_key="job.id", index=True)
+    checkpoint_id: int = Field(foreign_key="checkpoint.id")
+    dataset_id: str = Field(foreign_key="dataset.id", max_length=64)
+    count: int
+    contexts: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    state: str = Field(default="queued", max_length=20, index=True)
+    worker_id: str | None = Field(default=None, max_length=200)
+    error: str | None = None
+    deadline: datetime | None = None
+    result_dataset_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Candidate(SQLModel, table=True):
+    """One rendered candidate image of an iteration, and where its vote is."""
+
+    __table_args__ = (UniqueConstraint("iteration_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    iteration_id: int = Field(foreign_key="iteration.id", index=True)
+    position: int
+    prompt: str = Field(max_length=1000)
+    context: str = Field(default="", max_length=200)
+    style: str = Field(default="", max_length=200)
+    seed: int = 0
+    image_path: str | None = None
+    page_message_id: int | None = _snowflake(default=None, nullable=True, index=True)
+    discard_message_id: int | None = _snowflake(default=None, nullable=True, index=True)
+
+
+class CandidateVote(SQLModel, table=True):
+    """A member's keep (+1) or discard (-1) reaction on a candidate."""
+
+    __table_args__ = (UniqueConstraint("candidate_id", "user_id", "value"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    candidate_id: int = Field(foreign_key="candidate.id", index=True)
+    user_id: int = _snowflake()
+    value: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetLineage(SQLModel, table=True):
+    """A dataset version made from another one (by an iteration's curation)."""
+
+    dataset_id: str = Field(primary_key=True, foreign_key="dataset.id", max_length=64)
+    parent_id: str = Field(foreign_key="dataset.id", index=True, max_length=64)
+    iteration_id: int | None = Field(default=None, foreign_key="iteration.id")
+    version: int = 2
+    added: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobChange(SQLModel, table=True):
+    """What a child job (`/train lora from:`) changed from its parent: one setting or none."""
+
+    job_id: int = Field(primary_key=True, foreign_key="job.id")
+    setting: str | None = Field(default=None, max_length=100)
+    old_value: str | None = Field(default=None, max_length=200)
+    new_value: str | None = Field(default=None, max_length=200)
+    dataset_id: str | None = Field(default=None, max_length=64)
+
+
+class Comparison(SQLModel, table=True):
+    """A `/compare` request: both jobs' winners rendered side by side, then voted 🅰️/🅱️."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    guild_id: int | None = _snowflake(default=None, nullable=True)
+    channel_id: int | None = _snowflake(default=None, nullable=True)
+    user_id: int = _snowflake()
+    job_a: int = Field(foreign_key="job.id")
+    job_b: int = Field(foreign_key="job.id")
+    diff: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    state: str = Field(default="queued", max_length=20, index=True)
+    worker_id: str | None = Field(default=None, max_length=200)
+    grid_path: str | None = None
+    message_id: int | None = _snowflake(default=None, nullable=True, index=True)
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ComparisonVote(SQLModel, table=True):
+    """A member's 🅰️ or 🅱️ on a comparison grid."""
+
+    __table_args__ = (UniqueConstraint("comparison_id", "user_id", "choice"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    user_id: int = _snowflake()
+    choice: str = Field(max_length=1)
     created_at: datetime = Field(default_factory=utcnow)

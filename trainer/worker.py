@@ -172,6 +172,10 @@ class Worker:
         self.requeue_stale()
         if self.run_generation():
             return True
+        from trainer.iterate import run_pending  # /iterate candidates and /compare grids
+
+        if run_pending(self):
+            return True
         job = jobs.claim(self.engine, self.worker_id)
         if job is None:
             return False

@@ -41,6 +41,10 @@ class Jobs(commands.Cog):
         text = render.status_text(found.id, found.name, found.state, progress)
         if found.error:
             text += f"\nReason: {found.error}"
+        from storage.iterations import lineage, lineage_text
+
+        text += "\nLineage: " + lineage_text(await run_db(lineage, atelier(interaction).engine,
+                                                        found.id))
         if found.thread_id:
             text += f"\nThread: <#{found.thread_id}>"
         await interaction.followup.send(text, ephemeral=True)

@@ -49,6 +49,11 @@ class Models(commands.Cog):
         lines = [f"**{job.name}** (#{job.id}) — trigger `{job.config.get('trigger', '')}`, "
                  f"`{job.base_model}`, {job.method}, by <@{job.owner_id}>"
                  + (f", step {ck.step}" if ck else "") for job, ck in rows]
+        from storage.iterations import lineage, lineage_text
+
+        for index, (job, _) in enumerate(rows):  # parents, dataset version, what changed
+            info = await run_db(lineage, atelier(interaction).engine, job.id)
+            lines[index] += f"\n  ↳ {lineage_text(info)}"
         await interaction.followup.send(render.truncate("\n".join(lines)), ephemeral=True,
                                         allowed_mentions=discord.AllowedMentions.none())
 

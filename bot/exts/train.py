@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from pathlib import Path
 from typing import Any
 
 import discord
@@ -12,12 +9,13 @@ from discord import app_commands
 from discord.ext import commands
 from pydantic import ValidationError
 
-from bot import downloads, queries
+from bot import queries
 from bot.db import run_db
-from bot.errors import BadInput, DatasetRefused, LimitReached
+from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
 from bot.permissions import require_trainer
-from storage.ingest import IngestError, IngestOptions, IngestResult, ingest_zip
+from bot.uploads import ingest_upload, require_one_source
+from storage.ingest import IngestOptions, IngestResult
 from storage.models import Job
 from trainer.config import TrainConfig, TrainOverrides
 from trainer.presets import (
@@ -71,6 +69,7 @@ class Train(commands.Cog):
     @app_commands.describe(
         dataset="A zip of images (and optional .txt captions)",
         dataset_url="Or an https link to the zip (for files over Discord's upload limit)",
+        dataset_name="Or a dataset stored with /dataset add",
         trigger="The word that calls up your concept in prompts",
         caption_prefix="Text put in front of every caption",
         preset="Named defaults (character, style, …)", base_model="The model to train on",
@@ -78,11 +77,16 @@ class Train(commands.Cog):
         learning_rate="Learning rate", resolution="Training resolution (multiple of 64)",
         validation_prompts="Prompts for the grids, separated by |; {trigger} is replaced",
         dora="Train a DoRA instead of a plain LoRA",
+        from_="Retrain this job/model on its newest dataset version, same settings",
+        change="With `from`: exactly one setting changed, as key=value (e.g. rank=16)",
     )
+    @app_commands.rename(from_="from")
     async def lora(
-        self, interaction: discord.Interaction, trigger: app_commands.Range[str, 1, 100],
+        self, interaction: discord.Interaction,
+        trigger: app_commands.Range[str, 1, 100] | None = None,
         dataset: discord.Attachment | None = None,
         dataset_url: app_commands.Range[str, 8, 1000] | None = None,
+        dataset_name: app_commands.Range[str, 1, 100] | None = None,
         caption_prefix: app_commands.Range[str, 0, 200] | None = None,
         preset: str = DEFAULT_PRESET, base_model: str | None = None,
         name: app_commands.Range[str, 1, 60] | None = None,
@@ -92,16 +96,25 @@ class Train(commands.Cog):
         resolution: app_commands.Range[int, 64, 1536] | None = None,
         validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
         dora: bool = False,
+        from_: int | None = None,
+        change: app_commands.Range[str, 3, 200] | None = None,
     ) -> None:
+        if from_ is not None:  # the next version of a model (bot/exts/iterate.py)
+            from bot.exts.iterate import train_from
+
+            return await train_from(interaction, from_, change, name)
+        if trigger is None:
+            raise BadInput("Give a `trigger` (or `from` a job to retrain).")
         await self._start(interaction, "dora" if dora else "lora", dataset, dataset_url, name,
                           preset=preset, base_model=base_model, trigger=trigger,
                           caption_prefix=caption_prefix, steps=steps, rank=rank,
                           learning_rate=learning_rate, resolution=resolution,
-                          validation_prompts=validation_prompts)
+                          validation_prompts=validation_prompts, dataset_name=dataset_name)
 
     @train.command(name="embedding", description="Train a textual-inversion embedding")
     @app_commands.describe(
         dataset="A zip of images", dataset_url="Or an https link to the zip",
+        dataset_name="Or a dataset stored with /dataset add",
         trigger="The token the embedding learns", caption_prefix="Text before every caption",
         preset="Named defaults", base_model="The model to train on", name="Job name",
         steps="Training steps", learning_rate="Learning rate", resolution="Resolution",
@@ -111,6 +124,7 @@ class Train(commands.Cog):
         self, interaction: discord.Interaction, trigger: app_commands.Range[str, 1, 100],
         dataset: discord.Attachment | None = None,
         dataset_url: app_commands.Range[str, 8, 1000] | None = None,
+        dataset_name: app_commands.Range[str, 1, 100] | None = None,
         caption_prefix: app_commands.Range[str, 0, 200] | None = None,
         preset: str = DEFAULT_PRESET, base_model: str | None = None,
         name: app_commands.Range[str, 1, 60] | None = None,
@@ -122,7 +136,15 @@ class Train(commands.Cog):
         await self._start(interaction, "embedding", dataset, dataset_url, name, preset=preset,
                           base_model=base_model, trigger=trigger, caption_prefix=caption_prefix,
                           steps=steps, learning_rate=learning_rate, resolution=resolution,
-                          validation_prompts=validation_prompts)
+                          validation_prompts=validation_prompts, dataset_name=dataset_name)
+
+    @lora.autocomplete("from_")
+    async def _from_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[int]]:
+        from bot.exts.iterate import from_choices
+
+        return await from_choices(interaction, current)
 
     @lora.autocomplete("preset")
     @embedding.autocomplete("preset")
@@ -131,6 +153,15 @@ class Train(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return [app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
                 for p in PRESETS.values() if current.lower() in p.name][:25]
+
+    @lora.autocomplete("dataset_name")
+    @embedding.autocomplete("dataset_name")
+    async def _dataset_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        from bot.exts.datasets import dataset_choices
+
+        return await dataset_choices(interaction, current)
 
     @lora.autocomplete("base_model")
     @embedding.autocomplete("base_model")
@@ -153,11 +184,18 @@ class Train(commands.Cog):
         limit = (guild.jobs_per_member if guild and guild.jobs_per_member
                  else settings.limits.jobs_per_member)
         base_model = options.pop("base_model") or settings.default_base_model
+        dataset_name = options.pop("dataset_name", None)
         config = build_config(method, options.pop("preset"), base_model,
                               list(settings.base_models), **options)
-        if (dataset is None) == (dataset_url is None):
-            raise BadInput("Give exactly one of `dataset` (a zip) or `dataset_url` (a link).")
-        result = await self._ingest(bot, dataset, dataset_url, config)
+        if dataset_name is not None:  # a dataset stored with /dataset add
+            if dataset is not None or dataset_url is not None:
+                raise BadInput("Give one of `dataset`, `dataset_url` or `dataset_name`.")
+            from bot.exts.datasets import stored_dataset
+
+            result = await stored_dataset(bot, interaction.guild_id, dataset_name, config)
+        else:
+            require_one_source(dataset, dataset_url)
+            result = await self._ingest(bot, dataset, dataset_url, config)
         job = Job(guild_id=interaction.guild_id, channel_id=interaction.channel_id,
                   owner_id=interaction.user.id, name=name or config.trigger or "model",
                   method=method, base_model=base_model, dataset_id=result.dataset_id,
@@ -175,36 +213,10 @@ class Train(commands.Cog):
         self, bot: Any, dataset: discord.Attachment | None, url: str | None,
         config: TrainConfig,
     ) -> IngestResult:
-        settings = bot.settings
-        incoming = settings.data_dir / "incoming"
-        await run_db(incoming.mkdir, parents=True, exist_ok=True)
-        path = incoming / f"{uuid.uuid4().hex}.zip"
-        try:
-            await self._download(settings, dataset, url, path)
-            options = IngestOptions(trigger=config.trigger, caption_prefix=config.caption_prefix,
-                                    method=config.method,
-                                    resolution=ingest_resolution(config.resolution))
-            return await run_db(ingest_zip, path, settings.datasets_dir, options,
-                                settings.limits)
-        except IngestError as error:
-            raise DatasetRefused(f"Dataset refused: {error.message}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                await run_db(Path.unlink, path, missing_ok=True)
-
-    @staticmethod
-    async def _download(
-        settings: Any, dataset: discord.Attachment | None, url: str | None, path: Path
-    ) -> None:
-        cap = settings.limits.max_zip_bytes
-        if dataset is not None:
-            if not dataset.filename.lower().endswith(".zip"):
-                raise BadInput("The dataset must be a .zip file.")
-            await downloads.download_attachment(dataset, path, cap)
-        else:
-            await downloads.download_url(
-                url or "", path, cap, allow_insecure=settings.discord.allow_insecure_dataset_urls
-            )
+        options = IngestOptions(trigger=config.trigger, caption_prefix=config.caption_prefix,
+                                method=config.method,
+                                resolution=ingest_resolution(config.resolution))
+        return await ingest_upload(bot.settings, dataset, url, options)
 
 
 async def setup(bot: commands.Bot) -> None:

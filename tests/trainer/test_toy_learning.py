@@ -44,7 +44,7 @@ def test_lora_learns_the_toy_concept(tmp_path: Path):
     overrides = {} if LEARNING_RATE is None else {"learning_rate": LEARNING_RATE}
     config = apply_preset(
         "character", "lora", base_model=BASE, trigger=shapes.TRIGGER, steps=STEPS,
-        resolution=64, checkpoint_every=STEPS, seed=1, mixed_precision="no",
+        resolution=64, checkpoint_every=STEPS, seed=1, mixed_precision="no", heldout_fraction=0.0,
         validation={"steps": 2, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
         **overrides,
     )  # fmt: skip

@@ -1,0 +1,530 @@
+"""Iterations (`/iterate`), dataset versions, child jobs and comparisons (`/compare`).
+
+The loop the strongest teams run: a finalized model renders many candidates of its character
+in new contexts; the team keeps the on-model ones by vote; the kept images (captioned with the
+prompt that made them) plus the original images become the next dataset version; the next job
+trains on it with the same settings or exactly one setting changed; `/compare` renders both
+models side by side.
+
+Like `/generate`, the bot asks (a row), a worker renders between training jobs (claim with a
+conditional update, complete with an outbox event in the same transaction), and the bot says it.
+Events here carry no `job_id`, so the notifier routes them by kind (see ITERATION_KINDS).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, delete, select
+
+from storage.datasets import record_dataset
+from storage.db import session_scope
+from storage.events import emit
+from storage.ingest import IngestOptions, IngestResult, ingest_zip
+from storage.models import (
+    Candidate,
+    CandidateVote,
+    Checkpoint,
+    Comparison,
+    ComparisonVote,
+    Dataset,
+    DatasetLineage,
+    Iteration,
+    Job,
+    JobChange,
+    utcnow,
+)
+from storage.settings import Limits
+from storage.states import JobState
+
+MAX_CANDIDATES = 40
+PAGE_SIZE = 10  # Discord: at most 10 attachments per message
+
+ITERATION_RENDERED = "iteration_rendered"
+ITERATION_FAILED = "iteration_failed"
+ITERATION_FINISHED = "iteration_finished"
+COMPARISON_RENDERED = "comparison_rendered"
+COMPARISON_FAILED = "comparison_failed"
+ITERATION_KINDS = frozenset({ITERATION_RENDERED, ITERATION_FAILED, ITERATION_FINISHED,
+                             COMPARISON_RENDERED, COMPARISON_FAILED})
+
+KEEP, DISCARD = 1, -1
+ORIGINAL_CONTEXT = "original"
+
+T = TypeVar("T", Iteration, Comparison)
+
+
+class IterationRefused(ValueError):
+    """A request the bot answers with one line (unknown model, not finalized, bad count…)."""
+
+
+class NothingToFinish(RuntimeError):
+    """The iteration is not waiting for votes (not rendered yet, or already finished)."""
+
+
+# --- shared worker-side helpers --------------------------------------------------------------
+
+
+def _claim(engine: Engine, table: type[T], worker_id: str) -> T | None:
+    """Take the oldest queued row (a conditional update, so two workers never share one)."""
+    while True:
+        with session_scope(engine) as session:
+            candidate = session.exec(
+                select(table.id).where(table.state == "queued").order_by(col(table.id))
+            ).first()
+            if candidate is None:
+                return None
+            taken = session.exec(  # type: ignore[call-overload]
+                update(table)
+                .where(col(table.id) == candidate, col(table.state) == "queued")
+                .values(state="running", worker_id=worker_id)
+            )
+            if taken.rowcount == 1:
+                return session.get(table, candidate)
+
+
+def winner_of(session: Session, job_id: int) -> tuple[Job, Checkpoint]:
+    """A finalized job and its winning checkpoint (with its file), or `IterationRefused`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise IterationRefused(f"there is no job #{job_id}")
+    checkpoint = session.get(Checkpoint, job.winner_checkpoint_id or 0)
+    if job.state != JobState.FINALIZED or checkpoint is None or checkpoint.deleted:
+        raise IterationRefused(f"job #{job_id} is not a finalized model")
+    return job, checkpoint
+
+
+# --- iterations ------------------------------------------------------------------------------
+
+
+def request_iteration(
+    session: Session, *, guild_id: int | None, channel_id: int | None, user_id: int,
+    job_id: int, count: int, contexts: list[str] | None = None,
+) -> Iteration:
+    if not 1 <= count <= MAX_CANDIDATES:
+        raise IterationRefused(f"count must be between 1 and {MAX_CANDIDATES}")
+    job, checkpoint = winner_of(session, job_id)
+    if guild_id is not None and job.guild_id not in (None, guild_id):
+        raise IterationRefused(f"there is no job #{job_id}")
+    iteration = Iteration(
+        guild_id=guild_id, channel_id=channel_id, user_id=user_id, job_id=job_id,
+        checkpoint_id=checkpoint.id, dataset_id=newest_dataset(session, job.dataset_id).id,  # type: ignore[arg-type]
+        count=count, contexts=[c.strip() for c in contexts or [] if c.strip()][:20],
+    )
+    session.add(iteration)
+    session.flush()
+    return iteration
+
+
+def claim_iteration(engine: Engine, worker_id: str) -> Iteration | None:
+    return _claim(engine, Iteration, worker_id)
+
+
+def iteration_inputs(engine: Engine, iteration_id: int) -> tuple[Iteration, Job, Checkpoint]:
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        assert iteration is not None
+        job = session.get(Job, iteration.job_id)
+        checkpoint = session.get(Checkpoint, iteration.checkpoint_id)
+        assert job is not None and checkpoint is not None
+        return iteration, job, checkpoint
+
+
+def complete_iteration(
+    engine: Engine, iteration_id: int, candidates: list[dict[str, Any]], deadline: datetime
+) -> None:
+    """Store the rendered candidates (dicts of Candidate fields) and ask the bot to post them."""
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        assert iteration is not None
+        for position, fields in enumerate(candidates, start=1):
+            session.add(Candidate(iteration_id=iteration_id, position=position, **fields))
+        iteration.state, iteration.deadline = "voting", deadline
+        emit(session, ITERATION_RENDERED, None, iteration_id=iteration_id,
+             channel_id=iteration.channel_id, user_id=iteration.user_id)
+
+
+def fail_iteration(engine: Engine, iteration_id: int, reason: str) -> None:
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        assert iteration is not None
+        iteration.state, iteration.error = "failed", reason
+        emit(session, ITERATION_FAILED, None, iteration_id=iteration_id,
+             channel_id=iteration.channel_id, user_id=iteration.user_id, reason=reason)
+
+
+def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:
+    with session_scope(engine) as session:
+        return session.get(Iteration, iteration_id)
+
+
+def candidates(engine: Engine, iteration_id: int) -> list[Candidate]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Candidate).where(Candidate.iteration_id == iteration_id)
+                                 .order_by(col(Candidate.position))).all())
+
+
+def set_iteration_thread(engine: Engine, iteration_id: int, thread_id: int) -> None:
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        assert iteration is not None
+        iteration.thread_id = thread_id
+
+
+def set_page_messages(
+    engine: Engine, candidate_ids: list[int], page_message_id: int, discard_message_id: int
+) -> None:
+    with session_scope(engine) as session:
+        for candidate_id in candidate_ids:
+            candidate = session.get(Candidate, candidate_id)
+            assert candidate is not None
+            candidate.page_message_id = page_message_id
+            candidate.discard_message_id = discard_message_id
+
+
+def page_of_message(engine: Engine, message_id: int) -> tuple[int, list[Candidate]] | None:
+    """(+1 keep or -1 discard, the page's candidates in order) for a page or discard message."""
+    with session_scope(engine) as session:
+        for value, column in ((KEEP, Candidate.page_message_id),
+                              (DISCARD, Candidate.discard_message_id)):
+            rows = session.exec(select(Candidate).where(column == message_id)
+                                .order_by(col(Candidate.position))).all()
+            if rows:
+                iteration = session.get(Iteration, rows[0].iteration_id)
+                if iteration is None or iteration.state != "voting":
+                    return None
+                return value, list(rows)
+    return None
+
+
+def record_candidate_vote(engine: Engine, candidate_id: int, user_id: int, value: int,
+                          on: bool) -> None:
+    with session_scope(engine) as session:
+        existing = session.exec(select(CandidateVote).where(
+            CandidateVote.candidate_id == candidate_id, CandidateVote.user_id == user_id,
+            CandidateVote.value == value)).first()
+        if on and existing is None:
+            session.add(CandidateVote(candidate_id=candidate_id, user_id=user_id, value=value))
+        elif not on and existing is not None:
+            session.delete(existing)
+
+
+def net_votes(session: Session, iteration_id: int) -> dict[int, int]:
+    """Candidate id → keeps minus discards."""
+    rows = session.exec(select(CandidateVote.candidate_id, CandidateVote.value)
+                        .join(Candidate, col(Candidate.id) == col(CandidateVote.candidate_id))
+                        .where(Candidate.iteration_id == iteration_id)).all()
+    net: Counter[int] = Counter()
+    for candidate_id, value in rows:
+        net[candidate_id] += value
+    return dict(net)
+
+
+def due_iterations(engine: Engine, now: datetime | None = None) -> list[int]:
+    moment = now or utcnow()
+    with session_scope(engine) as session:
+        rows = session.exec(select(Iteration).where(Iteration.state == "voting")).all()
+        return [r.id for r in rows  # type: ignore[misc]
+                if r.deadline is not None and _aware(r.deadline) <= moment]
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def finish_iteration(
+    engine: Engine, iteration_id: int, datasets_dir: Path, limits: Limits,
+    by_user: int | None = None,
+) -> Dataset | None:
+    """Close the vote: candidates with a net keep vote join the parent dataset's images in a new
+    dataset version, built by `ingest_zip` (same checks, same atomic content-addressed folder).
+    None when nothing was kept (the iteration still closes)."""
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        if iteration is None or iteration.state != "voting":
+            raise NothingToFinish(f"iteration {iteration_id} is not waiting for votes")
+        iteration.state = "finishing"  # claims the close; a second finish is refused
+        parent = session.get(Dataset, iteration.dataset_id)
+        job = session.get(Job, iteration.job_id)
+        assert parent is not None and job is not None
+        net = net_votes(session, iteration_id)
+        kept = [c for c in session.exec(select(Candidate).where(
+            Candidate.iteration_id == iteration_id).order_by(col(Candidate.position))).all()
+            if net.get(c.id or 0, 0) > 0 and c.image_path]
+        trigger = str(job.config.get("trigger", ""))
+        method = job.method
+    try:
+        result = build_version(Path(parent.path), kept, datasets_dir, limits, trigger, method) \
+            if kept else None
+    except Exception:
+        with session_scope(engine) as session:
+            back = session.get(Iteration, iteration_id)
+            assert back is not None
+            back.state = "voting"
+        raise
+    added = [{"file": f"images/{parent.images + i:04d}.png", "prompt": c.prompt,
+              "context": c.context, "style": c.style, "candidate": c.position}
+             for i, c in enumerate(kept, start=1)]
+    with session_scope(engine) as session:
+        iteration = session.get(Iteration, iteration_id)
+        assert iteration is not None
+        iteration.state = "finished"
+        dataset = None
+        if result is not None:
+            dataset = record_dataset(session, result, guild_id=iteration.guild_id,
+                                     created_by=iteration.user_id)
+            if session.get(DatasetLineage, dataset.id) is None and dataset.id != parent.id:
+                session.add(DatasetLineage(
+                    dataset_id=dataset.id, parent_id=parent.id, iteration_id=iteration_id,
+                    version=dataset_version(session, parent.id) + 1, added=added))
+            iteration.result_dataset_id = dataset.id
+        spread = context_spread(session, dataset.id if dataset else parent.id)
+        emit(session, ITERATION_FINISHED, None, iteration_id=iteration_id,
+             channel_id=iteration.channel_id, thread_id=iteration.thread_id,
+             user_id=iteration.user_id, by=by_user, dataset_id=dataset.id if dataset else None,
+             version=dataset_version(session, dataset.id) if dataset else None,
+             added=added, spread=spread, images=dataset.images if dataset else parent.images,
+             report=dataset.report if dataset else {})
+        return dataset
+
+
+def build_version(parent_dir: Path, kept: list[Candidate], datasets_dir: Path, limits: Limits,
+                  trigger: str, method: str) -> IngestResult:
+    """Parent images with their captions, then each kept image captioned with its prompt,
+    packed as a zip (image + .txt side-car) and ingested like an upload."""
+    rows = [json.loads(line) for line in
+            (parent_dir / "captions.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    options = json.loads((parent_dir / "dataset.json").read_text(encoding="utf-8")).get(
+        "options", {})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for index, row in enumerate(rows, start=1):
+            zf.writestr(f"a{index:04d}.png", (parent_dir / row["file"]).read_bytes())
+            zf.writestr(f"a{index:04d}.txt", row.get("text", ""))
+        for index, candidate in enumerate(kept, start=1):
+            zf.writestr(f"b{index:04d}.png", Path(str(candidate.image_path)).read_bytes())
+            zf.writestr(f"b{index:04d}.txt", candidate.prompt)
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".zip", dir=datasets_dir.parent,
+                                     delete=True) as handle:
+        handle.write(buf.getvalue())
+        handle.flush()
+        ingest = IngestOptions(trigger=trigger, caption_prefix="",  # captions carry the prefix
+                               method=options.get("method", method),  # type: ignore[arg-type]
+                               resolution=int(options.get("resolution", 512)))
+        return ingest_zip(Path(handle.name), datasets_dir, ingest, limits)
+
+
+# --- dataset lineage -------------------------------------------------------------------------
+
+
+def dataset_version(session: Session, dataset_id: str) -> int:
+    """1 for an uploaded dataset, parent's version + 1 for one made by curation."""
+    lineage = session.get(DatasetLineage, dataset_id)
+    return lineage.version if lineage else 1
+
+
+def newest_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The newest dataset version descending from `dataset_id` (itself when none)."""
+    current = session.get(Dataset, dataset_id)
+    assert current is not None
+    while True:
+        child = session.exec(select(DatasetLineage).where(DatasetLineage.parent_id == current.id)
+                             .order_by(col(DatasetLineage.created_at).desc())).first()
+        if child is None:
+            return current
+        found = session.get(Dataset, child.dataset_id)
+        if found is None:
+            return current
+        current = found
+
+
+def context_spread(session: Session, dataset_id: str) -> dict[str, int]:
+    """How many images of each context a dataset holds (uploaded images count as original)."""
+    spread: Counter[str] = Counter()
+    dataset = session.get(Dataset, dataset_id)
+    lineage = session.get(DatasetLineage, dataset_id)
+    total = dataset.images if dataset else 0
+    added = 0
+    while lineage is not None:
+        for item in lineage.added:
+            spread[item.get("context") or ORIGINAL_CONTEXT] += 1
+            added += 1
+        lineage = session.get(DatasetLineage, lineage.parent_id)
+    spread[ORIGINAL_CONTEXT] += max(0, total - added)
+    return dict(spread.most_common())
+
+
+# --- child jobs ------------------------------------------------------------------------------
+
+
+def enqueue_child(session: Session, parent: Job, child: Job, setting: str | None,
+                  old: Any, new: Any) -> Job:
+    """Queue `child` as the next version of `parent`, recording the one setting it changed."""
+    from storage import jobs
+
+    child.parent_job_id = parent.id
+    jobs.enqueue(session, child)
+    session.add(JobChange(job_id=child.id, setting=setting,  # type: ignore[arg-type]
+                          old_value=None if setting is None else json.dumps(old),
+                          new_value=None if setting is None else json.dumps(new),
+                          dataset_id=child.dataset_id))
+    session.flush()
+    return child
+
+
+def lineage(engine: Engine, job_id: int) -> dict[str, Any]:
+    """What `/job status` and `/models list` show: parents, dataset version, the change."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return {}
+        parents: list[int] = []
+        current = job
+        while current.parent_job_id and len(parents) < 20:
+            parents.append(current.parent_job_id)
+            found = session.get(Job, current.parent_job_id)
+            if found is None:
+                break
+            current = found
+        change = session.get(JobChange, job_id)
+        return {
+            "parents": parents,
+            "dataset_id": job.dataset_id,
+            "dataset_version": dataset_version(session, job.dataset_id),
+            "setting": change.setting if change else None,
+            "old": json.loads(change.old_value) if change and change.old_value else None,
+            "new": json.loads(change.new_value) if change and change.new_value else None,
+        }
+
+
+def lineage_text(info: dict[str, Any]) -> str:
+    """One line: `from #3 ← #1 · dataset v2 · changed rank 4 → 16`."""
+    if not info:
+        return ""
+    parts = []
+    if info.get("parents"):
+        parts.append("from " + " ← ".join(f"#{p}" for p in info["parents"]))
+    parts.append(f"dataset v{info.get('dataset_version', 1)} `{str(info['dataset_id'])[:8]}`")
+    if info.get("setting"):
+        parts.append(f"changed {info['setting']} {info['old']} → {info['new']}")
+    elif info.get("parents"):
+        parts.append("same settings")
+    return " · ".join(parts)
+
+
+# --- comparisons -----------------------------------------------------------------------------
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
+    """Settings that differ between two job configs (dotted keys; the dataset path aside)."""
+    out: dict[str, list[Any]] = {}
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y)):
+                walk(x.get(key), y.get(key), f"{prefix}{key}.")
+        elif x != y:
+            out[prefix[:-1]] = [x, y]
+
+    walk({k: v for k, v in a.items() if k not in ("dataset", "output_dir")},
+         {k: v for k, v in b.items() if k not in ("dataset", "output_dir")}, "")
+    return out
+
+
+def request_comparison(session: Session, *, guild_id: int | None, channel_id: int | None,
+                       user_id: int, job_a: int, job_b: int) -> Comparison:
+    if job_a == job_b:
+        raise IterationRefused("pick two different jobs")
+    a, _ = winner_of(session, job_a)
+    b, _ = winner_of(session, job_b)
+    diff = config_diff(a.config, b.config)
+    if a.dataset_id != b.dataset_id:
+        diff["dataset"] = [f"v{dataset_version(session, a.dataset_id)}",
+                           f"v{dataset_version(session, b.dataset_id)}"]
+    comparison = Comparison(guild_id=guild_id, channel_id=channel_id, user_id=user_id,
+                            job_a=job_a, job_b=job_b, diff=diff)
+    session.add(comparison)
+    session.flush()
+    return comparison
+
+
+def claim_comparison(engine: Engine, worker_id: str) -> Comparison | None:
+    return _claim(engine, Comparison, worker_id)
+
+
+def comparison_inputs(engine: Engine, comparison_id: int
+                      ) -> tuple[Comparison, list[tuple[Job, Checkpoint]]]:
+    with session_scope(engine) as session:
+        comparison = session.get(Comparison, comparison_id)
+        assert comparison is not None
+        return comparison, [winner_of(session, comparison.job_a),
+                            winner_of(session, comparison.job_b)]
+
+
+def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> None:
+    with session_scope(engine) as session:
+        comparison = session.get(Comparison, comparison_id)
+        assert comparison is not None
+        comparison.state, comparison.grid_path = "done", grid_path
+        emit(session, COMPARISON_RENDERED, None, comparison_id=comparison_id,
+             channel_id=comparison.channel_id, user_id=comparison.user_id, grid_path=grid_path,
+             job_a=comparison.job_a, job_b=comparison.job_b, diff=comparison.diff)
+
+
+def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
+    with session_scope(engine) as session:
+        comparison = session.get(Comparison, comparison_id)
+        assert comparison is not None
+        comparison.state, comparison.error = "failed", reason
+        emit(session, COMPARISON_FAILED, None, comparison_id=comparison_id,
+             channel_id=comparison.channel_id, user_id=comparison.user_id, reason=reason)
+
+
+def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:
+    with session_scope(engine) as session:
+        comparison = session.get(Comparison, comparison_id)
+        assert comparison is not None
+        comparison.message_id = message_id
+
+
+def comparison_of_message(engine: Engine, message_id: int) -> int | None:
+    with session_scope(engine) as session:
+        return session.exec(select(Comparison.id).where(Comparison.message_id == message_id)
+                            ).first()
+
+
+def record_comparison_vote(engine: Engine, comparison_id: int, user_id: int, choice: str,
+                           on: bool) -> None:
+    with session_scope(engine) as session:
+        if not on:
+            session.exec(delete(ComparisonVote).where(  # type: ignore[call-overload]
+                col(ComparisonVote.comparison_id) == comparison_id,
+                col(ComparisonVote.user_id) == user_id, col(ComparisonVote.choice) == choice))
+            return
+        exists = session.exec(select(ComparisonVote).where(
+            ComparisonVote.comparison_id == comparison_id, ComparisonVote.user_id == user_id,
+            ComparisonVote.choice == choice)).first()
+        if exists is None:
+            session.add(ComparisonVote(comparison_id=comparison_id, user_id=user_id,
+                                       choice=choice))
+
+
+def comparison_tally(engine: Engine, comparison_id: int) -> dict[str, int]:
+    with session_scope(engine) as session:
+        rows = session.exec(select(ComparisonVote.choice).where(
+            ComparisonVote.comparison_id == comparison_id)).all()
+        tally = Counter(rows)
+        return {"a": tally.get("a", 0), "b": tally.get("b", 0)}
+

@@ -1,0 +1,33 @@
+"""The /iterate prompt matrix and /train from: change parsing (no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import BadInput
+from bot.exts.iterate import parse_change
+from trainer.config import TrainConfig
+from trainer.iterate import DEFAULT_CONTEXTS, prompt_matrix
+
+
+def test_matrix_spreads_member_contexts_first_then_defaults() -> None:
+    cells = prompt_matrix("ohwx", 40, ["at a café"], base_seed=100)
+    assert len(cells) == 40 and cells[0].context == "at a café"
+    assert cells[1].context == DEFAULT_CONTEXTS[0]
+    assert all(c.prompt.startswith("ohwx, ") for c in cells)
+    assert len({c.prompt for c in cells}) == 40  # no duplicate prompt
+    assert [c.seed for c in cells[:3]] == [100, 101, 102]
+    assert len({c.style for c in cells[:6]}) == 6
+
+
+def test_change_is_one_validated_setting() -> None:
+    config = TrainConfig(trigger="ohwx", steps=60, checkpoint_every=20).model_dump(mode="json")
+    key, old, new, updated = parse_change("rank=16", config)
+    assert (key, old, new, updated["rank"]) == ("rank", 4, 16, 16)
+    assert parse_change("validation.steps=8", config)[3]["validation"]["steps"] == 8
+    assert parse_change(None, config)[0] is None
+    for bad, why in (("rank=8,steps=30", "exactly one"), ("rank", "exactly one"),
+                     ("dataset=/x", "cannot be changed"), ("nope=1", "cannot be changed"),
+                     ("rank=0", "rank"), ("rank=4", "changes nothing")):
+        with pytest.raises(BadInput, match=why):
+            parse_change(bad, config)

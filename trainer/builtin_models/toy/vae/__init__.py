@@ -1,0 +1,1 @@
+"""Toy model weights (data only)."""

@@ -1,0 +1,189 @@
+"""The worker's side of `/iterate` and `/compare`: the prompt matrix, candidate rendering and the
+side-by-side comparison grid.
+
+Importing this module loads no torch (the bot imports `prompt_matrix` and the defaults); the
+rendering functions import it when called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from storage import iterations as it
+from storage.models import Checkpoint, Job, utcnow
+from trainer.config import TrainConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from trainer.worker import Worker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXTS = (
+    "in a busy city street at night",
+    "on a beach at sunset",
+    "in a misty forest",
+    "in a cozy kitchen",
+    "on a snowy mountain top",
+    "standing, full body shot",
+    "sitting, close-up portrait",
+    "running, dynamic pose",
+    "seen from behind, looking over the shoulder",
+    "in the rain with an umbrella",
+    "in a library, soft window light",
+    "at a crowded market, wide shot",
+)
+"""Backgrounds, poses and framing: spread so the next dataset is not twenty copies of one shot."""
+
+DEFAULT_STYLES = (
+    "photo",
+    "digital painting",
+    "watercolor",
+    "3d render",
+    "pencil sketch",
+    "flat illustration",
+)
+
+
+@dataclass(frozen=True)
+class PromptCell:
+    prompt: str
+    context: str
+    style: str
+    seed: int
+
+
+def prompt_matrix(trigger: str, count: int, contexts: list[str] | None = None,
+                  styles: tuple[str, ...] = DEFAULT_STYLES, base_seed: int = 0
+                  ) -> list[PromptCell]:
+    """`count` prompts from trigger × contexts × styles: the member's contexts first, then the
+    defaults; the style rotates with each pass over the contexts, so neither repeats in step."""
+    own = [c.strip() for c in contexts or [] if c.strip()]
+    pool = own + [c for c in DEFAULT_CONTEXTS if c not in own]
+    cells = []
+    for index in range(count):
+        context = pool[index % len(pool)]
+        style = styles[(index + index // len(pool)) % len(styles)]
+        subject = trigger.strip() or "the character"
+        cells.append(PromptCell(f"{subject}, {context}, {style}", context, style,
+                                base_seed + index))
+    return cells
+
+
+def _load(worker: Worker, job: Job, checkpoint: Checkpoint) -> Any:
+    from trainer.base_models import load_base_model, resolve_base_model
+    from trainer.generate import load_for_generation
+    from trainer.worker import resolve_device
+
+    if not Path(checkpoint.path).is_file():
+        raise FileNotFoundError(2, "model file missing", checkpoint.path)
+    path, architecture = resolve_base_model(job.base_model, worker.settings)
+    base = load_base_model(path, architecture, cache_dir=worker.settings.cache_dir,
+                           device=resolve_device(worker.settings.worker.device))
+    pipeline = load_for_generation(base, Path(checkpoint.path), 1.0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _render(pipeline: Any, config: TrainConfig, prompt: str, seed: int) -> Image.Image:
+    from trainer.generate import render
+
+    v = config.validation
+    return render(pipeline, prompt, seed=seed, steps=v.steps, guidance=v.guidance,
+                  scheduler=v.scheduler, negative_prompt=v.negative_prompt,
+                  width=config.resolution, height=config.resolution)
+
+
+def render_iteration(worker: Worker, iteration_id: int) -> list[dict[str, Any]]:
+    """Render every cell of the iteration's matrix with the model's winning checkpoint."""
+    iteration, job, checkpoint = it.iteration_inputs(worker.engine, iteration_id)
+    config = TrainConfig.model_validate(job.config)
+    pipeline = _load(worker, job, checkpoint)
+    out = worker.settings.data_dir / "iterations" / str(iteration_id)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, cell in enumerate(prompt_matrix(config.trigger, iteration.count,
+                                               iteration.contexts,
+                                               base_seed=1000 * iteration_id), start=1):
+        path = out / f"{index:02d}.png"
+        _render(pipeline, config, cell.prompt, cell.seed).save(path)
+        rows.append({**asdict(cell), "image_path": str(path)})
+    return rows
+
+
+def comparison_label(job: Job, diff: dict[str, list[Any]], side: int) -> str:
+    """`A #3 name: rank=4` — the settings that differ (at most three)."""
+    settings = ", ".join(f"{k}={v[side]}" for k, v in list(diff.items())[:3])
+    letter = "AB"[side]
+    return f"{letter} #{job.id} {job.name}" + (f": {settings}" if settings else ": same settings")
+
+
+def render_comparison(worker: Worker, comparison_id: int) -> Path:
+    """Same prompts and seeds for both winners, side by side (A left, B right), labelled."""
+    from PIL import Image, ImageDraw
+
+    comparison, sides = it.comparison_inputs(worker.engine, comparison_id)
+    config_a = TrainConfig.model_validate(sides[0][0].config)
+    trigger = config_a.trigger or "the character"
+    prompts = [p.replace("{trigger}", trigger) for p in config_a.validation.prompts][:2] or [
+        trigger, f"{trigger}, {DEFAULT_CONTEXTS[1]}"]
+    seeds = config_a.validation.seeds[:2]
+    columns: list[list[Image.Image]] = []
+    for job, checkpoint in sides:
+        config = TrainConfig.model_validate(job.config)
+        pipeline = _load(worker, job, checkpoint)  # a fresh base per side: adapters differ
+        columns.append([_render(pipeline, config_a if config.resolution == config_a.resolution
+                                else config, p, s) for p in prompts for s in seeds])
+    side = max(im.width for col in columns for im in col)
+    header, gap = 28, 4
+    labels = [comparison_label(job, comparison.diff, i) for i, (job, _) in enumerate(sides)]
+    width = max(2 * side + gap, 8 * max(len(label) for label in labels) // 2 + 16)
+    cell = (width - gap) // 2
+    grid = Image.new("RGB", (width, header + len(columns[0]) * (side + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, label in enumerate(labels):
+        draw.text((4, 2 + 13 * i), label, fill="black")
+    for c, column in enumerate(columns):
+        for r, image in enumerate(column):
+            grid.paste(image.resize((side, side)), (c * (cell + gap), header + r * (side + gap)))
+    path = worker.settings.data_dir / "comparisons" / f"{comparison_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def run_pending(worker: Worker) -> bool:
+    """Render one waiting iteration or comparison; False when there was none."""
+    from trainer.worker import describe_crash
+
+    iteration = it.claim_iteration(worker.engine, worker.worker_id)
+    if iteration is not None:
+        started = time.monotonic()
+        try:
+            rows = render_iteration(worker, iteration.id)  # type: ignore[arg-type]
+        except Exception as error:
+            log.exception("iteration %s: failed", iteration.id)
+            it.fail_iteration(worker.engine, iteration.id, describe_crash(error))  # type: ignore[arg-type]
+        else:
+            deadline = utcnow() + timedelta(hours=worker.settings.vote_window_hours)
+            it.complete_iteration(worker.engine, iteration.id, rows, deadline)  # type: ignore[arg-type]
+            log.info("iteration %s: %s candidates in %.1f s", iteration.id, len(rows),
+                     time.monotonic() - started)
+        return True
+    comparison = it.claim_comparison(worker.engine, worker.worker_id)
+    if comparison is None:
+        return False
+    try:
+        path = render_comparison(worker, comparison.id)  # type: ignore[arg-type]
+    except Exception as error:
+        log.exception("comparison %s: failed", comparison.id)
+        it.fail_comparison(worker.engine, comparison.id, describe_crash(error))  # type: ignore[arg-type]
+    else:
+        it.complete_comparison(worker.engine, comparison.id, str(path))  # type: ignore[arg-type]
+    return True
