@@ -69,7 +69,7 @@ def prompt_matrix(trigger: str, count: int, contexts: list[str] | None = None,
     cells = []
     for index in range(count):
         context = pool[index % len(pool)]
-        style = styles[(index + index // len(pool)) % len(styles)]
+        style = styles[(index % len(pool) + index // len(pool)) % len(styles)]
         subject = trigger.strip() or "the character"
         cells.append(PromptCell(f"{subject}, {context}, {style}", context, style,
                                 base_seed + index))

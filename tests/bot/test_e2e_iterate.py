@@ -88,7 +88,7 @@ async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine
                           {"model": job_id, "count": 4, "contexts": "at a café, in space"})
     assert "Iteration #1 queued" in reply.content, reply.content
     await work_once(settings, bot_engine)
-    head = await emu.wait_for_message(d.channel, "Iteration #1", timeout=15)
+    await emu.wait_for_message(d.channel, "Iteration #1", timeout=15)
     await emu.wait_until(lambda: any(t.name.startswith("iterate-1")
                                      for t in emu.threads_of(d.channel)), 15)
     thread = next(t for t in emu.threads_of(d.channel) if t.name.startswith("iterate-1"))
