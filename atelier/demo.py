@@ -36,6 +36,14 @@ log = logging.getLogger("atelier.demo")
 
 TRIGGER = "tkxw"
 DEMO_TIMEOUT_SECONDS = 600
+PROMPTS = " | ".join(
+    (
+        "a big {trigger} in the center on a white background",
+        "a small {trigger} at the top left on a blue background",
+        "a {trigger} on a green and black background",
+    )
+)
+"""New contexts for the concept, in the toy model's vocabulary."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
             handle = await emu.run_slash_command(
                 world.alice, world.channel, "train lora",
                 {"trigger": TRIGGER, "preset": "quick-test", "base_model": base_model,
-                 "steps": steps, "name": "purple-star"},
+                 "steps": steps, "name": "purple-star", "validation_prompts": PROMPTS},
                 attachments={"dataset": ("tkxw.zip", dataset_zip(), "application/zip")},
             )  # fmt: skip
             reply = await handle.wait_followup(1, 60)
@@ -186,7 +194,7 @@ def demo_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="atelier demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo"), help="where to write it")
     parser.add_argument("--base-model", default="toy", help="built-in model to train on")
-    parser.add_argument("--steps", type=int, default=60, help="training steps")
+    parser.add_argument("--steps", type=int, default=100, help="training steps")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     args = parser.parse_args(argv)
     configure_logging("WARNING")
