@@ -130,7 +130,8 @@ def run_method(
 
     values: dict[str, Any] = {
         "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps, "resolution": 64,
-        "checkpoint_every": max(1, steps // 3), "seed": seed, "mixed_precision": "no", "heldout_fraction": 0.0,
+        "checkpoint_every": max(1, steps // 3), "seed": seed, "mixed_precision": "no",
+        "heldout_fraction": 0.0,  # all 20 images train
         "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
         **overrides,
     }  # fmt: skip

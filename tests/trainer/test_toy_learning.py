@@ -18,11 +18,18 @@ from trainer.toy import scoring
 
 __all__ = ["_one_thread"]
 
-STEPS = LEARN_STEPS = 200
-LEARNING_RATE = None  # the preset's
-MARGIN = 0.25
-"""Required gain in mean concept score (0-1) over the base model. See MARGIN_NOTE."""
-MARGIN_NOTE = "filled in from bench/learn.py runs; see docs/toy-model/README.md"
+STEPS = 300
+LEARNING_RATE = 1e-3
+"""The preset's 1e-4 is tuned for 2000 steps on SD 1.5; in 300 CPU steps it barely moves the toy
+model (bench: concept 0.18 vs base 0.11), so the test overrides it as a member could."""
+MARGIN = 0.10
+"""Required gain in mean concept score (0-1) over the base model's images.
+
+Measured with `python bench/learn.py --methods lora --lr 1e-3 --seeds 1 2 3 --steps 300` (same
+20 images, the same 6 prompts x 3 seeds as here): base 0.111; LoRA 0.347 / 0.319 / 0.250 for
+training seeds 1 / 2 / 3, i.e. gains 0.236 / 0.208 / 0.139 (mean 0.19, sd 0.05). The margin is
+below the smallest measured gain (about 2 sd below the mean), not fitted to seed 1's result.
+"""
 
 
 @pytest.mark.slow
@@ -39,9 +46,9 @@ def test_lora_learns_the_toy_concept(tmp_path: Path):
     from trainer.toy import shapes
 
     scenes = make_concept_dataset(tmp_path / "data")
-    prompts = new_context_prompts(scenes, count=4)
-    seeds = [1, 2]
-    overrides = {} if LEARNING_RATE is None else {"learning_rate": LEARNING_RATE}
+    prompts = new_context_prompts(scenes, count=6)
+    seeds = [1, 2, 3]
+    overrides = {"learning_rate": LEARNING_RATE}
     config = apply_preset(
         "character", "lora", base_model=BASE, trigger=shapes.TRIGGER, steps=STEPS,
         resolution=64, checkpoint_every=STEPS, seed=1, mixed_precision="no", heldout_fraction=0.0,

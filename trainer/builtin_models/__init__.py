@@ -1,0 +1,1 @@
+"""Committed model weights shipped as package data (`toy/`: see docs/toy-model)."""
