@@ -114,32 +114,34 @@ def heldout_loss(
         unet_dtype = next(model.unet.parameters()).dtype
         timesteps = torch.tensor(heldout.timesteps, device=device)
         total, count = 0.0, 0
-        for index, (latent, noise) in enumerate(zip(heldout.latents, heldout.noise, strict=True)):
-            latents = latent[None].expand(len(timesteps), *latent.shape).to(device)
-            noise = noise.to(device)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            if scheduler.config.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
-            text = encode_prompts(model, [captions[index]])
-            hidden = text.hidden.expand(len(timesteps), *text.hidden.shape[1:])
-            extra = {}
-            if model.is_sdxl:
-                w, h = heldout.examples[index].bucket
-                pooled = text.pooled.expand(len(timesteps), *text.pooled.shape[1:])
-                time_ids = torch.tensor(
-                    [[h, w, 0, 0, h, w]] * len(timesteps), dtype=torch.float32, device=device
-                )
-                extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-            context = autocast if autocast is not None else contextlib.nullcontext()
-            with context:
+        context = autocast if autocast is not None else contextlib.nullcontext()
+        with context:  # entered once: accelerate's autocast() is a one-shot context
+            for index, (latent, noise) in enumerate(
+                zip(heldout.latents, heldout.noise, strict=True)
+            ):
+                latents = latent[None].expand(len(timesteps), *latent.shape).to(device)
+                noise = noise.to(device)
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                if scheduler.config.prediction_type == "v_prediction":
+                    target = scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                text = encode_prompts(model, [captions[index]])
+                hidden = text.hidden.expand(len(timesteps), *text.hidden.shape[1:])
+                extra = {}
+                if model.is_sdxl:
+                    w, h = heldout.examples[index].bucket
+                    pooled = text.pooled.expand(len(timesteps), *text.pooled.shape[1:])
+                    time_ids = torch.tensor(
+                        [[h, w, 0, 0, h, w]] * len(timesteps), dtype=torch.float32, device=device
+                    )
+                    extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
                 prediction = model.unet(
                     noisy.to(unet_dtype), timesteps, hidden.to(unet_dtype), **extra
                 ).sample
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
-            total += float(loss.item())
-            count += 1
+                loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+                total += float(loss.item())
+                count += 1
         return total / count
     finally:
         for module, training in zip(modules, was_training, strict=True):

@@ -118,3 +118,20 @@ def test_checkpoints_carry_heldout_loss_and_resume_keeps_the_history(tmp_path, m
     assert [s for s, _ in resumed.heldout_losses] == [2, 4, 6]
     for (_, a), (_, b) in zip(resumed.heldout_losses, history, strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+
+
+def test_heldout_loss_under_the_training_precision_context(tmp_path, model_cache):
+    """The loop passes accelerate's one-shot autocast(); several held-out images must work."""
+    dataset = make_dataset(tmp_path / "data", count=20, size=32)
+    config = tiny_config(resolution=32)
+    split = load_dataset(dataset, config)
+    assert len(split.heldout) == 2
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    adapters.inject_adapter(model, config)
+    captions = [e.caption for e in split.heldout]
+    plain = heldout_loss(model, HeldoutSet(model, split.heldout), captions)
+    accelerator = loop.make_accelerator(config, "cpu")
+    under_context = heldout_loss(
+        model, HeldoutSet(model, split.heldout), captions, accelerator.autocast()
+    )
+    assert under_context == pytest.approx(plain)
