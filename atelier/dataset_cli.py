@@ -26,8 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atelier dataset", description="Named datasets.")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
-                                    parser_class=_Parser)
+    actions = parser.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
     add = actions.add_parser("add", help="ingest a zip and store it under a name")
     add.add_argument("zip", type=Path)
     add.add_argument("--name", required=True)
@@ -75,9 +76,14 @@ def _engine(settings: Any) -> Any:
 
 
 def _summary(row: Any) -> dict[str, Any]:
-    return {"name": row.name, "id": row.id, "images": row.images, "path": row.path,
-            "description": row.description,
-            "created_at": row.created_at.isoformat() if row.created_at else None}
+    return {
+        "name": row.name,
+        "id": row.id,
+        "images": row.images,
+        "path": row.path,
+        "description": row.description,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+    }
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -98,8 +104,9 @@ def _add(args: argparse.Namespace) -> int:
         options = IngestOptions(trigger=args.trigger, caption_prefix=args.caption_prefix)
         result = ingest_zip(args.zip, settings.datasets_dir, options, settings.limits)
         with session_scope(engine) as session:
-            row = add_named_dataset(session, result, guild_id=None, name=name,
-                                    description=args.description)
+            row = add_named_dataset(
+                session, result, guild_id=None, name=name, description=args.description
+            )
             data = {**_summary(row), "report": dict(row.report)}
     finally:
         engine.dispose()
@@ -195,9 +202,11 @@ def report_text(report: dict[str, Any]) -> str:
     for concept in report.get("concepts") or []:
         caps = concept.get("captions") or {}
         captioned = int(caps.get("sidecar", 0)) + int(caps.get("metadata", 0))
-        lines.append(f"concept '{concept.get('trigger')}': {concept.get('images')} images × "
-                     f"{concept.get('repeats', 1)} repeats, {captioned} captioned, "
-                     f"{concept.get('held_out', 0)} held out")
+        lines.append(
+            f"concept '{concept.get('trigger')}': {concept.get('images')} images × "
+            f"{concept.get('repeats', 1)} repeats, {captioned} captioned, "
+            f"{concept.get('held_out', 0)} held out"
+        )
     if report.get("held_out"):
         lines.append(f"held out from training: {len(report['held_out'])}")
     elif report.get("held_out_note"):

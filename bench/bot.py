@@ -100,26 +100,40 @@ async def one_round(emu: DiscordEmulator, members: list[Any], zip_bytes: bytes) 
     opts = {"trigger": "ohwx", "preset": "quick-test", "steps": 20}
     with LagProbe() as probe:
         started = time.monotonic()
-        handles = [await emu.run_slash_command(
-            m, d.channel, "train lora", opts,
-            attachments={"dataset": ("noise.zip", zip_bytes, "application/zip")})
-            for m in members]
+        handles = [
+            await emu.run_slash_command(
+                m,
+                d.channel,
+                "train lora",
+                opts,
+                attachments={"dataset": ("noise.zip", zip_bytes, "application/zip")},
+            )
+            for m in members
+        ]
         with contextlib.suppress(TimeoutError, AssertionError):
             await emu.wait_until(lambda: all(h.followup_ids for h in handles), WAIT_SECONDS)
         elapsed = time.monotonic() - started
     defer = [(h.answered_at - h.created_at) * 1000 for h in handles if hasattr(h, "answered_at")]
     return {
-        "members": len(members), "zip_mb": round(len(zip_bytes) / 1024**2, 1),
-        "deferred": len(defer), "defer_ms_p50": round(statistics.median(defer), 1),
-        "defer_ms_p99": round(percentile(defer, 0.99), 1), "defer_ms_max": round(max(defer), 1),
+        "members": len(members),
+        "zip_mb": round(len(zip_bytes) / 1024**2, 1),
+        "deferred": len(defer),
+        "defer_ms_p50": round(statistics.median(defer), 1),
+        "defer_ms_p99": round(percentile(defer, 0.99), 1),
+        "defer_ms_max": round(max(defer), 1),
         "answered": sum(1 for h in handles if h.followup_ids),
-        "round_seconds": round(elapsed, 1), "loop_lag_ms_max": round(probe.worst * 1000, 1),
+        "round_seconds": round(elapsed, 1),
+        "loop_lag_ms_max": round(probe.worst * 1000, 1),
     }
 
 
 def bench_settings(data_dir: Path, token: str) -> Settings:
-    settings = load_settings(data_dir=data_dir, link_secret="bench", discord={"link_port": 0},
-                             limits={"jobs_per_member": 10})
+    settings = load_settings(
+        data_dir=data_dir,
+        link_secret="bench",
+        discord={"link_port": 0},
+        limits={"jobs_per_member": 10},
+    )
     return settings.model_copy(update={"discord_token": SecretStr(token)})
 
 

@@ -25,8 +25,9 @@ async def _main() -> None:
     from bot.client import AtelierBot
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
     engine = make_engine(settings.db_url)
@@ -44,12 +45,15 @@ def bot_cli(argv: list[str]) -> int:
         print(f"atelier bot: {error}", file=sys.stderr)
         return 2
     except discord.LoginFailure:
-        print("atelier bot: Discord refused the token (DISCORD_TOKEN is wrong or revoked)",
-              file=sys.stderr)
+        print(
+            "atelier bot: Discord refused the token (DISCORD_TOKEN is wrong or revoked)",
+            file=sys.stderr,
+        )
         return 2
     except discord.PrivilegedIntentsRequired:
-        print("atelier bot: a privileged intent is not enabled for this application",
-              file=sys.stderr)
+        print(
+            "atelier bot: a privileged intent is not enabled for this application", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         return 0

@@ -23,8 +23,15 @@ from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.train", "bot.exts.jobs", "bot.exts.models", "bot.exts.admin",
-              "bot.exts.votes", "bot.exts.datasets", "bot.exts.iterate")
+EXTENSIONS = (
+    "bot.exts.train",
+    "bot.exts.jobs",
+    "bot.exts.models",
+    "bot.exts.admin",
+    "bot.exts.votes",
+    "bot.exts.datasets",
+    "bot.exts.iterate",
+)
 
 
 class AtelierTree(app_commands.CommandTree):
@@ -42,17 +49,24 @@ class AtelierTree(app_commands.CommandTree):
 class AtelierBot(commands.Bot):
     def __init__(self, settings: Settings, engine: Engine, *, start_tasks: bool = True) -> None:
         intents = discord.Intents.default()  # guilds + guild_reactions; nothing privileged
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents,
-                         tree_cls=AtelierTree, help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=AtelierTree,
+            help_command=None,
+        )
         self.settings = settings
         self.engine = engine
         self.start_tasks = start_tasks
         self.upload_limits: dict[int, int] = {}
         secret = settings.link_secret.get_secret_value().encode() if settings.link_secret else None
-        self.signer = LinkSigner(secret, settings.data_dir, settings.discord.public_url,
-                                 settings.discord.link_ttl_hours * 3600)
-        self.links = LinkServer(self.signer, settings.discord.link_host,
-                                settings.discord.link_port)
+        self.signer = LinkSigner(
+            secret,
+            settings.data_dir,
+            settings.discord.public_url,
+            settings.discord.link_ttl_hours * 3600,
+        )
+        self.links = LinkServer(self.signer, settings.discord.link_host, settings.discord.link_port)
         self.notifier = Notifier(self)
         self.voting = Voting(self)
         self.synced = False
@@ -64,15 +78,18 @@ class AtelierBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
-        self.synced = await sync_if_changed(self.tree, self.settings.data_dir,
-                                            self.application_id, self.settings.discord.sync_guild)
+        self.synced = await sync_if_changed(
+            self.tree, self.settings.data_dir, self.application_id, self.settings.discord.sync_guild
+        )
         await self.links.start()
         if self.settings.discord.link_port == 0:
             self.signer.public_url = f"http://{self.links.host}:{self.links.port}"
         if self.start_tasks:
-            self._tasks = [asyncio.create_task(self._after_ready()),
-                           asyncio.create_task(self.notifier.run()),
-                           asyncio.create_task(self.voting.run_deadlines())]
+            self._tasks = [
+                asyncio.create_task(self._after_ready()),
+                asyncio.create_task(self.notifier.run()),
+                asyncio.create_task(self.voting.run_deadlines()),
+            ]
 
     async def _after_ready(self) -> None:
         await self.wait_until_ready()
@@ -95,8 +112,11 @@ async def run_bot(settings: Settings, engine: Engine) -> AtelierBot:
     await bot.login(settings.discord_token.get_secret_value())
     bot.runner = asyncio.create_task(bot.connect(reconnect=True))  # type: ignore[attr-defined]
     waiter = asyncio.create_task(bot.wait_until_ready())
-    done, _ = await asyncio.wait({waiter, bot.runner}, timeout=60,  # type: ignore[attr-defined]
-                                 return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {waiter, bot.runner},
+        timeout=60,  # type: ignore[attr-defined]
+        return_when=asyncio.FIRST_COMPLETED,
+    )
     if waiter not in done:
         waiter.cancel()
         await bot.close()

@@ -87,8 +87,10 @@ def missing_permission(channel: Any, with_files: bool) -> str:
     in_thread = isinstance(channel, discord.Thread)
     checks = [
         (perms.view_channel, "View Channel"),
-        (perms.send_messages_in_threads if in_thread else perms.send_messages,
-         "Send Messages in Threads" if in_thread else "Send Messages"),
+        (
+            perms.send_messages_in_threads if in_thread else perms.send_messages,
+            "Send Messages in Threads" if in_thread else "Send Messages",
+        ),
         (perms.attach_files or not with_files, "Attach Files"),
         (perms.embed_links, "Embed Links"),
         (perms.add_reactions, "Add Reactions"),
@@ -99,8 +101,13 @@ def missing_permission(channel: Any, with_files: bool) -> str:
 
 
 async def explain_refusal(
-    bot: AtelierBot, channel: Any, fallback_id: int | None, owner_id: int, what: str,
-    missing: str, nonce: str | None = None,
+    bot: AtelierBot,
+    channel: Any,
+    fallback_id: int | None,
+    owner_id: int,
+    what: str,
+    missing: str,
+    nonce: str | None = None,
 ) -> None:
     """Tell the job's owner, in the thread or else its parent channel, what Discord refused."""
     text = render.permission_problem(owner_id, what, missing)

@@ -60,8 +60,16 @@ class GuardedResolver(AbstractResolver):
             address = str(sockaddr[0])
             if not self._allowed(address):
                 continue
-            results.append(ResolveResult(hostname=host, host=address, port=int(sockaddr[1]),
-                                         family=fam, proto=proto, flags=socket.AI_NUMERICHOST))
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=address,
+                    port=int(sockaddr[1]),
+                    family=fam,
+                    proto=proto,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            )
         if not results:
             raise OSError(f"{host} resolves only to private or reserved addresses")
         return results

@@ -34,8 +34,10 @@ GENERATION_FAILED = "generation_failed"
 GENERATION_KINDS = frozenset({EventKind.GENERATED, GENERATION_FAILED})
 TRAINING = "training"  # the `preparing → training` transition's event kind
 WHAT = {
-    EventKind.QUEUED: "the job card", EventKind.CHECKPOINT: "a checkpoint grid",
-    EventKind.TRAINING_DONE: "the comparison grid", EventKind.FINALIZED: "the model file",
+    EventKind.QUEUED: "the job card",
+    EventKind.CHECKPOINT: "a checkpoint grid",
+    EventKind.TRAINING_DONE: "the comparison grid",
+    EventKind.FINALIZED: "the model file",
 }
 
 
@@ -100,8 +102,9 @@ class Notifier:
         that failed: the background loop retries, so the caller need not fail."""
         try:
             events = await run_db(pending, self.engine, 500)
-            await self.process(job_id, [e for e in events
-                                        if e.job_id == job_id and not is_generation(e)])
+            await self.process(
+                job_id, [e for e in events if e.job_id == job_id and not is_generation(e)]
+            )
         except Exception:
             log.exception("job %s: delivering its events failed; the notifier retries", job_id)
             return False
@@ -140,8 +143,15 @@ class Notifier:
     async def _refused(self, job: Job, event: Event, error: discord.HTTPException) -> bool:
         assert event.id is not None
         tries = self._tries[event.id] = self._tries[event.id] + 1
-        log.warning("job %s: event %s (%s) refused by Discord (%s %s), try %s",
-                    job.id, event.id, event.kind, error.status, error.code, tries)
+        log.warning(
+            "job %s: event %s (%s) refused by Discord (%s %s), try %s",
+            job.id,
+            event.id,
+            event.kind,
+            error.status,
+            error.code,
+            tries,
+        )
         if isinstance(error, discord.Forbidden):
             await self._explain(job, event)
         if tries >= self.max_tries:
@@ -154,23 +164,34 @@ class Notifier:
 
     async def _explain(self, job: Job, event: Event) -> None:
         target = await self._target(job)
-        with_files = event.kind in (EventKind.CHECKPOINT, EventKind.TRAINING_DONE,
-                                    EventKind.FINALIZED)
+        with_files = event.kind in (
+            EventKind.CHECKPOINT,
+            EventKind.TRAINING_DONE,
+            EventKind.FINALIZED,
+        )
         missing = delivery.missing_permission(target, with_files)
         if (job.id or 0, missing) in self._explained:
             return
         self._explained.add((job.id or 0, missing))
         what = WHAT.get(event.kind, "an update")
-        await delivery.explain_refusal(self.bot, target, job.channel_id, job.owner_id, what,
-                                       missing, nonce=f"{event_nonce(event)}-p")
+        await delivery.explain_refusal(
+            self.bot,
+            target,
+            job.channel_id,
+            job.owner_id,
+            what,
+            missing,
+            nonce=f"{event_nonce(event)}-p",
+        )
 
     async def _target(self, job: Job) -> Any:
         channel_id = job.thread_id or job.channel_id
         assert channel_id is not None
         return await delivery.resolve_channel(self.bot, channel_id)
 
-    async def _send(self, target: Any, event: Event, content: str | None = None,
-                    **kwargs: Any) -> discord.Message:
+    async def _send(
+        self, target: Any, event: Event, content: str | None = None, **kwargs: Any
+    ) -> discord.Message:
         """Post an event's main message once: the nonce makes Discord return an earlier copy,
         and the id recorded right after posting lets a retry reuse it where nonces are not
         enforced."""
@@ -191,7 +212,8 @@ class Notifier:
         assert job.channel_id is not None and job.id is not None
         channel = await delivery.resolve_channel(self.bot, job.channel_id)
         card = await self._send(
-            channel, event,
+            channel,
+            event,
             render.job_card_text(job.id, job.name, job.owner_id, job.method, job.base_model),
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -224,8 +246,9 @@ class Notifier:
             raise
 
     async def _started(self, job: Job, event: Event) -> int:
-        return await self._status(job, "preparing", {"step": job.step, "total": job.total_steps},
-                                  nonce=event_nonce(event))
+        return await self._status(
+            job, "preparing", {"step": job.step, "total": job.total_steps}, nonce=event_nonce(event)
+        )
 
     async def _training(self, job: Job, event: Event) -> int | None:
         """Training began; after a requeue, say from which step it resumed."""
@@ -241,10 +264,19 @@ class Notifier:
         target = await self._target(job)
         files = await delivery.read_files([p.get("grid_path")])
         heldout = p.get("heldout_loss")
-        previous = (await run_db(previous_heldout, self.engine, job.id or 0, int(p["step"]))
-                    if heldout is not None else None)
-        text = render.checkpoint_caption(int(p["step"]), int(p.get("total") or job.total_steps),
-                                         p.get("loss"), None, heldout, previous)
+        previous = (
+            await run_db(previous_heldout, self.engine, job.id or 0, int(p["step"]))
+            if heldout is not None
+            else None
+        )
+        text = render.checkpoint_caption(
+            int(p["step"]),
+            int(p.get("total") or job.total_steps),
+            p.get("loss"),
+            None,
+            heldout,
+            previous,
+        )
         message = await self._send(target, event, text, files=files)
         await run_db(queries.set_grid_message, self.engine, int(p["checkpoint_id"]), message.id)
         await delivery.add_reactions(message, [VOTE_EMOJI])
@@ -253,7 +285,7 @@ class Notifier:
     async def _training_done(self, job: Job, event: Event) -> int:
         p = event.payload
         target = await self._target(job)
-        ckpts = (await run_db(queries.checkpoints, self.engine, job.id))[-len(NUMBER_EMOJI):]
+        ckpts = (await run_db(queries.checkpoints, self.engine, job.id))[-len(NUMBER_EMOJI) :]
         files = await delivery.read_files([p.get("comparison_grid"), p.get("loss_curve")])
         text = render.comparison_text([c.step for c in ckpts], p["deadline"])
         if p.get("overfit_after") is not None:
@@ -280,14 +312,14 @@ class Notifier:
         file, url, expires = await delivery.file_or_link(self.bot, guild, path)
         text = render.finalized_text(p, url, expires)
         try:
-            message = await self._send(target, event, text,
-                                          files=[file] if file else [])
+            message = await self._send(target, event, text, files=[file] if file else [])
         except discord.HTTPException as error:
             if error.code != delivery.TOO_LARGE or file is None:
                 raise
             url, expires = self.bot.signer.link(path)
-            message = await delivery.send(target, event_nonce(event),
-                                          render.finalized_text(p, url, expires))
+            message = await delivery.send(
+                target, event_nonce(event), render.finalized_text(p, url, expires)
+            )
         await self._announce(job, event, url)
         await self._final_status(job, "finalized")
         return message.id
@@ -297,15 +329,27 @@ class Notifier:
         channel_id = (settings.results_channel_id if settings else None) or job.channel_id
         assert channel_id is not None
         channel = await delivery.resolve_channel(self.bot, channel_id)
-        ckpt = await run_db(queries.get_checkpoint, self.engine,
-                            int(event.payload.get("winner_checkpoint_id") or 0))
+        ckpt = await run_db(
+            queries.get_checkpoint, self.engine, int(event.payload.get("winner_checkpoint_id") or 0)
+        )
         files = await delivery.read_files([ckpt.grid_path if ckpt else None])
-        text = render.announcement_text(job.name, job.owner_id, str(job.config.get("trigger", "")),
-                                        job.base_model, job.method, url)
+        text = render.announcement_text(
+            job.name,
+            job.owner_id,
+            str(job.config.get("trigger", "")),
+            job.base_model,
+            job.method,
+            url,
+        )
         if job.thread_id:
             text = render.truncate(f"{text}\nThread: <#{job.thread_id}>")
-        await delivery.send(channel, f"{event_nonce(event)}-a", text, files=files,
-                            allowed_mentions=discord.AllowedMentions.none())
+        await delivery.send(
+            channel,
+            f"{event_nonce(event)}-a",
+            text,
+            files=files,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     # --- the progress message ------------------------------------------------------------
 
@@ -322,8 +366,9 @@ class Notifier:
         if time.monotonic() - self._last_edit.get(job_id, 0.0) < wait:
             return  # stays pending; the next tick renders the newest one
         try:
-            message_id = await self._status(job, "training", newest.payload,
-                                            nonce=event_nonce(newest))
+            message_id = await self._status(
+                job, "training", newest.payload, nonce=event_nonce(newest)
+            )
         except discord.HTTPException as error:
             log.warning("job %s: progress update refused (%s)", job_id, error.status)
             return
@@ -378,8 +423,9 @@ class Notifier:
             text = render.generated_text(user_id, str(p.get("prompt", "")))
         else:
             files, text = [], render.generation_failed_text(user_id, str(p.get("reason", "")))
-        message = await delivery.send(channel, event_nonce(event), text, files=files,
-                                      allowed_mentions=mentions)
+        message = await delivery.send(
+            channel, event_nonce(event), text, files=files, allowed_mentions=mentions
+        )
         return message.id
 
 
@@ -391,7 +437,8 @@ def previous_heldout(engine: Any, job_id: int, step: int) -> float | None:
 
     with session_scope(engine) as session:
         rows = session.exec(
-            select(Event).where(Event.job_id == job_id, Event.kind == EventKind.CHECKPOINT)
+            select(Event)
+            .where(Event.job_id == job_id, Event.kind == EventKind.CHECKPOINT)
             .order_by(col(Event.id))
         ).all()
     earlier = [e.payload for e in rows if int(e.payload.get("step") or 0) < step]

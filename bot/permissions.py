@@ -21,9 +21,7 @@ def is_manager(manage_guild: bool, role_ids: Collection[int], manager_role_id: i
     return manage_guild or (manager_role_id is not None and manager_role_id in role_ids)
 
 
-def may_train(
-    role_ids: Collection[int], trainer_role_ids: Collection[int], manager: bool
-) -> bool:
+def may_train(role_ids: Collection[int], trainer_role_ids: Collection[int], manager: bool) -> bool:
     """No trainer roles configured: everyone may train. Managers always may."""
     return manager or not trainer_role_ids or bool(set(role_ids) & set(trainer_role_ids))
 

@@ -150,9 +150,18 @@ def queue_rows(engine: Engine, guild_id: int) -> list[dict[str, Any]]:
         for job in rows:
             position = jobs.queue_position(session, job)
             eta = start_estimate(session, job) if position else _remaining(session, job)
-            out.append({"id": job.id, "name": job.name, "owner_id": job.owner_id,
-                        "state": job.state, "position": position, "step": job.step,
-                        "total": job.total_steps, "eta": eta})
+            out.append(
+                {
+                    "id": job.id,
+                    "name": job.name,
+                    "owner_id": job.owner_id,
+                    "state": job.state,
+                    "position": position,
+                    "step": job.step,
+                    "total": job.total_steps,
+                    "eta": eta,
+                }
+            )
     return sorted(out, key=lambda r: (r["position"], r["id"]))
 
 
@@ -171,15 +180,20 @@ def jobs_for_choice(
             query = query.where(Job.owner_id == user_id)
         rows = session.exec(query.limit(200)).all()
     needle = current.strip().lower().lstrip("#")
-    return [(j.id, j.name, j.state) for j in rows  # type: ignore[misc]
-            if not needle or needle in f"{j.id} {j.name}".lower()][:25]
+    return [
+        (j.id, j.name, j.state)
+        for j in rows  # type: ignore[misc]
+        if not needle or needle in f"{j.id} {j.name}".lower()
+    ][:25]
 
 
 def finalized_models(engine: Engine, guild_id: int) -> list[tuple[Job, Checkpoint | None]]:
     with session_scope(engine) as session:
         rows = session.exec(
-            select(Job).where(Job.guild_id == guild_id, Job.state == JobState.FINALIZED)
-            .order_by(col(Job.id).desc()).limit(25)
+            select(Job)
+            .where(Job.guild_id == guild_id, Job.state == JobState.FINALIZED)
+            .order_by(col(Job.id).desc())
+            .limit(25)
         ).all()
         return [(j, session.get(Checkpoint, j.winner_checkpoint_id or 0)) for j in rows]
 
@@ -192,7 +206,8 @@ def comparison_message_ids(engine: Engine, job_id: int) -> list[int]:
     with session_scope(engine) as session:
         rows = session.exec(
             select(Event.message_id).where(
-                Event.job_id == job_id, Event.kind == EventKind.TRAINING_DONE,
+                Event.job_id == job_id,
+                Event.kind == EventKind.TRAINING_DONE,
                 col(Event.message_id).is_not(None),
             )
         ).all()
@@ -244,17 +259,20 @@ def store_recount(engine: Engine, counts: dict[int, set[int]]) -> None:
 
 def open_vote_jobs(engine: Engine) -> list[Job]:
     with session_scope(engine) as session:
-        return list(session.exec(
-            select(Job).where(col(Job.state).in_([JobState.TRAINING, JobState.AWAITING_VOTE]))
-        ).all())
+        return list(
+            session.exec(
+                select(Job).where(col(Job.state).in_([JobState.TRAINING, JobState.AWAITING_VOTE]))
+            ).all()
+        )
 
 
 def due_jobs(engine: Engine, now: datetime | None = None) -> list[Job]:
     moment = now or utcnow()
     with session_scope(engine) as session:
         rows = session.exec(
-            select(Job).where(Job.state == JobState.AWAITING_VOTE,
-                              col(Job.vote_deadline).is_not(None))
+            select(Job).where(
+                Job.state == JobState.AWAITING_VOTE, col(Job.vote_deadline).is_not(None)
+            )
         ).all()
     return [j for j in rows if _aware(j.vote_deadline) <= moment]  # type: ignore[arg-type]
 

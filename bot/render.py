@@ -91,9 +91,8 @@ def qa_report_embed(
     """The dataset's QA report, with the job's place in the queue."""
     embed = discord.Embed(title="Dataset report", colour=COLOUR)
     skipped = report.get("skipped") or []
-    embed.description = (
-        f"**{report.get('images', 0)}** images accepted, {len(skipped)} skipped"
-        + (" (same dataset as before, reused)" if report.get("reused") else "")
+    embed.description = f"**{report.get('images', 0)}** images accepted, {len(skipped)} skipped" + (
+        " (same dataset as before, reused)" if report.get("reused") else ""
     )
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
     buckets = report.get("buckets") or {}
@@ -107,8 +106,9 @@ def qa_report_embed(
     _list_field(embed, "Advice", list(report.get("advice") or []))
     _concept_fields(embed, report)
     place = f"#{position} in the queue" if position else "starting now"
-    embed.add_field(name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}",
-                    inline=False)
+    embed.add_field(
+        name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}", inline=False
+    )
     return embed
 
 
@@ -121,8 +121,14 @@ def _list_field(embed: discord.Embed, name: str, items: Sequence[str], most: int
     embed.add_field(name=name, value=truncate("\n".join(lines), 1024), inline=False)
 
 
-def checkpoint_caption(step: int, total: int, loss: float | None, number: int | None,
-                       heldout: float | None = None, previous_heldout: float | None = None) -> str:
+def checkpoint_caption(
+    step: int,
+    total: int,
+    loss: float | None,
+    number: int | None,
+    heldout: float | None = None,
+    previous_heldout: float | None = None,
+) -> str:
     label = f" (#{number} on the final grid)" if number else ""
     loss_text = f", loss {loss:.4f}" if loss is not None else ""
     held_text = f", {heldout_text(heldout, previous_heldout)}" if heldout is not None else ""
@@ -147,8 +153,10 @@ def overfit_notice(step: int | None) -> str:
     """Said next to the vote when the held-out loss turned up while training loss fell."""
     if step is None:
         return ""
-    return (f"⚠️ Checkpoints after step {step} may be overfitting: held-out loss rose twice "
-            "while training loss fell.")
+    return (
+        f"⚠️ Checkpoints after step {step} may be overfitting: held-out loss rose twice "
+        "while training loss fell."
+    )
 
 
 def comparison_text(steps: Sequence[int], deadline: datetime | str) -> str:
@@ -166,15 +174,19 @@ def failure_text(kind: str, payload: dict[str, Any], owner_id: int) -> str:
     step = payload.get("step")
     at = f" at step {step}" if step else ""
     if kind == "failed":
-        return truncate(f"❌ <@{owner_id}> training stopped{at}: {payload.get('reason', '?')}. "
-                        "`/job retry` resumes from the newest checkpoint.")
+        return truncate(
+            f"❌ <@{owner_id}> training stopped{at}: {payload.get('reason', '?')}. "
+            "`/job retry` resumes from the newest checkpoint."
+        )
     if kind == "cancelled":
         by = payload.get("by")
         who = f"<@{by}>" if by else "an operator"
         return f"🛑 Job cancelled{at} by {who}."
     if payload.get("lost_worker"):
-        return (f"🔁 The worker training this job was lost (it stopped answering){at}; the job "
-                "is back in the queue and will resume from its newest checkpoint.")
+        return (
+            f"🔁 The worker training this job was lost (it stopped answering){at}; the job "
+            "is back in the queue and will resume from its newest checkpoint."
+        )
     if payload.get("by"):
         return f"🔁 <@{payload['by']}> queued the job again; it resumes from step {step or 0}."
     return f"🔁 The job went back to the queue{at} ({payload.get('reason', 'worker restart')})."
@@ -189,8 +201,10 @@ def generated_text(user_id: int, prompt: str) -> str:
 
 
 def generation_failed_text(user_id: int, reason: str) -> str:
-    return truncate(f"⚠️ <@{user_id}> I could not make your image: {reason or 'unknown error'}. "
-                    "Try `/generate` again; if it keeps failing, tell a server admin.")
+    return truncate(
+        f"⚠️ <@{user_id}> I could not make your image: {reason or 'unknown error'}. "
+        "Try `/generate` again; if it keeps failing, tell a server admin."
+    )
 
 
 def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime | None) -> str:
@@ -198,8 +212,10 @@ def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime 
     tally = ", ".join(f"step {s}: {n}" for s, n in votes.items()) or "none"
     by = payload.get("by")
     closer = f" (closed by <@{by}>)" if by else ""
-    text = (f"🏆 The team chose step **{payload.get('step')}**{closer}: {payload.get('reason')}.\n"
-            f"Votes: {tally}.")
+    text = (
+        f"🏆 The team chose step **{payload.get('step')}**{closer}: {payload.get('reason')}.\n"
+        f"Votes: {tally}."
+    )
     if link:
         until = f", valid until {timestamp(expires, 'f')}" if expires else ""
         text += f"\nDownload (too large for Discord): {link}{until}"
@@ -209,8 +225,10 @@ def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime 
 def announcement_text(
     name: str, owner_id: int, trigger: str, base_model: str, method: str, link: str | None
 ) -> str:
-    text = (f"📦 New model **{name}** ({method}) by <@{owner_id}> — trigger `{trigger or '—'}`, "
-            f"base model `{base_model}`.")
+    text = (
+        f"📦 New model **{name}** ({method}) by <@{owner_id}> — trigger `{trigger or '—'}`, "
+        f"base model `{base_model}`."
+    )
     if link:
         text += f"\nDownload: {link}"
     return truncate(text)
@@ -248,8 +266,10 @@ def _concept_fields(embed: discord.Embed, report: dict[str, Any]) -> None:
     for concept in (report.get("concepts") or [])[:10]:
         caps = concept.get("captions") or {}
         captioned = int(caps.get("sidecar", 0)) + int(caps.get("metadata", 0))
-        line = (f"`{concept.get('trigger') or '—'}`: {concept.get('images', 0)} images × "
-                f"{concept.get('repeats', 1)}, {captioned} captioned")
+        line = (
+            f"`{concept.get('trigger') or '—'}`: {concept.get('images', 0)} images × "
+            f"{concept.get('repeats', 1)}, {captioned} captioned"
+        )
         if concept.get("missing_trigger"):
             line += f", trigger added to {concept['missing_trigger']}"
         if concept.get("held_out"):
@@ -259,23 +279,34 @@ def _concept_fields(embed: discord.Embed, report: dict[str, Any]) -> None:
         embed.add_field(name="Concepts", value=truncate("\n".join(lines), 1024), inline=False)
     held = report.get("held_out") or []
     if held:
-        embed.add_field(name="Held out", value=f"{len(held)} images kept out of training to "
-                        "measure the held-out loss (overfitting)", inline=False)
+        embed.add_field(
+            name="Held out",
+            value=f"{len(held)} images kept out of training to "
+            "measure the held-out loss (overfitting)",
+            inline=False,
+        )
     elif report.get("held_out_note"):
-        embed.add_field(name="Held out", value=truncate(str(report["held_out_note"]), 1024),
-                        inline=False)
+        embed.add_field(
+            name="Held out", value=truncate(str(report["held_out_note"]), 1024), inline=False
+        )
 
 
 def dataset_embed(
-    name: str, description: str | None, report: dict[str, Any], created_by: int | None,
-    samples: Sequence[dict[str, Any]] = (), thumbnails: tuple[int, int] | None = None,
+    name: str,
+    description: str | None,
+    report: dict[str, Any],
+    created_by: int | None,
+    samples: Sequence[dict[str, Any]] = (),
+    thumbnails: tuple[int, int] | None = None,
 ) -> discord.Embed:
     """`/dataset add` and `/dataset show`: the QA report of a named dataset, caption samples."""
     embed = discord.Embed(title=f"Dataset {name}"[:256], colour=COLOUR)
     skipped = report.get("skipped") or []
     lines = [description] if description else []
-    lines.append(f"**{report.get('images', 0)}** images, {len(skipped)} skipped"
-                 + (f" · added by <@{created_by}>" if created_by else ""))
+    lines.append(
+        f"**{report.get('images', 0)}** images, {len(skipped)} skipped"
+        + (f" · added by <@{created_by}>" if created_by else "")
+    )
     if thumbnails and thumbnails[0] < thumbnails[1]:
         lines.append(f"Thumbnails: the first {thumbnails[0]} of {thumbnails[1]}.")
     embed.description = truncate("\n".join(lines), 4000)
@@ -283,8 +314,9 @@ def dataset_embed(
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
     buckets = report.get("buckets") or {}
     if buckets:
-        embed.add_field(name="Buckets",
-                        value=", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6]))
+        embed.add_field(
+            name="Buckets", value=", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6])
+        )
     captions = ", ".join(f"{k} {n}" for k, n in (report.get("captions") or {}).items() if n)
     embed.add_field(name="Captions", value=captions or "none")
     _concept_fields(embed, report)
@@ -297,8 +329,9 @@ def dataset_embed(
         concept = f"[{row['concept']}] " if row.get("concept") else ""
         sample_lines.append(f"`{index}` {concept}{row.get('text') or '(no caption)'}"[:200])
     if sample_lines:
-        embed.add_field(name="Caption samples", value=truncate("\n".join(sample_lines), 1024),
-                        inline=False)
+        embed.add_field(
+            name="Caption samples", value=truncate("\n".join(sample_lines), 1024), inline=False
+        )
     return embed
 
 

@@ -32,7 +32,9 @@ def _write(path: Path, value: str) -> None:
 
 
 async def sync_if_changed(
-    tree: app_commands.CommandTree, data_dir: Path, application_id: int | None,
+    tree: app_commands.CommandTree,
+    data_dir: Path,
+    application_id: int | None,
     guild_id: int | None,
 ) -> bool:
     """Sync (globally, or to `guild_id` in development) when the hash differs; True if synced."""

@@ -47,7 +47,7 @@ def plain(emoji: str) -> str:
 
 def numbered_checkpoints(checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
     """The checkpoints the comparison grid numbers 1️⃣…🔟 (the newest ten, by step)."""
-    return sorted(checkpoints, key=lambda c: c.step)[-len(NUMBER_EMOJI):]
+    return sorted(checkpoints, key=lambda c: c.step)[-len(NUMBER_EMOJI) :]
 
 
 def merge_reactions(
@@ -93,8 +93,11 @@ class Voting:
         """Make the stored votes of a job exactly what its messages show."""
         ckpts = await run_db(queries.checkpoints, self.engine, job.id)
         channel = await delivery.resolve_channel(self.bot, job.thread_id or job.channel_id)  # type: ignore[arg-type]
-        grid = {c.id: await self._users(channel, c.grid_message_id, VOTE_EMOJI) for c in ckpts
-                if c.grid_message_id}
+        grid = {
+            c.id: await self._users(channel, c.grid_message_id, VOTE_EMOJI)
+            for c in ckpts
+            if c.grid_message_id
+        }
         numbers: dict[int, set[int]] = defaultdict(set)
         for message_id in await run_db(queries.comparison_message_ids, self.engine, job.id):
             for index, ckpt in enumerate(numbered_checkpoints(ckpts)):
@@ -127,8 +130,9 @@ class Voting:
     async def close(self, job: Job, by_user: int | None) -> FinalizeOutcome:
         """Recount, then finalize (keep the winner, delete the rest, write the event)."""
         await self.recount(job)
-        keep = await run_db(queries.keep_count, self.engine, job.guild_id,
-                            self.bot.settings.keep_checkpoints)
+        keep = await run_db(
+            queries.keep_count, self.engine, job.guild_id, self.bot.settings.keep_checkpoints
+        )
         outcome = await run_db(finalize, self.engine, job.id, keep, by_user)
         await self.bot.notifier.process_job(job.id)  # type: ignore[arg-type]
         return outcome

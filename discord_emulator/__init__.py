@@ -7,6 +7,18 @@ from .server import DiscordEmulator, Fault
 from .state import MIB, Attachment, Channel, Guild, Member, Message, P, Role, User
 
 __all__ = [
-    "MIB", "Attachment", "Channel", "DefaultWorld", "DiscordEmulator", "DiscordError", "Fault",
-    "Guild", "InteractionHandle", "Member", "Message", "P", "Role", "User",
+    "MIB",
+    "Attachment",
+    "Channel",
+    "DefaultWorld",
+    "DiscordEmulator",
+    "DiscordError",
+    "Fault",
+    "Guild",
+    "InteractionHandle",
+    "Member",
+    "Message",
+    "P",
+    "Role",
+    "User",
 ]

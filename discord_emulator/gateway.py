@@ -21,10 +21,16 @@ DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
 MESSAGE_CONTENT = 1 << 15
 EVENT_INTENTS = {
-    "GUILD_MEMBER_ADD": 1 << 1, "GUILD_MEMBER_UPDATE": 1 << 1, "GUILD_MEMBER_REMOVE": 1 << 1,
-    "MESSAGE_CREATE": 1 << 9, "MESSAGE_UPDATE": 1 << 9, "MESSAGE_DELETE": 1 << 9,
-    "MESSAGE_REACTION_ADD": 1 << 10, "MESSAGE_REACTION_REMOVE": 1 << 10,
-    "MESSAGE_REACTION_REMOVE_ALL": 1 << 10, "MESSAGE_REACTION_REMOVE_EMOJI": 1 << 10,
+    "GUILD_MEMBER_ADD": 1 << 1,
+    "GUILD_MEMBER_UPDATE": 1 << 1,
+    "GUILD_MEMBER_REMOVE": 1 << 1,
+    "MESSAGE_CREATE": 1 << 9,
+    "MESSAGE_UPDATE": 1 << 9,
+    "MESSAGE_DELETE": 1 << 9,
+    "MESSAGE_REACTION_ADD": 1 << 10,
+    "MESSAGE_REACTION_REMOVE": 1 << 10,
+    "MESSAGE_REACTION_REMOVE_ALL": 1 << 10,
+    "MESSAGE_REACTION_REMOVE_EMOJI": 1 << 10,
 }
 
 
@@ -64,8 +70,12 @@ class Gateway:
             if need and not session.intents & need:
                 continue  # like Discord: no intent, no event
             session.seq += 1
-            frame = {"op": DISPATCH, "t": event, "s": session.seq,
-                     "d": self._redact(session, event, data)}
+            frame = {
+                "op": DISPATCH,
+                "t": event,
+                "s": session.seq,
+                "d": self._redact(session, event, data),
+            }
             session.buffer.append(frame)
             del session.buffer[:-1000]
             if session.ws is not None and not session.ws.closed:
@@ -78,7 +88,8 @@ class Gateway:
             return data
         bot_id = str(self.emu.world.bot.id)
         if (data.get("author") or {}).get("id") == bot_id or f"<@{bot_id}>" in data.get(
-                "content", ""):
+            "content", ""
+        ):
             return data
         return {**data, "content": "", "embeds": [], "attachments": [], "components": []}
 
@@ -129,9 +140,16 @@ class Gateway:
         self.sockets.add(ws)
         try:
             await self.open.wait()
-            await ws.send_str(json.dumps(
-                {"op": HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms},
-                 "s": None, "t": None}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "op": HELLO,
+                        "d": {"heartbeat_interval": self.heartbeat_interval_ms},
+                        "s": None,
+                        "t": None,
+                    }
+                )
+            )
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
@@ -152,10 +170,17 @@ class Gateway:
         elif op == REQUEST_MEMBERS:
             guild = self.emu.world.guilds.get(int(d["guild_id"]))
             if guild:
-                self.dispatch("GUILD_MEMBERS_CHUNK", {
-                    "guild_id": str(guild.id), "chunk_index": 0, "chunk_count": 1,
-                    "members": [m.payload() for m in guild.members.values()],
-                    "not_found": [], "nonce": d.get("nonce")})
+                self.dispatch(
+                    "GUILD_MEMBERS_CHUNK",
+                    {
+                        "guild_id": str(guild.id),
+                        "chunk_index": 0,
+                        "chunk_count": 1,
+                        "members": [m.payload() for m in guild.members.values()],
+                        "not_found": [],
+                        "nonce": d.get("nonce"),
+                    },
+                )
 
     async def _identify(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
         if d.get("token") != self.emu.token:
@@ -169,16 +194,28 @@ class Gateway:
         self.sessions = {session.id: session}
         world = self.emu.world
         guilds = [g for g in world.guilds.values() if world.bot.id in g.members]
-        self._send_one(session, "READY", {
-            "v": 10, "user": {**world.bot.payload(), "verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
-            "session_id": session.id, "session_type": "normal",
-            "resume_gateway_url": self.emu.gateway_url, "shard": [0, 1],
-            "application": {"id": str(world.application_id), "flags": 0},
-            "private_channels": [], "relationships": [], "presences": [],
-            "guild_join_requests": [], "geo_ordered_rtc_regions": [], "auth": {},
-            "user_settings": {}, "_trace": ["discord-emulator"],
-        })
+        self._send_one(
+            session,
+            "READY",
+            {
+                "v": 10,
+                "user": {**world.bot.payload(), "verified": True, "mfa_enabled": False},
+                "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
+                "session_id": session.id,
+                "session_type": "normal",
+                "resume_gateway_url": self.emu.gateway_url,
+                "shard": [0, 1],
+                "application": {"id": str(world.application_id), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+                "presences": [],
+                "guild_join_requests": [],
+                "geo_ordered_rtc_regions": [],
+                "auth": {},
+                "user_settings": {},
+                "_trace": ["discord-emulator"],
+            },
+        )
         for g in guilds:
             self._send_one(session, "GUILD_CREATE", g.create_payload())
 

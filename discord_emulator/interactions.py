@@ -22,8 +22,16 @@ LOADING = 128
 class InteractionHandle:
     """One interaction sent to the bot; records every response, edit and followup."""
 
-    def __init__(self, emu: DiscordEmulator, itype: int, user: User, guild: Guild,
-                 channel: Channel, data: dict[str, Any], message: Message | None = None) -> None:
+    def __init__(
+        self,
+        emu: DiscordEmulator,
+        itype: int,
+        user: User,
+        guild: Guild,
+        channel: Channel,
+        data: dict[str, Any],
+        message: Message | None = None,
+    ) -> None:
         self.emu = emu
         self.id = snowflake()
         self.token = "emu-" + secrets.token_urlsafe(32)
@@ -46,17 +54,26 @@ class InteractionHandle:
     def payload(self) -> dict[str, Any]:
         world, guild, channel = self.emu.world, self.guild, self.channel
         out: dict[str, Any] = {
-            "id": str(self.id), "application_id": str(world.application_id),
-            "type": self.type, "data": self.data, "guild_id": str(guild.id),
+            "id": str(self.id),
+            "application_id": str(world.application_id),
+            "type": self.type,
+            "data": self.data,
+            "guild_id": str(guild.id),
             "guild": {"id": str(guild.id), "locale": "en-US", "features": []},
             "channel_id": str(channel.id),
-            "channel": {**channel.payload(),
-                        "permissions": str(guild.permissions_in(self.user.id, channel))},
+            "channel": {
+                **channel.payload(),
+                "permissions": str(guild.permissions_in(self.user.id, channel)),
+            },
             "member": world.member_payload(guild, self.user.id, channel),
-            "token": self.token, "version": 1,
+            "token": self.token,
+            "version": 1,
             "app_permissions": str(guild.permissions_in(world.bot.id, channel)),
-            "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": str(guild.id)}, "context": 0,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild.id)},
+            "context": 0,
             "attachment_size_limit": guild.attachment_size_limit,
         }
         if self.message is not None:
@@ -74,8 +91,9 @@ class InteractionHandle:
             if self.emu.now() - self.created_at > self.emu.interaction_deadline:
                 raise E.not_found(E.UNKNOWN_INTERACTION, "interaction")
             if self.response_type is not None:
-                raise E.DiscordError(400, E.ALREADY_ACKNOWLEDGED,
-                                     "Interaction has already been acknowledged.")
+                raise E.DiscordError(
+                    400, E.ALREADY_ACKNOWLEDGED, "Interaction has already been acknowledged."
+                )
             return self._respond(body, files)
         except E.DiscordError as exc:
             self.rejected.append(exc)
@@ -99,8 +117,9 @@ class InteractionHandle:
         elif rtype == AUTOCOMPLETE_RESULT:
             choices = data.get("choices") or []
             if len(choices) > 25:
-                raise E.form_error("data.choices", "BASE_TYPE_MAX_LENGTH",
-                                   "Must be 25 or fewer in length.")
+                raise E.form_error(
+                    "data.choices", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+                )
             self.choices = choices
         elif rtype == MODAL:
             self.modal = data
@@ -111,10 +130,14 @@ class InteractionHandle:
         if msg is not None and rtype in (MESSAGE_REPLY, DEFERRED_REPLY):
             self.original_id = msg.id
         self.notify()
-        out: dict[str, Any] = {"interaction": {
-            "id": str(self.id), "type": self.type,
-            "response_message_loading": rtype == DEFERRED_REPLY,
-            "response_message_ephemeral": bool(msg and msg.ephemeral)}}
+        out: dict[str, Any] = {
+            "interaction": {
+                "id": str(self.id),
+                "type": self.type,
+                "response_message_loading": rtype == DEFERRED_REPLY,
+                "response_message_ephemeral": bool(msg and msg.ephemeral),
+            }
+        }
         if msg is not None:
             out["interaction"]["response_message_id"] = str(msg.id)
             out["resource"] = {"type": rtype, "message": world.rest_message(msg)}
@@ -124,15 +147,23 @@ class InteractionHandle:
 
     def _new_message(self, data: dict[str, Any], files: list[NewFile]) -> Message:
         msg = self.emu.world.create_message(
-            self.emu.world.bot, self.channel.id, data, files, check_perms=False,
-            webhook_id=self.emu.world.application_id, msg_type=20, dispatch=False)
+            self.emu.world.bot,
+            self.channel.id,
+            data,
+            files,
+            check_perms=False,
+            webhook_id=self.emu.world.application_id,
+            msg_type=20,
+            dispatch=False,
+        )
         msg.interaction_id = self.id
         if not msg.ephemeral:
             self.emu.world.dispatch("MESSAGE_CREATE", self.emu.world.message_event(msg))
         return msg
 
-    def followup(self, body: dict[str, Any], files: list[NewFile],
-                 thread_id: int | None = None) -> Message:
+    def followup(
+        self, body: dict[str, Any], files: list[NewFile], thread_id: int | None = None
+    ) -> Message:
         """POST /webhooks/{app}/{token}: the first one after a defer fills the "thinking" one."""
         self._check_token()
         if self.response_type is None:
@@ -146,8 +177,15 @@ class InteractionHandle:
             if thread_id is not None:
                 channel = self.emu.world.channel(thread_id)[1]
             msg = self.emu.world.create_message(
-                self.emu.world.bot, channel.id, body, files, check_perms=False,
-                webhook_id=self.emu.world.application_id, msg_type=20, dispatch=False)
+                self.emu.world.bot,
+                channel.id,
+                body,
+                files,
+                check_perms=False,
+                webhook_id=self.emu.world.application_id,
+                msg_type=20,
+                dispatch=False,
+            )
             msg.interaction_id = self.id
             if not msg.ephemeral:
                 self.emu.world.dispatch("MESSAGE_CREATE", self.emu.world.message_event(msg))
@@ -176,8 +214,9 @@ class InteractionHandle:
                 seen.append(i)
         return [self.emu.world.messages[i] for i in seen]
 
-    async def wait(self, predicate: Callable[[InteractionHandle], bool],
-                   timeout: float = 5.0) -> None:
+    async def wait(
+        self, predicate: Callable[[InteractionHandle], bool], timeout: float = 5.0
+    ) -> None:
         await self.emu.wait_until(lambda: predicate(self), timeout)
 
     async def wait_response(self, timeout: float = 5.0) -> dict[str, Any]:
@@ -198,7 +237,8 @@ class InteractionHandle:
 
     async def wait_original(self, timeout: float = 10.0) -> Message:
         """The original response once it is no longer "thinking"."""
-        await self.wait(lambda h: h.original is not None
-                        and not h.original.flags & LOADING, timeout)
+        await self.wait(
+            lambda h: h.original is not None and not h.original.flags & LOADING, timeout
+        )
         assert self.original is not None
         return self.original

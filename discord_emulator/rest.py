@@ -23,8 +23,11 @@ JSON = "application/json"
 
 def jresp(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """JSON with Content-Type exactly ``application/json`` (no charset: discord.py needs it)."""
-    return web.Response(body=json.dumps(data).encode(), status=status,
-                        headers={"Content-Type": JSON, **(headers or {})})
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": JSON, **(headers or {})},
+    )
 
 
 def no_content() -> web.Response:
@@ -55,10 +58,18 @@ def _int(request: web.Request, key: str) -> int:
     try:
         return int(request.match_info[key])
     except ValueError:
-        raise E.DiscordError(400, E.INVALID_FORM_BODY, "Invalid Form Body",
-                             {key: {"_errors": [{"code": "NUMBER_TYPE_COERCE",
-                                                 "message": "Value is not snowflake."}]}}
-                             ) from None
+        raise E.DiscordError(
+            400,
+            E.INVALID_FORM_BODY,
+            "Invalid Form Body",
+            {
+                key: {
+                    "_errors": [
+                        {"code": "NUMBER_TYPE_COERCE", "message": "Value is not snowflake."}
+                    ]
+                }
+            },
+        ) from None
 
 
 def _q(request: web.Request, key: str) -> int | None:
@@ -76,7 +87,7 @@ class Rest:
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path
         if path.startswith(API):
-            path = path[len(API):]
+            path = path[len(API) :]
         self.emu.calls.append((request.method, path))
         try:
             fault = self.emu.take_fault(request.method, path)
@@ -84,8 +95,11 @@ class Rest:
                 resp = await fault.apply()
                 if resp is not None:
                     return resp
-            if (request.path.startswith(API) and not self._public(path)
-                    and request.headers.get("Authorization") != f"Bot {self.emu.token}"):
+            if (
+                request.path.startswith(API)
+                and not self._public(path)
+                and request.headers.get("Authorization") != f"Bot {self.emu.token}"
+            ):
                 return jresp({"message": "401: Unauthorized", "code": 0}, 401)
             return await handler(request)
         except E.DiscordError as exc:
@@ -103,8 +117,10 @@ class Rest:
     def routes(self) -> list[web.RouteDef]:
         a, r = API, web
         return [
-            r.get(f"{a}/gateway", self.gateway), r.get(f"{a}/gateway/bot", self.gateway),
-            r.get(f"{a}/users/@me", self.me), r.get(f"{a}/users/{{uid}}", self.get_user),
+            r.get(f"{a}/gateway", self.gateway),
+            r.get(f"{a}/gateway/bot", self.gateway),
+            r.get(f"{a}/users/@me", self.me),
+            r.get(f"{a}/users/{{uid}}", self.get_user),
             r.get(f"{a}/oauth2/applications/@me", self.application),
             r.get(f"{a}/applications/@me", self.application),
             r.get(f"{a}/applications/{{app}}/commands", self.get_commands),
@@ -113,8 +129,7 @@ class Rest:
             r.get(f"{a}/applications/{{app}}/guilds/{{gid}}/commands", self.get_commands),
             r.put(f"{a}/applications/{{app}}/guilds/{{gid}}/commands", self.put_commands),
             r.post(f"{a}/applications/{{app}}/guilds/{{gid}}/commands", self.post_command),
-            r.get(f"{a}/applications/{{app}}/guilds/{{gid}}/commands/permissions",
-                  self.empty_list),
+            r.get(f"{a}/applications/{{app}}/guilds/{{gid}}/commands/permissions", self.empty_list),
             r.post(f"{a}/interactions/{{iid}}/{{token}}/callback", self.callback),
             r.post(f"{a}/webhooks/{{app}}/{{token}}", self.followup),
             r.get(f"{a}/webhooks/{{app}}/{{token}}/messages/{{mid}}", self.webhook_get),
@@ -131,12 +146,13 @@ class Rest:
             r.post(f"{a}/channels/{{cid}}/messages/{{mid}}/threads", self.thread_from_message),
             r.post(f"{a}/channels/{{cid}}/threads", self.thread),
             r.put(f"{a}/channels/{{cid}}/thread-members/@me", self.typing),
-            r.put(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/@me",
-                  self.react),
-            r.delete(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/@me",
-                     self.unreact),
-            r.delete(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/{{uid}}",
-                     self.unreact),
+            r.put(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/@me", self.react),
+            r.delete(
+                f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/@me", self.unreact
+            ),
+            r.delete(
+                f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}/{{uid}}", self.unreact
+            ),
             r.get(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions/{{emoji}}", self.reactors),
             r.delete(f"{a}/channels/{{cid}}/messages/{{mid}}/reactions", self.clear_reactions),
             r.get(f"{a}/guilds/{{gid}}", self.get_guild),
@@ -149,8 +165,18 @@ class Rest:
 
     # --- identity ------------------------------------------------------------------------
     async def gateway(self, request: web.Request) -> web.Response:
-        return jresp({"url": self.emu.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+        return jresp(
+            {
+                "url": self.emu.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        )
 
     async def me(self, request: web.Request) -> web.Response:
         return jresp({**self.world.bot.payload(), "verified": True, "mfa_enabled": False})
@@ -163,16 +189,36 @@ class Rest:
 
     async def application(self, request: web.Request) -> web.Response:
         bot = self.world.bot
-        return jresp({
-            "id": str(self.world.application_id), "name": bot.username, "icon": None,
-            "description": "", "rpc_origins": [], "bot_public": True,
-            "bot_require_code_grant": False, "bot": bot.payload(), "terms_of_service_url": None,
-            "privacy_policy_url": None, "owner": self.emu.owner.payload(), "summary": "",
-            "verify_key": "0" * 64, "team": None, "guild_id": None, "primary_sku_id": None,
-            "slug": None, "cover_image": None, "flags": 0, "approximate_guild_count": 1,
-            "tags": [], "install_params": None, "custom_install_url": None,
-            "integration_types_config": {}, "redirect_uris": [], "interactions_endpoint_url": None,
-        })
+        return jresp(
+            {
+                "id": str(self.world.application_id),
+                "name": bot.username,
+                "icon": None,
+                "description": "",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "bot": bot.payload(),
+                "terms_of_service_url": None,
+                "privacy_policy_url": None,
+                "owner": self.emu.owner.payload(),
+                "summary": "",
+                "verify_key": "0" * 64,
+                "team": None,
+                "guild_id": None,
+                "primary_sku_id": None,
+                "slug": None,
+                "cover_image": None,
+                "flags": 0,
+                "approximate_guild_count": 1,
+                "tags": [],
+                "install_params": None,
+                "custom_install_url": None,
+                "integration_types_config": {},
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+            }
+        )
 
     async def empty_list(self, request: web.Request) -> web.Response:
         return jresp([])
@@ -270,8 +316,13 @@ class Rest:
     async def history(self, request: web.Request) -> web.Response:
         cid = _int(request, "cid")
         self.world.require(self.bot_id, cid, P.READ_MESSAGE_HISTORY)
-        msgs = self.world.history(cid, _q(request, "before"), _q(request, "after"),
-                                  _q(request, "around"), _q(request, "limit") or 50)
+        msgs = self.world.history(
+            cid,
+            _q(request, "before"),
+            _q(request, "after"),
+            _q(request, "around"),
+            _q(request, "limit") or 50,
+        )
         return jresp([self.world.rest_message(m) for m in msgs])
 
     async def post_message(self, request: web.Request) -> web.Response:
@@ -306,17 +357,23 @@ class Rest:
     async def thread_from_message(self, request: web.Request) -> web.Response:
         body, _ = await read_body(request)
         thread = self.world.create_thread(
-            self.bot_id, _int(request, "cid"), body.get("name", ""),
+            self.bot_id,
+            _int(request, "cid"),
+            body.get("name", ""),
             message_id=_int(request, "mid"),
-            auto_archive_duration=int(body.get("auto_archive_duration") or 1440))
+            auto_archive_duration=int(body.get("auto_archive_duration") or 1440),
+        )
         return jresp(thread.payload(), 201)
 
     async def thread(self, request: web.Request) -> web.Response:
         body, _ = await read_body(request)
         thread = self.world.create_thread(
-            self.bot_id, _int(request, "cid"), body.get("name", ""),
+            self.bot_id,
+            _int(request, "cid"),
+            body.get("name", ""),
             thread_type=int(body.get("type") or 12),
-            auto_archive_duration=int(body.get("auto_archive_duration") or 1440))
+            auto_archive_duration=int(body.get("auto_archive_duration") or 1440),
+        )
         return jresp(thread.payload(), 201)
 
     # --- reactions -----------------------------------------------------------------------
@@ -362,8 +419,10 @@ class Rest:
     async def get_guild(self, request: web.Request) -> web.Response:
         guild = self.world.guild(_int(request, "gid"))
         out = guild.payload()
-        out.update(approximate_member_count=len(guild.members),
-                   approximate_presence_count=len(guild.members))
+        out.update(
+            approximate_member_count=len(guild.members),
+            approximate_presence_count=len(guild.members),
+        )
         return jresp(out)
 
     async def guild_channels(self, request: web.Request) -> web.Response:
@@ -391,23 +450,31 @@ class Rest:
         att = self.world.cdn.get(aid)
         if att is None:
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=att.data, content_type=att.content_type
-                            or "application/octet-stream")
+        return web.Response(
+            body=att.data, content_type=att.content_type or "application/octet-stream"
+        )
 
 
 def rate_limited(retry_after: float, is_global: bool = False) -> web.Response:
     """A 429 the way Discord sends it (Via header included: discord.py checks for it)."""
     now = time.time()
     return jresp(
-        {"message": "You are being rate limited.", "retry_after": retry_after,
-         "global": is_global, "code": 0},
+        {
+            "message": "You are being rate limited.",
+            "retry_after": retry_after,
+            "global": is_global,
+            "code": 0,
+        },
         429,
-        {"Via": "1.1 google", "Retry-After": str(math.ceil(retry_after)),
-         "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
-         "X-RateLimit-Reset": f"{now + retry_after:.3f}",
-         "X-RateLimit-Reset-After": f"{retry_after:.3f}",
-         "X-RateLimit-Bucket": "emulator-bucket",
-         "X-RateLimit-Scope": "global" if is_global else "user",
-         **({"X-RateLimit-Global": "true"} if is_global else {})},
+        {
+            "Via": "1.1 google",
+            "Retry-After": str(math.ceil(retry_after)),
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": f"{now + retry_after:.3f}",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Bucket": "emulator-bucket",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+            **({"X-RateLimit-Global": "true"} if is_global else {}),
+        },
     )
-

@@ -78,8 +78,9 @@ class ScriptingMixin:
     def create_user(self, name: str, bot: bool = False) -> User:
         return self.world.add_user(name, bot=bot)
 
-    def create_guild(self, name: str, owner: UserRef | None = None,
-                     everyone_permissions: int = DEFAULT_EVERYONE) -> Guild:
+    def create_guild(
+        self, name: str, owner: UserRef | None = None, everyone_permissions: int = DEFAULT_EVERYONE
+    ) -> Guild:
         owner_id = _uid(owner) if owner is not None else self.world.bot.id
         guild = Guild(snowflake(), name, owner_id)
         guild.roles[guild.id] = Role(guild.id, "@everyone", everyone_permissions)
@@ -92,10 +93,24 @@ class ScriptingMixin:
         self.world.dispatch("GUILD_CREATE", guild.create_payload())
         return guild
 
-    def create_channel(self, guild: Guild, name: str, *, type: int = 0,
-                       topic: str | None = None, parent_id: int | None = None) -> Channel:
-        channel = Channel(snowflake(), guild.id, name, type=type, topic=topic,
-                          parent_id=parent_id, position=len(guild.channels))
+    def create_channel(
+        self,
+        guild: Guild,
+        name: str,
+        *,
+        type: int = 0,
+        topic: str | None = None,
+        parent_id: int | None = None,
+    ) -> Channel:
+        channel = Channel(
+            snowflake(),
+            guild.id,
+            name,
+            type=type,
+            topic=topic,
+            parent_id=parent_id,
+            position=len(guild.channels),
+        )
         guild.channels[channel.id] = channel
         self.world.dispatch("CHANNEL_CREATE", channel.payload())
         return channel
@@ -103,15 +118,16 @@ class ScriptingMixin:
     def create_role(self, guild: Guild, name: str, permissions: int | list[str] = 0) -> Role:
         role = Role(snowflake(), name, perm_value(permissions), position=len(guild.roles))
         guild.roles[role.id] = role
-        self.world.dispatch("GUILD_ROLE_CREATE", {"guild_id": str(guild.id),
-                                                  "role": role.payload()})
+        self.world.dispatch(
+            "GUILD_ROLE_CREATE", {"guild_id": str(guild.id), "role": role.payload()}
+        )
         return role
 
-    def set_role_permissions(self, guild: Guild, role: Role, permissions: int | list[str]
-                             ) -> None:
+    def set_role_permissions(self, guild: Guild, role: Role, permissions: int | list[str]) -> None:
         role.permissions = perm_value(permissions)
-        self.world.dispatch("GUILD_ROLE_UPDATE", {"guild_id": str(guild.id),
-                                                  "role": role.payload()})
+        self.world.dispatch(
+            "GUILD_ROLE_UPDATE", {"guild_id": str(guild.id), "role": role.payload()}
+        )
 
     def add_member(self, guild: Guild, user: User, roles: list[Role] | None = None) -> Member:
         member = Member(user, [r.id for r in roles or []])
@@ -122,11 +138,16 @@ class ScriptingMixin:
     def set_member_roles(self, guild: Guild, user: UserRef, roles: list[Role]) -> None:
         member = guild.members[_uid(user)]
         member.roles = [r.id for r in roles]
-        self.world.dispatch("GUILD_MEMBER_UPDATE", {**member.payload(),
-                                                    "guild_id": str(guild.id)})
+        self.world.dispatch("GUILD_MEMBER_UPDATE", {**member.payload(), "guild_id": str(guild.id)})
 
-    def set_permissions(self, channel: ChannelRef, target: UserRef | Role | Guild, *,
-                        allow: int | list[str] = 0, deny: int | list[str] = 0) -> None:
+    def set_permissions(
+        self,
+        channel: ChannelRef,
+        target: UserRef | Role | Guild,
+        *,
+        allow: int | list[str] = 0,
+        deny: int | list[str] = 0,
+    ) -> None:
         """Channel permission overwrite, e.g. ``deny=["attach_files"]`` for the bot user.
 
         ``target`` is a role, a user/member, or the guild (meaning @everyone)."""
@@ -149,13 +170,20 @@ class ScriptingMixin:
         self.world.dispatch("GUILD_UPDATE", guild.payload())
 
     # --- acting as members ---------------------------------------------------------------
-    def post_message(self, user: UserRef, channel: ChannelRef, content: str = "", *,
-                     files: list[FileSpec] | None = None,
-                     embeds: list[dict[str, Any]] | None = None) -> Message:
+    def post_message(
+        self,
+        user: UserRef,
+        channel: ChannelRef,
+        content: str = "",
+        *,
+        files: list[FileSpec] | None = None,
+        embeds: list[dict[str, Any]] | None = None,
+    ) -> Message:
         author = self.world.users[_uid(user)]
         specs = [(f[0], f[1], f[2] if len(f) > 2 else None) for f in files or []]  # type: ignore[misc]
-        return self.world.create_message(author, _cid(channel),
-                                         {"content": content, "embeds": embeds or []}, specs)
+        return self.world.create_message(
+            author, _cid(channel), {"content": content, "embeds": embeds or []}, specs
+        )
 
     def _msg(self, message: MessageRef) -> Message:
         mid = message.id if isinstance(message, Message) else int(message)
@@ -182,17 +210,33 @@ class ScriptingMixin:
                     return cmd
         raise LookupError(f"command {name!r} is not synced (guild or global)")
 
-    def _start(self, itype: int, user: UserRef, channel: ChannelRef, data: dict[str, Any],
-               message: Message | None = None) -> InteractionHandle:
+    def _start(
+        self,
+        itype: int,
+        user: UserRef,
+        channel: ChannelRef,
+        data: dict[str, Any],
+        message: Message | None = None,
+    ) -> InteractionHandle:
         guild, ch = self.world.channel(_cid(channel))
-        handle = InteractionHandle(self, itype, self.world.users[_uid(user)], guild, ch,  # type: ignore[arg-type]
-                                   data, message)
+        handle = InteractionHandle(
+            self,
+            itype,
+            self.world.users[_uid(user)],
+            guild,
+            ch,  # type: ignore[arg-type]
+            data,
+            message,
+        )
         self.interactions[handle.id] = handle
         self.world.dispatch("INTERACTION_CREATE", handle.payload())
         return handle
 
     async def run_slash_command(
-        self, user: UserRef, channel: ChannelRef, command: str,
+        self,
+        user: UserRef,
+        channel: ChannelRef,
+        command: str,
         options: dict[str, Any] | None = None,
         attachments: dict[str, FileSpec] | None = None,
     ) -> InteractionHandle:
@@ -200,33 +244,57 @@ class ScriptingMixin:
         data = self._command_data(user, channel, command, options or {}, attachments or {})
         return self._start(APPLICATION_COMMAND, user, channel, data)
 
-    async def run_autocomplete(self, user: UserRef, channel: ChannelRef, command: str,
-                               focused: str, value: str = "",
-                               options: dict[str, Any] | None = None) -> InteractionHandle:
+    async def run_autocomplete(
+        self,
+        user: UserRef,
+        channel: ChannelRef,
+        command: str,
+        focused: str,
+        value: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> InteractionHandle:
         opts = {**(options or {}), focused: value}
         data = self._command_data(user, channel, command, opts, {}, focused=focused)
         return self._start(AUTOCOMPLETE, user, channel, data)
 
-    async def click_component(self, user: UserRef, message: MessageRef, custom_id: str, *,
-                              values: list[str] | None = None, component_type: int | None = None
-                              ) -> InteractionHandle:
+    async def click_component(
+        self,
+        user: UserRef,
+        message: MessageRef,
+        custom_id: str,
+        *,
+        values: list[str] | None = None,
+        component_type: int | None = None,
+    ) -> InteractionHandle:
         msg = self._msg(message)
-        data: dict[str, Any] = {"custom_id": custom_id,
-                                "component_type": component_type or (3 if values else 2)}
+        data: dict[str, Any] = {
+            "custom_id": custom_id,
+            "component_type": component_type or (3 if values else 2),
+        }
         if values is not None:
             data["values"] = values
         return self._start(COMPONENT, user, msg.channel_id, data, msg)
 
-    async def submit_modal(self, user: UserRef, channel: ChannelRef, custom_id: str,
-                           values: dict[str, str]) -> InteractionHandle:
-        rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]}
-                for k, v in values.items()]
-        return self._start(MODAL_SUBMIT, user, channel, {"custom_id": custom_id,
-                                                         "components": rows})
+    async def submit_modal(
+        self, user: UserRef, channel: ChannelRef, custom_id: str, values: dict[str, str]
+    ) -> InteractionHandle:
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]}
+            for k, v in values.items()
+        ]
+        return self._start(
+            MODAL_SUBMIT, user, channel, {"custom_id": custom_id, "components": rows}
+        )
 
-    def _command_data(self, user: UserRef, channel: ChannelRef, command: str,
-                      options: dict[str, Any], attachments: dict[str, FileSpec],
-                      focused: str | None = None) -> dict[str, Any]:
+    def _command_data(
+        self,
+        user: UserRef,
+        channel: ChannelRef,
+        command: str,
+        options: dict[str, Any],
+        attachments: dict[str, FileSpec],
+        focused: str | None = None,
+    ) -> dict[str, Any]:
         guild, ch = self.world.channel(_cid(channel))
         path = command.strip().lstrip("/").split()
         cmd = self.find_command(guild, path[0])
@@ -261,8 +329,15 @@ class ScriptingMixin:
             data["guild_id"] = cmd["guild_id"]
         return data
 
-    def _option(self, guild: Guild, channel: Channel, odef: dict[str, Any], value: Any,
-                resolved: dict[str, dict[str, Any]], focused: bool) -> dict[str, Any]:
+    def _option(
+        self,
+        guild: Guild,
+        channel: Channel,
+        odef: dict[str, Any],
+        value: Any,
+        resolved: dict[str, dict[str, Any]],
+        focused: bool,
+    ) -> dict[str, Any]:
         otype = int(odef["type"])
         out: dict[str, Any] = {"name": odef["name"], "type": otype}
         if focused:
@@ -289,7 +364,9 @@ class ScriptingMixin:
         elif otype == 7:
             target = self.world.channel(_cid(value))[1]
             resolved.setdefault("channels", {})[str(target.id)] = {
-                **target.payload(), "permissions": str(P.ALL)}
+                **target.payload(),
+                "permissions": str(P.ALL),
+            }
             value = str(target.id)
         elif otype == 4:
             value = int(value)
@@ -316,8 +393,12 @@ class ScriptingMixin:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.25))
 
     async def wait_for_message(
-        self, channel: ChannelRef, match: str | re.Pattern[str] | Callable[[Message], bool]
-        | None = None, timeout: float = 5.0, *, after: MessageRef | None = None,
+        self,
+        channel: ChannelRef,
+        match: str | re.Pattern[str] | Callable[[Message], bool] | None = None,
+        timeout: float = 5.0,
+        *,
+        after: MessageRef | None = None,
     ) -> Message:
         """First message (existing or new, edits included) in a channel/thread that matches.
 
@@ -329,8 +410,13 @@ class ScriptingMixin:
             rx = re.compile(match or "")
 
             def pred(m: Message) -> bool:
-                text = " ".join([m.content] + [str(e.get("title", "")) + " " +
-                                               str(e.get("description", "")) for e in m.embeds])
+                text = " ".join(
+                    [m.content]
+                    + [
+                        str(e.get("title", "")) + " " + str(e.get("description", ""))
+                        for e in m.embeds
+                    ]
+                )
                 return bool(rx.search(text))
         else:
             pred = match
@@ -353,8 +439,10 @@ class ScriptingMixin:
 
     def threads_of(self, channel: ChannelRef) -> list[Channel]:
         guild, ch = self.world.channel(_cid(channel))
-        return sorted((c for c in guild.channels.values() if c.parent_id == ch.id
-                       and c.is_thread), key=lambda c: c.id)
+        return sorted(
+            (c for c in guild.channels.values() if c.parent_id == ch.id and c.is_thread),
+            key=lambda c: c.id,
+        )
 
     def message(self, message: MessageRef) -> Message:
         return self._msg(message)

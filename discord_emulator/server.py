@@ -40,8 +40,12 @@ class Fault:
             return None
         if self.kind == "429":
             return rate_limited(self.retry_after, self.is_global)
-        text = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-                504: "Gateway Timeout"}.get(self.status, "Error")
+        text = {
+            500: "Internal Server Error",
+            502: "Bad Gateway",
+            503: "Service Unavailable",
+            504: "Gateway Timeout",
+        }.get(self.status, "Error")
         return jresp({"message": f"{self.status}: {text}", "code": 0}, self.status)
 
 
@@ -52,8 +56,14 @@ class DiscordEmulator(ScriptingMixin):
     (``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY``), restoring both on exit.
     """
 
-    def __init__(self, token: str = "emulator-bot-token", *, default_world: bool = True,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        token: str = "emulator-bot-token",
+        *,
+        default_world: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.token = token
         self.host = host
         self.port = port
@@ -151,8 +161,9 @@ class DiscordEmulator(ScriptingMixin):
         self.gateway.dispatch(event, data)
         self.notify()
 
-    async def wait_for_event(self, event: str, timeout: float = 5.0, start: int = 0
-                             ) -> dict[str, Any]:
+    async def wait_for_event(
+        self, event: str, timeout: float = 5.0, start: int = 0
+    ) -> dict[str, Any]:
         found: list[dict[str, Any]] = []
 
         def check() -> bool:
@@ -173,11 +184,11 @@ class DiscordEmulator(ScriptingMixin):
                 return fault
         return None
 
-    def rate_limit(self, route: str, count: int = 1, retry_after: float = 0.05,
-                   is_global: bool = False) -> Fault:
+    def rate_limit(
+        self, route: str, count: int = 1, retry_after: float = 0.05, is_global: bool = False
+    ) -> Fault:
         """Next ``count`` requests whose ``"METHOD /path"`` matches the regex ``route`` get 429."""
-        fault = Fault(re.compile(route), count, "429", retry_after=retry_after,
-                      is_global=is_global)
+        fault = Fault(re.compile(route), count, "429", retry_after=retry_after, is_global=is_global)
         self.faults.append(fault)
         return fault
 
@@ -208,8 +219,9 @@ class DiscordEmulator(ScriptingMixin):
         await self.gateway.invalidate(resumable)
 
     # --- commands and interactions (used by REST) ----------------------------------------
-    def overwrite_commands(self, scope: int | None, body: Any, count_sync: bool = True
-                           ) -> list[dict[str, Any]]:
+    def overwrite_commands(
+        self, scope: int | None, body: Any, count_sync: bool = True
+    ) -> list[dict[str, Any]]:
         if not isinstance(body, list):
             raise E.form_error("_root", "LIST_TYPE_CONVERT", "Must be a list")
         if count_sync:
@@ -224,25 +236,36 @@ class DiscordEmulator(ScriptingMixin):
             if not 1 <= len(name) <= 32:
                 raise E.form_error(f"{i}.name", "BASE_TYPE_BAD_LENGTH", "Must be 1-32 long.")
             if ctype == 1 and not 1 <= len(cmd.get("description") or "") <= 100:
-                raise E.form_error(f"{i}.description", "BASE_TYPE_BAD_LENGTH",
-                                   "Must be between 1 and 100 in length.")
+                raise E.form_error(
+                    f"{i}.description",
+                    "BASE_TYPE_BAD_LENGTH",
+                    "Must be between 1 and 100 in length.",
+                )
             if len(cmd.get("options") or []) > 25:
-                raise E.form_error(f"{i}.options", "BASE_TYPE_MAX_LENGTH",
-                                   "Must be 25 or fewer in length.")
+                raise E.form_error(
+                    f"{i}.options", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+                )
             key = f"{ctype}:{name}"
             prev = old.get(key)
             if prev is None:
                 if len(creates) >= DAILY_COMMAND_CREATES:
                     raise E.DiscordError(
-                        400, E.MAX_COMMAND_CREATES,
-                        "Max number of daily application command creates has been reached "
-                        "(200)")
+                        400,
+                        E.MAX_COMMAND_CREATES,
+                        "Max number of daily application command creates has been reached (200)",
+                    )
                 creates.append(self.now())
             new[key] = {
-                "type": ctype, "options": [], "default_member_permissions": None,
-                "dm_permission": True, "nsfw": False, "contexts": None,
-                "integration_types": [0], "name_localizations": None,
-                "description_localizations": None, **cmd,
+                "type": ctype,
+                "options": [],
+                "default_member_permissions": None,
+                "dm_permission": True,
+                "nsfw": False,
+                "contexts": None,
+                "integration_types": [0],
+                "name_localizations": None,
+                "description_localizations": None,
+                **cmd,
                 "id": prev["id"] if prev else str(snowflake()),
                 "application_id": str(self.world.application_id),
                 "version": str(snowflake()),
@@ -272,6 +295,10 @@ class DiscordEmulator(ScriptingMixin):
         from .transcript import render
 
         out = Path(path)
-        out.write_text(render(self, self.world.channel(
-            channel.id if hasattr(channel, "id") else int(channel))[1]), encoding="utf-8")
+        out.write_text(
+            render(
+                self, self.world.channel(channel.id if hasattr(channel, "id") else int(channel))[1]
+            ),
+            encoding="utf-8",
+        )
         return out

@@ -45,10 +45,19 @@ class P:
 
 
 DEFAULT_EVERYONE = (
-    P.CREATE_INSTANT_INVITE | P.ADD_REACTIONS | P.VIEW_CHANNEL | P.SEND_MESSAGES
-    | P.EMBED_LINKS | P.ATTACH_FILES | P.READ_MESSAGE_HISTORY | P.USE_EXTERNAL_EMOJIS
-    | P.CHANGE_NICKNAME | P.USE_APPLICATION_COMMANDS | P.CREATE_PUBLIC_THREADS
-    | P.CREATE_PRIVATE_THREADS | P.SEND_MESSAGES_IN_THREADS
+    P.CREATE_INSTANT_INVITE
+    | P.ADD_REACTIONS
+    | P.VIEW_CHANNEL
+    | P.SEND_MESSAGES
+    | P.EMBED_LINKS
+    | P.ATTACH_FILES
+    | P.READ_MESSAGE_HISTORY
+    | P.USE_EXTERNAL_EMOJIS
+    | P.CHANGE_NICKNAME
+    | P.USE_APPLICATION_COMMANDS
+    | P.CREATE_PUBLIC_THREADS
+    | P.CREATE_PRIVATE_THREADS
+    | P.SEND_MESSAGES_IN_THREADS
 )
 
 _counter = itertools.count()
@@ -84,9 +93,16 @@ class User:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "username": self.username, "discriminator": "0",
-            "global_name": self.global_name, "avatar": None, "bot": self.bot,
-            "public_flags": 0, "flags": 0, "banner": None, "accent_color": None,
+            "id": str(self.id),
+            "username": self.username,
+            "discriminator": "0",
+            "global_name": self.global_name,
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+            "flags": 0,
+            "banner": None,
+            "accent_color": None,
         }
 
     @property
@@ -105,11 +121,22 @@ class Role:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "name": self.name, "permissions": str(self.permissions),
-            "position": self.position, "color": self.color, "hoist": False, "icon": None,
-            "unicode_emoji": None, "managed": self.managed, "mentionable": False, "flags": 0,
-            "colors": {"primary_color": self.color, "secondary_color": None,
-                       "tertiary_color": None},
+            "id": str(self.id),
+            "name": self.name,
+            "permissions": str(self.permissions),
+            "position": self.position,
+            "color": self.color,
+            "hoist": False,
+            "icon": None,
+            "unicode_emoji": None,
+            "managed": self.managed,
+            "mentionable": False,
+            "flags": 0,
+            "colors": {
+                "primary_color": self.color,
+                "secondary_color": None,
+                "tertiary_color": None,
+            },
         }
 
 
@@ -122,9 +149,16 @@ class Member:
 
     def payload(self, with_user: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "roles": [str(r) for r in self.roles], "nick": self.nick, "avatar": None,
-            "banner": None, "joined_at": iso(self.joined_at), "premium_since": None,
-            "deaf": False, "mute": False, "flags": 0, "pending": False,
+            "roles": [str(r) for r in self.roles],
+            "nick": self.nick,
+            "avatar": None,
+            "banner": None,
+            "joined_at": iso(self.joined_at),
+            "premium_since": None,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "pending": False,
             "communication_disabled_until": None,
         }
         if with_user:
@@ -140,8 +174,12 @@ class Overwrite:
     deny: int = 0
 
     def payload(self) -> dict[str, Any]:
-        return {"id": str(self.id), "type": self.type, "allow": str(self.allow),
-                "deny": str(self.deny)}
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "allow": str(self.allow),
+            "deny": str(self.deny),
+        }
 
 
 @dataclass
@@ -168,28 +206,42 @@ class Channel:
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id),
-            "name": self.name, "parent_id": str(self.parent_id) if self.parent_id else None,
+            "id": str(self.id),
+            "type": self.type,
+            "guild_id": str(self.guild_id),
+            "name": self.name,
+            "parent_id": str(self.parent_id) if self.parent_id else None,
             "last_message_id": str(self.last_message_id) if self.last_message_id else None,
-            "rate_limit_per_user": 0, "flags": 0, "nsfw": False,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "nsfw": False,
         }
         if self.is_thread:
-            out.update({
-                "owner_id": str(self.owner_id), "message_count": len(self.message_ids),
-                "member_count": 1, "total_message_sent": len(self.message_ids),
-                "thread_metadata": {
-                    "archived": self.archived, "locked": self.locked,
-                    "auto_archive_duration": self.auto_archive_duration,
-                    "archive_timestamp": iso(self.created_at),
-                    "create_timestamp": iso(self.created_at), "invitable": True,
-                },
-            })
+            out.update(
+                {
+                    "owner_id": str(self.owner_id),
+                    "message_count": len(self.message_ids),
+                    "member_count": 1,
+                    "total_message_sent": len(self.message_ids),
+                    "thread_metadata": {
+                        "archived": self.archived,
+                        "locked": self.locked,
+                        "auto_archive_duration": self.auto_archive_duration,
+                        "archive_timestamp": iso(self.created_at),
+                        "create_timestamp": iso(self.created_at),
+                        "invitable": True,
+                    },
+                }
+            )
         else:
-            out.update({
-                "position": self.position, "topic": self.topic,
-                "permission_overwrites": [o.payload() for o in self.overwrites.values()],
-                "default_auto_archive_duration": 1440,
-            })
+            out.update(
+                {
+                    "position": self.position,
+                    "topic": self.topic,
+                    "permission_overwrites": [o.payload() for o in self.overwrites.values()],
+                    "default_auto_archive_duration": 1440,
+                }
+            )
         return out
 
 
@@ -209,8 +261,12 @@ class Attachment:
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": str(self.id), "filename": self.filename, "size": self.size,
-            "url": self.url, "proxy_url": self.url, "description": self.description,
+            "id": str(self.id),
+            "filename": self.filename,
+            "size": self.size,
+            "url": self.url,
+            "proxy_url": self.url,
+            "description": self.description,
         }
         if self.content_type:
             out["content_type"] = self.content_type
@@ -273,16 +329,33 @@ class Message:
 
     def payload(self, me_id: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": str(self.id), "channel_id": str(self.channel_id), "type": self.type,
-            "author": self.author.payload(), "content": self.content,
-            "timestamp": iso(self.created_at), "edited_timestamp": iso(self.edited_at),
-            "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
-            "attachments": [a.payload() for a in self.attachments], "embeds": self.embeds,
-            "components": self.components, "pinned": False, "flags": self.flags,
+            "id": str(self.id),
+            "channel_id": str(self.channel_id),
+            "type": self.type,
+            "author": self.author.payload(),
+            "content": self.content,
+            "timestamp": iso(self.created_at),
+            "edited_timestamp": iso(self.edited_at),
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [a.payload() for a in self.attachments],
+            "embeds": self.embeds,
+            "components": self.components,
+            "pinned": False,
+            "flags": self.flags,
             "reactions": [
-                {"emoji": emoji_payload(k), "count": len(v), "me": me_id in v, "me_burst": False,
-                 "count_details": {"burst": 0, "normal": len(v)}, "burst_colors": []}
-                for k, v in self.reactions.items() if v
+                {
+                    "emoji": emoji_payload(k),
+                    "count": len(v),
+                    "me": me_id in v,
+                    "me_burst": False,
+                    "count_details": {"burst": 0, "normal": len(v)},
+                    "burst_colors": [],
+                }
+                for k, v in self.reactions.items()
+                if v
             ],
         }
         if self.nonce is not None:
@@ -292,8 +365,11 @@ class Message:
         if self.application_id:
             out["application_id"] = str(self.application_id)
         if self.reference_id:
-            out["message_reference"] = {"type": 0, "message_id": str(self.reference_id),
-                                        "channel_id": str(self.channel_id)}
+            out["message_reference"] = {
+                "type": 0,
+                "message_id": str(self.reference_id),
+                "channel_id": str(self.channel_id),
+            }
         return out
 
 
@@ -314,32 +390,62 @@ class Guild:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "name": self.name, "icon": None, "splash": None,
-            "discovery_splash": None, "banner": None, "description": None,
-            "owner_id": str(self.owner_id), "afk_channel_id": None, "afk_timeout": 300,
-            "verification_level": 0, "default_message_notifications": 0,
-            "explicit_content_filter": 0, "roles": [r.payload() for r in self.roles.values()],
-            "emojis": [], "stickers": [], "features": [], "mfa_level": 0,
-            "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
-            "rules_channel_id": None, "public_updates_channel_id": None,
-            "safety_alerts_channel_id": None, "vanity_url_code": None,
-            "premium_tier": self.premium_tier, "premium_subscription_count": 0,
-            "preferred_locale": "en-US", "nsfw_level": 0, "nsfw": False,
-            "premium_progress_bar_enabled": False, "max_members": 500000,
-            "max_video_channel_users": 25, "incidents_data": None,
+            "id": str(self.id),
+            "name": self.name,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "banner": None,
+            "description": None,
+            "owner_id": str(self.owner_id),
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": [r.payload() for r in self.roles.values()],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "safety_alerts_channel_id": None,
+            "vanity_url_code": None,
+            "premium_tier": self.premium_tier,
+            "premium_subscription_count": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+            "nsfw": False,
+            "premium_progress_bar_enabled": False,
+            "max_members": 500000,
+            "max_video_channel_users": 25,
+            "incidents_data": None,
         }
 
     def create_payload(self) -> dict[str, Any]:
         out = self.payload()
-        out.update({
-            "joined_at": iso(time.time()), "large": False, "unavailable": False,
-            "member_count": len(self.members), "voice_states": [], "presences": [],
-            "members": [m.payload() for m in self.members.values()],
-            "channels": [c.payload() for c in self.channels.values() if not c.is_thread],
-            "threads": [c.payload() for c in self.channels.values()
-                        if c.is_thread and not c.archived],
-            "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
-        })
+        out.update(
+            {
+                "joined_at": iso(time.time()),
+                "large": False,
+                "unavailable": False,
+                "member_count": len(self.members),
+                "voice_states": [],
+                "presences": [],
+                "members": [m.payload() for m in self.members.values()],
+                "channels": [c.payload() for c in self.channels.values() if not c.is_thread],
+                "threads": [
+                    c.payload() for c in self.channels.values() if c.is_thread and not c.archived
+                ],
+                "stage_instances": [],
+                "guild_scheduled_events": [],
+                "soundboard_sounds": [],
+            }
+        )
         return out
 
     def base_permissions(self, user_id: int) -> int:

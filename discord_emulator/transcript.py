@@ -46,8 +46,10 @@ def _embed(e: dict[str, Any]) -> str:
     if e.get("description"):
         parts.append(f'<div class="content">{escape(str(e["description"]))}</div>')
     for f in e.get("fields") or []:
-        parts.append(f'<div class="field"><b>{escape(str(f.get("name", "")))}</b>'
-                     f'{escape(str(f.get("value", "")))}</div>')
+        parts.append(
+            f'<div class="field"><b>{escape(str(f.get("name", "")))}</b>'
+            f"{escape(str(f.get('value', '')))}</div>"
+        )
     for key in ("image", "thumbnail"):
         url = (e.get(key) or {}).get("url")
         if url and not str(url).startswith("attachment://"):
@@ -63,11 +65,14 @@ def _message(emu: DiscordEmulator, msg: Message) -> str:
     guild = emu.world.guilds.get(msg.guild_id or 0)
     member = guild.members.get(author.id) if guild else None
     name = (member.nick if member and member.nick else None) or author.display_name
-    out = [f'<div class="msg" id="m{msg.id}"><div class="head">'
-           f'<span class="author">{escape(name)}</span>'
-           + ('<span class="bot">APP</span>' if author.bot else "")
-           + f"<time>{_when(msg.created_at)}</time>"
-           + (" (edited)" if msg.edited_at else "") + "</div>"]
+    out = [
+        f'<div class="msg" id="m{msg.id}"><div class="head">'
+        f'<span class="author">{escape(name)}</span>'
+        + ('<span class="bot">APP</span>' if author.bot else "")
+        + f"<time>{_when(msg.created_at)}</time>"
+        + (" (edited)" if msg.edited_at else "")
+        + "</div>"
+    ]
     if msg.content:
         out.append(f'<div class="content">{escape(msg.content)}</div>')
     images = {}
@@ -86,9 +91,15 @@ def _message(emu: DiscordEmulator, msg: Message) -> str:
             html = html.replace("</div>", f'<img src="{images[ref[13:]]}"></div>', 1)
         out.append(html)
     if msg.reactions:
-        out.append('<div class="reactions">' + "".join(
-            f'<span title="{len(v)} reactions">{escape(k.split(":")[0])} {len(v)}</span>'
-            for k, v in msg.reactions.items() if v) + "</div>")
+        out.append(
+            '<div class="reactions">'
+            + "".join(
+                f'<span title="{len(v)} reactions">{escape(k.split(":")[0])} {len(v)}</span>'
+                for k, v in msg.reactions.items()
+                if v
+            )
+            + "</div>"
+        )
     if msg.thread_id:
         out.append(_thread(emu, emu.world.channel(msg.thread_id)[1]))
     out.append("</div>")
@@ -97,8 +108,7 @@ def _message(emu: DiscordEmulator, msg: Message) -> str:
 
 def _thread(emu: DiscordEmulator, thread: Channel) -> str:
     body = "".join(_message(emu, m) for m in emu.timeline(thread.id))
-    return (f'<div class="thread"><div class="name">🧵 {escape(thread.name)}</div>'
-            f"{body}</div>")
+    return f'<div class="thread"><div class="name">🧵 {escape(thread.name)}</div>{body}</div>'
 
 
 def render(emu: DiscordEmulator, channel: Channel) -> str:
@@ -109,6 +119,8 @@ def render(emu: DiscordEmulator, channel: Channel) -> str:
             parts.append(_thread(emu, thread))
     guild = emu.world.guilds[channel.guild_id]
     title = f"{guild.name} — #{channel.name}"
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
-            f"<h1>{escape(title)}</h1>{''.join(parts)}</main></body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{escape(title)}</h1>{''.join(parts)}</main></body></html>"
+    )

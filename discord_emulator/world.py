@@ -36,8 +36,12 @@ NONCE_SECONDS = 300.0
 
 
 class World:
-    def __init__(self, dispatch: Dispatch, base_url: Callable[[], str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        base_url: Callable[[], str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.dispatch = dispatch
         self.base_url = base_url
         self.clock = clock
@@ -82,8 +86,9 @@ class World:
             if not perms & bit:
                 raise E.forbidden()
 
-    def member_payload(self, guild: Guild, user_id: int, channel: Channel | None = None
-                       ) -> dict[str, Any]:
+    def member_payload(
+        self, guild: Guild, user_id: int, channel: Channel | None = None
+    ) -> dict[str, Any]:
         member = guild.members.get(user_id) or Member(self.users[user_id])
         out = member.payload()
         if channel is not None:
@@ -91,11 +96,17 @@ class World:
         return out
 
     # --- messages ------------------------------------------------------------------------
-    def make_attachments(self, channel_id: int, files: list[NewFile], limit: int,
-                         descriptions: dict[int, str] | None = None) -> list[Attachment]:
+    def make_attachments(
+        self,
+        channel_id: int,
+        files: list[NewFile],
+        limit: int,
+        descriptions: dict[int, str] | None = None,
+    ) -> list[Attachment]:
         if len(files) > MAX_FILES:
-            raise E.form_error("files", "BASE_TYPE_MAX_LENGTH",
-                               f"Must be {MAX_FILES} or fewer in length.")
+            raise E.form_error(
+                "files", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length."
+            )
         if sum(len(f[1]) for f in files) > MAX_REQUEST_BYTES:
             raise E.too_large()
         out = []
@@ -115,20 +126,31 @@ class World:
     @staticmethod
     def check_body(content: str | None, embeds: list[dict[str, Any]] | None) -> None:
         if content is not None and len(content) > MAX_CONTENT:
-            raise E.form_error("content", "BASE_TYPE_MAX_LENGTH",
-                               f"Must be {MAX_CONTENT} or fewer in length.")
+            raise E.form_error(
+                "content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length."
+            )
         if embeds:
             if len(embeds) > MAX_EMBEDS:
-                raise E.form_error("embeds", "BASE_TYPE_MAX_LENGTH",
-                                   f"Must be {MAX_EMBEDS} or fewer in length.")
+                raise E.form_error(
+                    "embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length."
+                )
             if _embed_chars(embeds) > MAX_EMBED_CHARS:
-                raise E.form_error("embeds", "MAX_EMBED_SIZE_EXCEEDED",
-                                   "Embed size exceeds maximum size of 6000")
+                raise E.form_error(
+                    "embeds", "MAX_EMBED_SIZE_EXCEEDED", "Embed size exceeds maximum size of 6000"
+                )
 
-    def create_message(self, author: User, channel_id: int, payload: dict[str, Any],
-                       files: list[NewFile] | None = None, *, check_perms: bool = True,
-                       webhook_id: int | None = None, msg_type: int = 0,
-                       dispatch: bool = True) -> Message:
+    def create_message(
+        self,
+        author: User,
+        channel_id: int,
+        payload: dict[str, Any],
+        files: list[NewFile] | None = None,
+        *,
+        check_perms: bool = True,
+        webhook_id: int | None = None,
+        msg_type: int = 0,
+        dispatch: bool = True,
+    ) -> Message:
         guild, channel = self.channel(channel_id)
         files = files or []
         if check_perms:
@@ -143,20 +165,37 @@ class World:
         embeds = payload.get("embeds") or []
         self.check_body(content, embeds)
         flags = int(payload.get("flags") or 0)
-        if not (content or embeds or files or payload.get("components") or flags & 128
-                or payload.get("sticker_ids") or payload.get("poll")):
+        if not (
+            content
+            or embeds
+            or files
+            or payload.get("components")
+            or flags & 128
+            or payload.get("sticker_ids")
+            or payload.get("poll")
+        ):
             raise DiscordErrorEmpty()
-        descriptions = {int(a.get("id", i)): a["description"]
-                        for i, a in enumerate(payload.get("attachments") or [])
-                        if a.get("description")}
-        atts = self.make_attachments(channel_id, files, guild.attachment_size_limit,
-                                     descriptions)
+        descriptions = {
+            int(a.get("id", i)): a["description"]
+            for i, a in enumerate(payload.get("attachments") or [])
+            if a.get("description")
+        }
+        atts = self.make_attachments(channel_id, files, guild.attachment_size_limit, descriptions)
         ref = (payload.get("message_reference") or {}).get("message_id")
         msg = Message(
-            snowflake(), channel_id, guild.id, author, content, embeds,
-            payload.get("components") or [], atts, flags=int(payload.get("flags") or 0),
-            webhook_id=webhook_id, application_id=self.application_id if webhook_id else None,
-            type=msg_type if not ref else 19, reference_id=int(ref) if ref else None,
+            snowflake(),
+            channel_id,
+            guild.id,
+            author,
+            content,
+            embeds,
+            payload.get("components") or [],
+            atts,
+            flags=int(payload.get("flags") or 0),
+            webhook_id=webhook_id,
+            application_id=self.application_id if webhook_id else None,
+            type=msg_type if not ref else 19,
+            reference_id=int(ref) if ref else None,
             nonce=nonce,
         )
         self.messages[msg.id] = msg
@@ -179,12 +218,14 @@ class World:
             return None
         nonce = str(nonce)
         if len(nonce) > MAX_NONCE:
-            raise E.form_error("nonce", "BASE_TYPE_MAX_LENGTH",
-                               f"Must be {MAX_NONCE} or fewer in length.")
+            raise E.form_error(
+                "nonce", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_NONCE} or fewer in length."
+            )
         return nonce
 
-    def nonce_message(self, author_id: int, channel_id: int, nonce: str | None,
-                      payload: dict[str, Any]) -> Message | None:
+    def nonce_message(
+        self, author_id: int, channel_id: int, nonce: str | None, payload: dict[str, Any]
+    ) -> Message | None:
         """With `enforce_nonce`, a create that repeats a recent nonce of the same author in the
         same channel returns the message made the first time (no new message, no event)."""
         if nonce is None or not payload.get("enforce_nonce"):
@@ -211,8 +252,9 @@ class World:
             out["thread"] = thread.payload()
         return out
 
-    def edit_message(self, msg: Message, payload: dict[str, Any],
-                     files: list[NewFile] | None = None) -> Message:
+    def edit_message(
+        self, msg: Message, payload: dict[str, Any], files: list[NewFile] | None = None
+    ) -> Message:
         guild, _channel = self.channel(msg.channel_id)
         if "content" in payload:
             self.check_body(payload["content"], None)
@@ -226,8 +268,11 @@ class World:
             msg.flags = (msg.flags & 64) | (int(payload["flags"]) & ~128)
         new = self.make_attachments(msg.channel_id, files or [], guild.attachment_size_limit)
         if payload.get("attachments") is not None:
-            keep = {int(a["id"]) for a in payload["attachments"] if "filename" not in a
-                    or int(a["id"]) > 1 << 30}
+            keep = {
+                int(a["id"])
+                for a in payload["attachments"]
+                if "filename" not in a or int(a["id"]) > 1 << 30
+            }
             msg.attachments = [a for a in msg.attachments if a.id in keep]
         if len(msg.attachments) + len(new) > MAX_FILES:
             raise E.form_error("attachments", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer.")
@@ -244,16 +289,24 @@ class World:
         if msg.id in channel.message_ids:
             channel.message_ids.remove(msg.id)
         if not msg.ephemeral:
-            self.dispatch("MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id),
-                                             "guild_id": str(guild.id)})
+            self.dispatch(
+                "MESSAGE_DELETE",
+                {"id": str(msg.id), "channel_id": str(msg.channel_id), "guild_id": str(guild.id)},
+            )
 
-    def history(self, channel_id: int, before: int | None = None, after: int | None = None,
-                around: int | None = None, limit: int = 50) -> list[Message]:
+    def history(
+        self,
+        channel_id: int,
+        before: int | None = None,
+        after: int | None = None,
+        around: int | None = None,
+        limit: int = 50,
+    ) -> list[Message]:
         _guild, channel = self.channel(channel_id)
         ids = sorted(channel.message_ids)
         limit = max(1, min(100, limit))
         if around is not None:
-            older = [i for i in ids if i < around][-(limit // 2):] if limit > 1 else []
+            older = [i for i in ids if i < around][-(limit // 2) :] if limit > 1 else []
             newer = [i for i in ids if i >= around][: limit - len(older)]
             chosen = older + newer
         elif after is not None:
@@ -263,8 +316,7 @@ class World:
         return [self.messages[i] for i in reversed(chosen)]
 
     # --- reactions -----------------------------------------------------------------------
-    def add_reaction(self, user_id: int, msg: Message, key: str, check_perms: bool = True
-                     ) -> None:
+    def add_reaction(self, user_id: int, msg: Message, key: str, check_perms: bool = True) -> None:
         users = msg.reactions.setdefault(key, [])
         if check_perms:
             needed = [P.READ_MESSAGE_HISTORY] + ([] if users else [P.ADD_REACTIONS])
@@ -274,9 +326,14 @@ class World:
         users.append(user_id)
         guild = self.guilds[msg.guild_id] if msg.guild_id else None
         data: dict[str, Any] = {
-            "user_id": str(user_id), "channel_id": str(msg.channel_id),
-            "message_id": str(msg.id), "emoji": emoji_payload(key), "burst": False,
-            "type": 0, "message_author_id": str(msg.author.id), "burst_colors": [],
+            "user_id": str(user_id),
+            "channel_id": str(msg.channel_id),
+            "message_id": str(msg.id),
+            "emoji": emoji_payload(key),
+            "burst": False,
+            "type": 0,
+            "message_author_id": str(msg.author.id),
+            "burst_colors": [],
         }
         if guild:
             data["guild_id"] = str(guild.id)
@@ -291,17 +348,29 @@ class World:
         if not users:
             del msg.reactions[key]
         data: dict[str, Any] = {
-            "user_id": str(user_id), "channel_id": str(msg.channel_id),
-            "message_id": str(msg.id), "emoji": emoji_payload(key), "burst": False, "type": 0,
+            "user_id": str(user_id),
+            "channel_id": str(msg.channel_id),
+            "message_id": str(msg.id),
+            "emoji": emoji_payload(key),
+            "burst": False,
+            "type": 0,
         }
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
         self.dispatch("MESSAGE_REACTION_REMOVE", data)
 
     # --- threads -------------------------------------------------------------------------
-    def create_thread(self, user_id: int, channel_id: int, name: str, *,
-                      message_id: int | None = None, thread_type: int = 11,
-                      auto_archive_duration: int = 1440, check_perms: bool = True) -> Channel:
+    def create_thread(
+        self,
+        user_id: int,
+        channel_id: int,
+        name: str,
+        *,
+        message_id: int | None = None,
+        thread_type: int = 11,
+        auto_archive_duration: int = 1440,
+        check_perms: bool = True,
+    ) -> Channel:
         guild, parent = self.channel(channel_id)
         if parent.is_thread:
             raise E.DiscordError(400, 50024, "Cannot execute action on this channel type")
@@ -311,19 +380,32 @@ class World:
         if not name or len(name) > 100:
             raise E.form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100.")
         if auto_archive_duration not in (60, 1440, 4320, 10080):
-            raise E.form_error("auto_archive_duration", "BASE_TYPE_CHOICES",
-                               "Value must be one of {60, 1440, 4320, 10080}.")
+            raise E.form_error(
+                "auto_archive_duration",
+                "BASE_TYPE_CHOICES",
+                "Value must be one of {60, 1440, 4320, 10080}.",
+            )
         if message_id is not None:
             msg = self.message(channel_id, message_id)
             if msg.thread_id:
-                raise E.DiscordError(400, E.THREAD_ALREADY_CREATED,
-                                     "A thread has already been created for this message")
+                raise E.DiscordError(
+                    400,
+                    E.THREAD_ALREADY_CREATED,
+                    "A thread has already been created for this message",
+                )
             thread_id = msg.id
             thread_type = 11
         else:
             thread_id = snowflake()
-        thread = Channel(thread_id, guild.id, name, type=thread_type, parent_id=channel_id,
-                         owner_id=user_id, auto_archive_duration=auto_archive_duration)
+        thread = Channel(
+            thread_id,
+            guild.id,
+            name,
+            type=thread_type,
+            parent_id=channel_id,
+            owner_id=user_id,
+            auto_archive_duration=auto_archive_duration,
+        )
         guild.channels[thread.id] = thread
         payload = thread.payload()
         payload["newly_created"] = True

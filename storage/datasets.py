@@ -98,8 +98,7 @@ def add_named_dataset(
                 f"These images (with these options) are already stored as `{existing.name}`."
             )
         raise DatasetRefused("These images (with these options) are already stored elsewhere.")
-    dataset = existing or record_dataset(session, result, guild_id=guild_id,
-                                         created_by=created_by)
+    dataset = existing or record_dataset(session, result, guild_id=guild_id, created_by=created_by)
     dataset.guild_id = guild_id
     dataset.name = name
     dataset.description = description
@@ -112,15 +111,18 @@ def add_named_dataset(
 
 def list_datasets(session: Session, guild_id: int | None) -> list[Dataset]:
     """A guild's named datasets, by name."""
-    return list(session.exec(
-        select(Dataset)
-        .where(Dataset.guild_id == guild_id, col(Dataset.name).is_not(None))
-        .order_by(col(Dataset.name))
-    ).all())
+    return list(
+        session.exec(
+            select(Dataset)
+            .where(Dataset.guild_id == guild_id, col(Dataset.name).is_not(None))
+            .order_by(col(Dataset.name))
+        ).all()
+    )
 
 
-def names_matching(session: Session, guild_id: int | None, current: str, most: int = 25
-                   ) -> list[str]:
+def names_matching(
+    session: Session, guild_id: int | None, current: str, most: int = 25
+) -> list[str]:
     """Names of a guild's datasets containing what the member typed (for autocomplete)."""
     needle = current.strip().lower()
     names = [d.name for d in list_datasets(session, guild_id) if d.name]
@@ -129,11 +131,13 @@ def names_matching(session: Session, guild_id: int | None, current: str, most: i
 
 def jobs_using(session: Session, dataset_id: str) -> list[Job]:
     """Jobs on this dataset that still need it: queued, running or awaiting the vote."""
-    return list(session.exec(
-        select(Job).where(Job.dataset_id == dataset_id,
-                          col(Job.state).in_([str(s) for s in OPEN_STATES]))
-        .order_by(col(Job.id))
-    ).all())
+    return list(
+        session.exec(
+            select(Job)
+            .where(Job.dataset_id == dataset_id, col(Job.state).in_([str(s) for s in OPEN_STATES]))
+            .order_by(col(Job.id))
+        ).all()
+    )
 
 
 def remove_dataset(session: Session, dataset: Dataset) -> Path:
@@ -216,21 +220,26 @@ class SheetLayout:
         return self.columns * self.cell_width, self.rows * self.cell_height
 
 
-def sheet_layout(count: int, thumb: int = SHEET_THUMB, columns: int = SHEET_COLUMNS
-                 ) -> SheetLayout:
+def sheet_layout(count: int, thumb: int = SHEET_THUMB, columns: int = SHEET_COLUMNS) -> SheetLayout:
     """The contact sheet's grid for `count` thumbnails (at least one cell)."""
     count = max(count, 1)
     cols = min(count, columns)
-    return SheetLayout(count, cols, math.ceil(count / cols), thumb + 2 * SHEET_PAD,
-                       thumb + SHEET_LABEL + 2 * SHEET_PAD)
+    return SheetLayout(
+        count,
+        cols,
+        math.ceil(count / cols),
+        thumb + 2 * SHEET_PAD,
+        thumb + SHEET_LABEL + 2 * SHEET_PAD,
+    )
 
 
 def dataset_images(folder: Path) -> list[Path]:
     return sorted((Path(folder) / "images").glob("*.png"))
 
 
-def contact_sheet(folder: Path, most: int = SHEET_MOST, thumb: int = SHEET_THUMB
-                  ) -> tuple[bytes, int]:
+def contact_sheet(
+    folder: Path, most: int = SHEET_MOST, thumb: int = SHEET_THUMB
+) -> tuple[bytes, int]:
     """One PNG of up to `most` thumbnails (`thumb` px, aspect kept) with their file index
     below each; returns (png bytes, thumbnails drawn). Blocking: run it in a thread."""
     from PIL import Image, ImageDraw

@@ -54,8 +54,15 @@ ITERATION_FAILED = "iteration_failed"
 ITERATION_FINISHED = "iteration_finished"
 COMPARISON_RENDERED = "comparison_rendered"
 COMPARISON_FAILED = "comparison_failed"
-ITERATION_KINDS = frozenset({ITERATION_RENDERED, ITERATION_FAILED, ITERATION_FINISHED,
-                             COMPARISON_RENDERED, COMPARISON_FAILED})
+ITERATION_KINDS = frozenset(
+    {
+        ITERATION_RENDERED,
+        ITERATION_FAILED,
+        ITERATION_FINISHED,
+        COMPARISON_RENDERED,
+        COMPARISON_FAILED,
+    }
+)
 
 KEEP, DISCARD = 1, -1
 ORIGINAL_CONTEXT = "original"
@@ -107,8 +114,14 @@ def winner_of(session: Session, job_id: int) -> tuple[Job, Checkpoint]:
 
 
 def request_iteration(
-    session: Session, *, guild_id: int | None, channel_id: int | None, user_id: int,
-    job_id: int, count: int, contexts: list[str] | None = None,
+    session: Session,
+    *,
+    guild_id: int | None,
+    channel_id: int | None,
+    user_id: int,
+    job_id: int,
+    count: int,
+    contexts: list[str] | None = None,
 ) -> Iteration:
     if not 1 <= count <= MAX_CANDIDATES:
         raise IterationRefused(f"count must be between 1 and {MAX_CANDIDATES}")
@@ -116,9 +129,14 @@ def request_iteration(
     if guild_id is not None and job.guild_id not in (None, guild_id):
         raise IterationRefused(f"there is no job #{job_id}")
     iteration = Iteration(
-        guild_id=guild_id, channel_id=channel_id, user_id=user_id, job_id=job_id,
-        checkpoint_id=checkpoint.id, dataset_id=newest_dataset(session, job.dataset_id).id,  # type: ignore[arg-type]
-        count=count, contexts=[c.strip() for c in contexts or [] if c.strip()][:20],
+        guild_id=guild_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        job_id=job_id,
+        checkpoint_id=checkpoint.id,
+        dataset_id=newest_dataset(session, job.dataset_id).id,  # type: ignore[arg-type]
+        count=count,
+        contexts=[c.strip() for c in contexts or [] if c.strip()][:20],
     )
     session.add(iteration)
     session.flush()
@@ -149,8 +167,14 @@ def complete_iteration(
         for position, fields in enumerate(candidates, start=1):
             session.add(Candidate(iteration_id=iteration_id, position=position, **fields))
         iteration.state, iteration.deadline = "voting", deadline
-        emit(session, ITERATION_RENDERED, None, iteration_id=iteration_id,
-             channel_id=iteration.channel_id, user_id=iteration.user_id)
+        emit(
+            session,
+            ITERATION_RENDERED,
+            None,
+            iteration_id=iteration_id,
+            channel_id=iteration.channel_id,
+            user_id=iteration.user_id,
+        )
 
 
 def fail_iteration(engine: Engine, iteration_id: int, reason: str) -> None:
@@ -158,8 +182,15 @@ def fail_iteration(engine: Engine, iteration_id: int, reason: str) -> None:
         iteration = session.get(Iteration, iteration_id)
         assert iteration is not None
         iteration.state, iteration.error = "failed", reason
-        emit(session, ITERATION_FAILED, None, iteration_id=iteration_id,
-             channel_id=iteration.channel_id, user_id=iteration.user_id, reason=reason)
+        emit(
+            session,
+            ITERATION_FAILED,
+            None,
+            iteration_id=iteration_id,
+            channel_id=iteration.channel_id,
+            user_id=iteration.user_id,
+            reason=reason,
+        )
 
 
 def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:
@@ -169,8 +200,13 @@ def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:
 
 def candidates(engine: Engine, iteration_id: int) -> list[Candidate]:
     with session_scope(engine) as session:
-        return list(session.exec(select(Candidate).where(Candidate.iteration_id == iteration_id)
-                                 .order_by(col(Candidate.position))).all())
+        return list(
+            session.exec(
+                select(Candidate)
+                .where(Candidate.iteration_id == iteration_id)
+                .order_by(col(Candidate.position))
+            ).all()
+        )
 
 
 def set_iteration_thread(engine: Engine, iteration_id: int, thread_id: int) -> None:
@@ -194,10 +230,13 @@ def set_page_messages(
 def page_of_message(engine: Engine, message_id: int) -> tuple[int, list[Candidate]] | None:
     """(+1 keep or -1 discard, the page's candidates in order) for a page or discard message."""
     with session_scope(engine) as session:
-        for value, column in ((KEEP, Candidate.page_message_id),
-                              (DISCARD, Candidate.discard_message_id)):
-            rows = session.exec(select(Candidate).where(column == message_id)
-                                .order_by(col(Candidate.position))).all()
+        for value, column in (
+            (KEEP, Candidate.page_message_id),
+            (DISCARD, Candidate.discard_message_id),
+        ):
+            rows = session.exec(
+                select(Candidate).where(column == message_id).order_by(col(Candidate.position))
+            ).all()
             if rows:
                 iteration = session.get(Iteration, rows[0].iteration_id)
                 if iteration is None or iteration.state != "voting":
@@ -206,12 +245,17 @@ def page_of_message(engine: Engine, message_id: int) -> tuple[int, list[Candidat
     return None
 
 
-def record_candidate_vote(engine: Engine, candidate_id: int, user_id: int, value: int,
-                          on: bool) -> None:
+def record_candidate_vote(
+    engine: Engine, candidate_id: int, user_id: int, value: int, on: bool
+) -> None:
     with session_scope(engine) as session:
-        existing = session.exec(select(CandidateVote).where(
-            CandidateVote.candidate_id == candidate_id, CandidateVote.user_id == user_id,
-            CandidateVote.value == value)).first()
+        existing = session.exec(
+            select(CandidateVote).where(
+                CandidateVote.candidate_id == candidate_id,
+                CandidateVote.user_id == user_id,
+                CandidateVote.value == value,
+            )
+        ).first()
         if on and existing is None:
             session.add(CandidateVote(candidate_id=candidate_id, user_id=user_id, value=value))
         elif not on and existing is not None:
@@ -220,9 +264,11 @@ def record_candidate_vote(engine: Engine, candidate_id: int, user_id: int, value
 
 def net_votes(session: Session, iteration_id: int) -> dict[int, int]:
     """Candidate id → keeps minus discards."""
-    rows = session.exec(select(CandidateVote.candidate_id, CandidateVote.value)
-                        .join(Candidate, col(Candidate.id) == col(CandidateVote.candidate_id))
-                        .where(Candidate.iteration_id == iteration_id)).all()
+    rows = session.exec(
+        select(CandidateVote.candidate_id, CandidateVote.value)
+        .join(Candidate, col(Candidate.id) == col(CandidateVote.candidate_id))
+        .where(Candidate.iteration_id == iteration_id)
+    ).all()
     net: Counter[int] = Counter()
     for candidate_id, value in rows:
         net[candidate_id] += value
@@ -233,8 +279,11 @@ def due_iterations(engine: Engine, now: datetime | None = None) -> list[int]:
     moment = now or utcnow()
     with session_scope(engine) as session:
         rows = session.exec(select(Iteration).where(Iteration.state == "voting")).all()
-        return [r.id for r in rows  # type: ignore[misc]
-                if r.deadline is not None and _aware(r.deadline) <= moment]
+        return [
+            r.id
+            for r in rows  # type: ignore[misc]
+            if r.deadline is not None and _aware(r.deadline) <= moment
+        ]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -244,7 +293,10 @@ def _aware(moment: datetime) -> datetime:
 
 
 def finish_iteration(
-    engine: Engine, iteration_id: int, datasets_dir: Path, limits: Limits,
+    engine: Engine,
+    iteration_id: int,
+    datasets_dir: Path,
+    limits: Limits,
     by_user: int | None = None,
 ) -> Dataset | None:
     """Close the vote: candidates with a net keep vote join the parent dataset's images in a new
@@ -259,54 +311,97 @@ def finish_iteration(
         job = session.get(Job, iteration.job_id)
         assert parent is not None and job is not None
         net = net_votes(session, iteration_id)
-        kept = [c for c in session.exec(select(Candidate).where(
-            Candidate.iteration_id == iteration_id).order_by(col(Candidate.position))).all()
-            if net.get(c.id or 0, 0) > 0 and c.image_path]
+        kept = [
+            c
+            for c in session.exec(
+                select(Candidate)
+                .where(Candidate.iteration_id == iteration_id)
+                .order_by(col(Candidate.position))
+            ).all()
+            if net.get(c.id or 0, 0) > 0 and c.image_path
+        ]
         trigger = str(job.config.get("trigger", ""))
         method = job.method
     try:
-        result = build_version(Path(parent.path), kept, datasets_dir, limits, trigger, method) \
-            if kept else None
+        result = (
+            build_version(Path(parent.path), kept, datasets_dir, limits, trigger, method)
+            if kept
+            else None
+        )
     except Exception:
         with session_scope(engine) as session:
             back = session.get(Iteration, iteration_id)
             assert back is not None
             back.state = "voting"
         raise
-    added = [{"file": f"images/{parent.images + i:04d}.png", "prompt": c.prompt,
-              "context": c.context, "style": c.style, "candidate": c.position}
-             for i, c in enumerate(kept, start=1)]
+    added = [
+        {
+            "file": f"images/{parent.images + i:04d}.png",
+            "prompt": c.prompt,
+            "context": c.context,
+            "style": c.style,
+            "candidate": c.position,
+        }
+        for i, c in enumerate(kept, start=1)
+    ]
     with session_scope(engine) as session:
         iteration = session.get(Iteration, iteration_id)
         assert iteration is not None
         iteration.state = "finished"
         dataset = None
         if result is not None:
-            dataset = record_dataset(session, result, guild_id=iteration.guild_id,
-                                     created_by=iteration.user_id)
+            dataset = record_dataset(
+                session, result, guild_id=iteration.guild_id, created_by=iteration.user_id
+            )
             if session.get(DatasetLineage, dataset.id) is None and dataset.id != parent.id:
-                session.add(DatasetLineage(
-                    dataset_id=dataset.id, parent_id=parent.id, iteration_id=iteration_id,
-                    version=dataset_version(session, parent.id) + 1, added=added))
+                session.add(
+                    DatasetLineage(
+                        dataset_id=dataset.id,
+                        parent_id=parent.id,
+                        iteration_id=iteration_id,
+                        version=dataset_version(session, parent.id) + 1,
+                        added=added,
+                    )
+                )
             iteration.result_dataset_id = dataset.id
         spread = context_spread(session, dataset.id if dataset else parent.id)
-        emit(session, ITERATION_FINISHED, None, iteration_id=iteration_id,
-             channel_id=iteration.channel_id, thread_id=iteration.thread_id,
-             user_id=iteration.user_id, by=by_user, dataset_id=dataset.id if dataset else None,
-             version=dataset_version(session, dataset.id) if dataset else None,
-             added=added, spread=spread, images=dataset.images if dataset else parent.images,
-             report=dataset.report if dataset else {})
+        emit(
+            session,
+            ITERATION_FINISHED,
+            None,
+            iteration_id=iteration_id,
+            channel_id=iteration.channel_id,
+            thread_id=iteration.thread_id,
+            user_id=iteration.user_id,
+            by=by_user,
+            dataset_id=dataset.id if dataset else None,
+            version=dataset_version(session, dataset.id) if dataset else None,
+            added=added,
+            spread=spread,
+            images=dataset.images if dataset else parent.images,
+            report=dataset.report if dataset else {},
+        )
         return dataset
 
 
-def build_version(parent_dir: Path, kept: list[Candidate], datasets_dir: Path, limits: Limits,
-                  trigger: str, method: str) -> IngestResult:
+def build_version(
+    parent_dir: Path,
+    kept: list[Candidate],
+    datasets_dir: Path,
+    limits: Limits,
+    trigger: str,
+    method: str,
+) -> IngestResult:
     """Parent images with their captions, then each kept image captioned with its prompt,
     packed as a zip (image + .txt side-car) and ingested like an upload."""
-    rows = [json.loads(line) for line in
-            (parent_dir / "captions.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows = [
+        json.loads(line)
+        for line in (parent_dir / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+        if line
+    ]
     options = json.loads((parent_dir / "dataset.json").read_text(encoding="utf-8")).get(
-        "options", {})
+        "options", {}
+    )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for index, row in enumerate(rows, start=1):
@@ -316,13 +411,15 @@ def build_version(parent_dir: Path, kept: list[Candidate], datasets_dir: Path, l
             zf.writestr(f"b{index:04d}.png", Path(str(candidate.image_path)).read_bytes())
             zf.writestr(f"b{index:04d}.txt", candidate.prompt)
     datasets_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(suffix=".zip", dir=datasets_dir.parent,
-                                     delete=True) as handle:
+    with tempfile.NamedTemporaryFile(suffix=".zip", dir=datasets_dir.parent, delete=True) as handle:
         handle.write(buf.getvalue())
         handle.flush()
-        ingest = IngestOptions(trigger=trigger, caption_prefix="",  # captions carry the prefix
-                               method=options.get("method", method),  # type: ignore[arg-type]
-                               resolution=int(options.get("resolution", 512)))
+        ingest = IngestOptions(
+            trigger=trigger,
+            caption_prefix="",  # captions carry the prefix
+            method=options.get("method", method),  # type: ignore[arg-type]
+            resolution=int(options.get("resolution", 512)),
+        )
         return ingest_zip(Path(handle.name), datasets_dir, ingest, limits)
 
 
@@ -340,8 +437,11 @@ def newest_dataset(session: Session, dataset_id: str) -> Dataset:
     current = session.get(Dataset, dataset_id)
     assert current is not None
     while True:
-        child = session.exec(select(DatasetLineage).where(DatasetLineage.parent_id == current.id)
-                             .order_by(col(DatasetLineage.created_at).desc())).first()
+        child = session.exec(
+            select(DatasetLineage)
+            .where(DatasetLineage.parent_id == current.id)
+            .order_by(col(DatasetLineage.created_at).desc())
+        ).first()
         if child is None:
             return current
         found = session.get(Dataset, child.dataset_id)
@@ -369,17 +469,23 @@ def context_spread(session: Session, dataset_id: str) -> dict[str, int]:
 # --- child jobs ------------------------------------------------------------------------------
 
 
-def enqueue_child(session: Session, parent: Job, child: Job, setting: str | None,
-                  old: Any, new: Any) -> Job:
+def enqueue_child(
+    session: Session, parent: Job, child: Job, setting: str | None, old: Any, new: Any
+) -> Job:
     """Queue `child` as the next version of `parent`, recording the one setting it changed."""
     from storage import jobs
 
     child.parent_job_id = parent.id
     jobs.enqueue(session, child)
-    session.add(JobChange(job_id=child.id, setting=setting,  # type: ignore[arg-type]
-                          old_value=None if setting is None else json.dumps(old),
-                          new_value=None if setting is None else json.dumps(new),
-                          dataset_id=child.dataset_id))
+    session.add(
+        JobChange(
+            job_id=child.id,
+            setting=setting,  # type: ignore[arg-type]
+            old_value=None if setting is None else json.dumps(old),
+            new_value=None if setting is None else json.dumps(new),
+            dataset_id=child.dataset_id,
+        )
+    )
     session.flush()
     return child
 
@@ -438,23 +544,41 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
         elif x != y:
             out[prefix[:-1]] = [x, y]
 
-    walk({k: v for k, v in a.items() if k not in ("dataset", "output_dir")},
-         {k: v for k, v in b.items() if k not in ("dataset", "output_dir")}, "")
+    walk(
+        {k: v for k, v in a.items() if k not in ("dataset", "output_dir")},
+        {k: v for k, v in b.items() if k not in ("dataset", "output_dir")},
+        "",
+    )
     return out
 
 
-def request_comparison(session: Session, *, guild_id: int | None, channel_id: int | None,
-                       user_id: int, job_a: int, job_b: int) -> Comparison:
+def request_comparison(
+    session: Session,
+    *,
+    guild_id: int | None,
+    channel_id: int | None,
+    user_id: int,
+    job_a: int,
+    job_b: int,
+) -> Comparison:
     if job_a == job_b:
         raise IterationRefused("pick two different jobs")
     a, _ = winner_of(session, job_a)
     b, _ = winner_of(session, job_b)
     diff = config_diff(a.config, b.config)
     if a.dataset_id != b.dataset_id:
-        diff["dataset"] = [f"v{dataset_version(session, a.dataset_id)}",
-                           f"v{dataset_version(session, b.dataset_id)}"]
-    comparison = Comparison(guild_id=guild_id, channel_id=channel_id, user_id=user_id,
-                            job_a=job_a, job_b=job_b, diff=diff)
+        diff["dataset"] = [
+            f"v{dataset_version(session, a.dataset_id)}",
+            f"v{dataset_version(session, b.dataset_id)}",
+        ]
+    comparison = Comparison(
+        guild_id=guild_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        job_a=job_a,
+        job_b=job_b,
+        diff=diff,
+    )
     session.add(comparison)
     session.flush()
     return comparison
@@ -464,13 +588,16 @@ def claim_comparison(engine: Engine, worker_id: str) -> Comparison | None:
     return _claim(engine, Comparison, worker_id)
 
 
-def comparison_inputs(engine: Engine, comparison_id: int
-                      ) -> tuple[Comparison, list[tuple[Job, Checkpoint]]]:
+def comparison_inputs(
+    engine: Engine, comparison_id: int
+) -> tuple[Comparison, list[tuple[Job, Checkpoint]]]:
     with session_scope(engine) as session:
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
-        return comparison, [winner_of(session, comparison.job_a),
-                            winner_of(session, comparison.job_b)]
+        return comparison, [
+            winner_of(session, comparison.job_a),
+            winner_of(session, comparison.job_b),
+        ]
 
 
 def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> None:
@@ -478,9 +605,18 @@ def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> N
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
         comparison.state, comparison.grid_path = "done", grid_path
-        emit(session, COMPARISON_RENDERED, None, comparison_id=comparison_id,
-             channel_id=comparison.channel_id, user_id=comparison.user_id, grid_path=grid_path,
-             job_a=comparison.job_a, job_b=comparison.job_b, diff=comparison.diff)
+        emit(
+            session,
+            COMPARISON_RENDERED,
+            None,
+            comparison_id=comparison_id,
+            channel_id=comparison.channel_id,
+            user_id=comparison.user_id,
+            grid_path=grid_path,
+            job_a=comparison.job_a,
+            job_b=comparison.job_b,
+            diff=comparison.diff,
+        )
 
 
 def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
@@ -488,8 +624,15 @@ def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
         comparison.state, comparison.error = "failed", reason
-        emit(session, COMPARISON_FAILED, None, comparison_id=comparison_id,
-             channel_id=comparison.channel_id, user_id=comparison.user_id, reason=reason)
+        emit(
+            session,
+            COMPARISON_FAILED,
+            None,
+            comparison_id=comparison_id,
+            channel_id=comparison.channel_id,
+            user_id=comparison.user_id,
+            reason=reason,
+        )
 
 
 def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:
@@ -501,30 +644,39 @@ def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) 
 
 def comparison_of_message(engine: Engine, message_id: int) -> int | None:
     with session_scope(engine) as session:
-        return session.exec(select(Comparison.id).where(Comparison.message_id == message_id)
-                            ).first()
+        return session.exec(
+            select(Comparison.id).where(Comparison.message_id == message_id)
+        ).first()
 
 
-def record_comparison_vote(engine: Engine, comparison_id: int, user_id: int, choice: str,
-                           on: bool) -> None:
+def record_comparison_vote(
+    engine: Engine, comparison_id: int, user_id: int, choice: str, on: bool
+) -> None:
     with session_scope(engine) as session:
         if not on:
-            session.exec(delete(ComparisonVote).where(  # type: ignore[call-overload]
-                col(ComparisonVote.comparison_id) == comparison_id,
-                col(ComparisonVote.user_id) == user_id, col(ComparisonVote.choice) == choice))
+            session.exec(
+                delete(ComparisonVote).where(  # type: ignore[call-overload]
+                    col(ComparisonVote.comparison_id) == comparison_id,
+                    col(ComparisonVote.user_id) == user_id,
+                    col(ComparisonVote.choice) == choice,
+                )
+            )
             return
-        exists = session.exec(select(ComparisonVote).where(
-            ComparisonVote.comparison_id == comparison_id, ComparisonVote.user_id == user_id,
-            ComparisonVote.choice == choice)).first()
+        exists = session.exec(
+            select(ComparisonVote).where(
+                ComparisonVote.comparison_id == comparison_id,
+                ComparisonVote.user_id == user_id,
+                ComparisonVote.choice == choice,
+            )
+        ).first()
         if exists is None:
-            session.add(ComparisonVote(comparison_id=comparison_id, user_id=user_id,
-                                       choice=choice))
+            session.add(ComparisonVote(comparison_id=comparison_id, user_id=user_id, choice=choice))
 
 
 def comparison_tally(engine: Engine, comparison_id: int) -> dict[str, int]:
     with session_scope(engine) as session:
-        rows = session.exec(select(ComparisonVote.choice).where(
-            ComparisonVote.comparison_id == comparison_id)).all()
+        rows = session.exec(
+            select(ComparisonVote.choice).where(ComparisonVote.comparison_id == comparison_id)
+        ).all()
         tally = Counter(rows)
         return {"a": tally.get("a", 0), "b": tally.get("b", 0)}
-

@@ -119,9 +119,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(
         None, validation_alias="DISCORD_TOKEN", description="Bot token; environment only."
     )
-    link_secret: SecretStr | None = Field(
-        None, description="Signs download links."
-    )
+    link_secret: SecretStr | None = Field(None, description="Signs download links.")
     base_models: dict[str, BaseModelEntry] = Field(
         default_factory=lambda: dict(BUILTIN_MODELS),
         description="Name → local model. The built-in models are always there.",

@@ -33,9 +33,7 @@ def replace_votes(session: Session, checkpoint_id: int, user_ids: Iterable[int])
             col(Vote.checkpoint_id) == checkpoint_id, col(Vote.user_id).not_in(wanted)
         )
     )
-    have = set(
-        session.exec(select(Vote.user_id).where(Vote.checkpoint_id == checkpoint_id)).all()
-    )
+    have = set(session.exec(select(Vote.user_id).where(Vote.checkpoint_id == checkpoint_id)).all())
     for user_id in wanted - have:
         session.add(Vote(checkpoint_id=checkpoint_id, user_id=user_id))
 

@@ -307,7 +307,7 @@ def load_adapter_state(
         return
     for component, module in adapted_components(model, config).items():
         prefix = f"{component}."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub:
             raise AdapterError(f"resume state has no weights for {component}")
         _load_module_state(module, config, sub)

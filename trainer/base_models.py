@@ -145,9 +145,7 @@ def _load_pipeline(
         return cls.from_pretrained(local, local_files_only=True, **extra)
     if local.is_file() and local.suffix in SINGLE_FILE_SUFFIXES:
         config = _single_file_config(local, single_file_config)
-        return cls.from_single_file(
-            str(local), config=str(config), local_files_only=True, **extra
-        )
+        return cls.from_single_file(str(local), config=str(config), local_files_only=True, **extra)
     raise BaseModelError(
         f"base model {path!r} not found: give a diffusers folder, a .safetensors/.ckpt file "
         "with a local config folder, or builtin:tiny"
@@ -156,10 +154,14 @@ def _load_pipeline(
 
 def _single_file_config(checkpoint: Path, explicit: str | Path | None) -> Path:
     """Find the local diffusers config folder that replaces the Hub lookup of from_single_file."""
-    candidates = [Path(explicit)] if explicit else [
-        checkpoint.with_suffix(""),
-        checkpoint.with_suffix(".config"),
-    ]
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else [
+            checkpoint.with_suffix(""),
+            checkpoint.with_suffix(".config"),
+        ]
+    )
     for folder in candidates:
         if (folder / "model_index.json").is_file():
             return folder

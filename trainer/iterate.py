@@ -59,9 +59,13 @@ class PromptCell:
     seed: int
 
 
-def prompt_matrix(trigger: str, count: int, contexts: list[str] | None = None,
-                  styles: tuple[str, ...] = DEFAULT_STYLES, base_seed: int = 0
-                  ) -> list[PromptCell]:
+def prompt_matrix(
+    trigger: str,
+    count: int,
+    contexts: list[str] | None = None,
+    styles: tuple[str, ...] = DEFAULT_STYLES,
+    base_seed: int = 0,
+) -> list[PromptCell]:
     """`count` prompts from trigger × contexts × styles: the member's contexts first, then the
     defaults; the style rotates with each pass over the contexts, so neither repeats in step."""
     own = [c.strip() for c in contexts or [] if c.strip()]
@@ -71,8 +75,9 @@ def prompt_matrix(trigger: str, count: int, contexts: list[str] | None = None,
         context = pool[index % len(pool)]
         style = styles[(index % len(pool) + index // len(pool)) % len(styles)]
         subject = trigger.strip() or "the character"
-        cells.append(PromptCell(f"{subject}, {context}, {style}", context, style,
-                                base_seed + index))
+        cells.append(
+            PromptCell(f"{subject}, {context}, {style}", context, style, base_seed + index)
+        )
     return cells
 
 
@@ -84,8 +89,12 @@ def _load(worker: Worker, job: Job, checkpoint: Checkpoint) -> Any:
     if not Path(checkpoint.path).is_file():
         raise FileNotFoundError(2, "model file missing", checkpoint.path)
     path, architecture = resolve_base_model(job.base_model, worker.settings)
-    base = load_base_model(path, architecture, cache_dir=worker.settings.cache_dir,
-                           device=resolve_device(worker.settings.worker.device))
+    base = load_base_model(
+        path,
+        architecture,
+        cache_dir=worker.settings.cache_dir,
+        device=resolve_device(worker.settings.worker.device),
+    )
     pipeline = load_for_generation(base, Path(checkpoint.path), 1.0)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -95,9 +104,17 @@ def _render(pipeline: Any, config: TrainConfig, prompt: str, seed: int) -> Image
     from trainer.generate import render
 
     v = config.validation
-    return render(pipeline, prompt, seed=seed, steps=v.steps, guidance=v.guidance,
-                  scheduler=v.scheduler, negative_prompt=v.negative_prompt,
-                  width=config.resolution, height=config.resolution)
+    return render(
+        pipeline,
+        prompt,
+        seed=seed,
+        steps=v.steps,
+        guidance=v.guidance,
+        scheduler=v.scheduler,
+        negative_prompt=v.negative_prompt,
+        width=config.resolution,
+        height=config.resolution,
+    )
 
 
 def render_iteration(worker: Worker, iteration_id: int) -> list[dict[str, Any]]:
@@ -108,9 +125,12 @@ def render_iteration(worker: Worker, iteration_id: int) -> list[dict[str, Any]]:
     out = worker.settings.data_dir / "iterations" / str(iteration_id)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, cell in enumerate(prompt_matrix(config.trigger, iteration.count,
-                                               iteration.contexts,
-                                               base_seed=1000 * iteration_id), start=1):
+    for index, cell in enumerate(
+        prompt_matrix(
+            config.trigger, iteration.count, iteration.contexts, base_seed=1000 * iteration_id
+        ),
+        start=1,
+    ):
         path = out / f"{index:02d}.png"
         _render(pipeline, config, cell.prompt, cell.seed).save(path)
         rows.append({**asdict(cell), "image_path": str(path)})
@@ -132,14 +152,23 @@ def render_comparison(worker: Worker, comparison_id: int) -> Path:
     config_a = TrainConfig.model_validate(sides[0][0].config)
     trigger = config_a.trigger or "the character"
     prompts = [p.replace("{trigger}", trigger) for p in config_a.validation.prompts][:2] or [
-        trigger, f"{trigger}, {DEFAULT_CONTEXTS[1]}"]
+        trigger,
+        f"{trigger}, {DEFAULT_CONTEXTS[1]}",
+    ]
     seeds = config_a.validation.seeds[:2]
     columns: list[list[Image.Image]] = []
     for job, checkpoint in sides:
         config = TrainConfig.model_validate(job.config)
         pipeline = _load(worker, job, checkpoint)  # a fresh base per side: adapters differ
-        columns.append([_render(pipeline, config_a if config.resolution == config_a.resolution
-                                else config, p, s) for p in prompts for s in seeds])
+        columns.append(
+            [
+                _render(
+                    pipeline, config_a if config.resolution == config_a.resolution else config, p, s
+                )
+                for p in prompts
+                for s in seeds
+            ]
+        )
     side = max(im.width for col in columns for im in col)
     header, gap = 28, 4
     labels = [comparison_label(job, comparison.diff, i) for i, (job, _) in enumerate(sides)]
@@ -173,8 +202,12 @@ def run_pending(worker: Worker) -> bool:
         else:
             deadline = utcnow() + timedelta(hours=worker.settings.vote_window_hours)
             it.complete_iteration(worker.engine, iteration.id, rows, deadline)  # type: ignore[arg-type]
-            log.info("iteration %s: %s candidates in %.1f s", iteration.id, len(rows),
-                     time.monotonic() - started)
+            log.info(
+                "iteration %s: %s candidates in %.1f s",
+                iteration.id,
+                len(rows),
+                time.monotonic() - started,
+            )
         return True
     comparison = it.claim_comparison(worker.engine, worker.worker_id)
     if comparison is None:

@@ -27,9 +27,13 @@ async def job_choices(
     guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
     from bot.permissions import member_is_manager
 
-    user_id = interaction.user.id if own_only and not member_is_manager(interaction.user, guild) \
-        else None
-    rows = await run_db(queries.jobs_for_choice, bot.engine, interaction.guild_id or 0, user_id,
-                        current)
-    return [app_commands.Choice(name=f"#{i} {name} ({STATE_LABEL.get(s, s)})"[:100], value=i)
-            for i, name, s in rows][:25]
+    user_id = (
+        interaction.user.id if own_only and not member_is_manager(interaction.user, guild) else None
+    )
+    rows = await run_db(
+        queries.jobs_for_choice, bot.engine, interaction.guild_id or 0, user_id, current
+    )
+    return [
+        app_commands.Choice(name=f"#{i} {name} ({STATE_LABEL.get(s, s)})"[:100], value=i)
+        for i, name, s in rows
+    ][:25]

@@ -19,21 +19,28 @@ def describe(row: GuildSettings | None, defaults: object) -> str:
         return got if got not in (None, []) else f"{fallback} (default)"
 
     roles = " ".join(f"<@&{r}>" for r in (row.trainer_role_ids if row else [])) or "everyone"
-    channel = f"<#{row.results_channel_id}>" if row and row.results_channel_id else \
-        "the job's channel (default)"
-    manager = f"<@&{row.manager_role_id}>" if row and row.manager_role_id else \
-        "Manage Server only"
-    return (f"Results channel: {channel}\n"
-            f"Vote window: {value('vote_window_hours', defaults.vote_window_hours)} h\n"  # type: ignore[attr-defined]
-            f"Checkpoints kept: {value('keep_checkpoints', defaults.keep_checkpoints)}\n"  # type: ignore[attr-defined]
-            f"Jobs per member: {value('jobs_per_member', defaults.limits.jobs_per_member)}\n"  # type: ignore[attr-defined]
-            f"Trainer roles: {roles}\nManager role: {manager}")
+    channel = (
+        f"<#{row.results_channel_id}>"
+        if row and row.results_channel_id
+        else "the job's channel (default)"
+    )
+    manager = f"<@&{row.manager_role_id}>" if row and row.manager_role_id else "Manage Server only"
+    return (
+        f"Results channel: {channel}\n"
+        f"Vote window: {value('vote_window_hours', defaults.vote_window_hours)} h\n"  # type: ignore[attr-defined]
+        f"Checkpoints kept: {value('keep_checkpoints', defaults.keep_checkpoints)}\n"  # type: ignore[attr-defined]
+        f"Jobs per member: {value('jobs_per_member', defaults.limits.jobs_per_member)}\n"  # type: ignore[attr-defined]
+        f"Trainer roles: {roles}\nManager role: {manager}"
+    )
 
 
 class Admin(commands.Cog):
-    atelier_group = app_commands.Group(name="atelier", description="Atelier administration",
-                                       guild_only=True,
-                                       default_permissions=discord.Permissions(manage_guild=True))
+    atelier_group = app_commands.Group(
+        name="atelier",
+        description="Atelier administration",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -41,18 +48,22 @@ class Admin(commands.Cog):
     @atelier_group.command(name="settings", description="Show or change this server's settings")
     @app_commands.describe(
         results_channel="Where finalized models are announced",
-        vote_window_hours="Hours a vote stays open", keep="Checkpoints kept after the vote",
+        vote_window_hours="Hours a vote stays open",
+        keep="Checkpoints kept after the vote",
         jobs_per_member="Queued + running jobs per member",
         trainer_role="Add a role allowed to train (none set: everyone may)",
-        clear_trainer_roles="Let everyone train again", manager_role="Role that manages jobs",
+        clear_trainer_roles="Let everyone train again",
+        manager_role="Role that manages jobs",
     )
     async def settings(
-        self, interaction: discord.Interaction,
+        self,
+        interaction: discord.Interaction,
         results_channel: discord.TextChannel | None = None,
         vote_window_hours: app_commands.Range[float, 0.01, 720.0] | None = None,
         keep: app_commands.Range[int, 1, 10] | None = None,
         jobs_per_member: app_commands.Range[int, 1, 50] | None = None,
-        trainer_role: discord.Role | None = None, clear_trainer_roles: bool = False,
+        trainer_role: discord.Role | None = None,
+        clear_trainer_roles: bool = False,
         manager_role: discord.Role | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
@@ -64,13 +75,21 @@ class Admin(commands.Cog):
         if trainer_role is not None and trainer_role.id not in roles:
             roles.append(trainer_role.id)
         row = await run_db(
-            queries.update_guild_settings, bot.engine, guild_id,
+            queries.update_guild_settings,
+            bot.engine,
+            guild_id,
             results_channel_id=results_channel.id if results_channel else None,
-            vote_window_hours=vote_window_hours, keep_checkpoints=keep,
-            jobs_per_member=jobs_per_member, trainer_role_ids=roles,
-            manager_role_id=manager_role.id if manager_role else None)
-        await interaction.followup.send(describe(row, bot.settings), ephemeral=True,
-                                        allowed_mentions=discord.AllowedMentions.none())
+            vote_window_hours=vote_window_hours,
+            keep_checkpoints=keep,
+            jobs_per_member=jobs_per_member,
+            trainer_role_ids=roles,
+            manager_role_id=manager_role.id if manager_role else None,
+        )
+        await interaction.followup.send(
+            describe(row, bot.settings),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -113,8 +113,10 @@ async def stored_dataset(bot: Any, guild_id: int | None, name: str, config: Any)
     stored = " ".join(str(report.get("trigger") or "").split())
     wanted = " ".join(str(getattr(config, "trigger", "") or "").split())
     if stored and not report.get("concepts") and wanted != stored:
-        raise BadInput(f"Dataset `{dataset.name}` was stored with the trigger `{stored}`; "
-                       "train with that trigger (its captions contain it).")
+        raise BadInput(
+            f"Dataset `{dataset.name}` was stored with the trigger `{stored}`; "
+            "train with that trigger (its captions contain it)."
+        )
     return StoredDataset(dataset.id, Path(dataset.path), report)
 
 
@@ -122,21 +124,26 @@ async def stored_dataset(bot: Any, guild_id: int | None, name: str, config: Any)
 
 
 class Datasets(commands.Cog):
-    dataset = app_commands.Group(name="dataset", description="Named datasets to train on",
-                                 guild_only=True)
+    dataset = app_commands.Group(
+        name="dataset", description="Named datasets to train on", guild_only=True
+    )
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
     @dataset.command(name="add", description="Store a zip of images as a named dataset")
     @app_commands.describe(
-        name="A name, unique in this server", dataset="A zip of images (and .txt captions)",
-        dataset_url="Or an https link to the zip", description="What the dataset is",
+        name="A name, unique in this server",
+        dataset="A zip of images (and .txt captions)",
+        dataset_url="Or an https link to the zip",
+        description="What the dataset is",
         trigger="The trigger word put in every caption",
         caption_prefix="Text put in front of every caption",
     )
     async def add(
-        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100],
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 100],
         dataset: discord.Attachment | None = None,
         dataset_url: app_commands.Range[str, 8, 1000] | None = None,
         description: app_commands.Range[str, 1, 500] | None = None,
@@ -153,32 +160,55 @@ class Datasets(commands.Cog):
         except store.DatasetRefused as error:
             raise DatasetProblem(str(error)) from None
         if await run_db(_name_taken, bot.engine, interaction.guild_id, cleaned):
-            raise DatasetProblem(f"There is already a dataset named `{cleaned}`; pick another "
-                                 "name.")
+            raise DatasetProblem(
+                f"There is already a dataset named `{cleaned}`; pick another name."
+            )
         options = IngestOptions(trigger=trigger or "", caption_prefix=caption_prefix or "")
         result = await ingest_upload(bot.settings, dataset, dataset_url, options)
-        row = await run_db(_add, bot.engine, result, guild_id=interaction.guild_id, name=cleaned,
-                           created_by=interaction.user.id, description=description)
-        embed = render.dataset_embed(row.name or cleaned, row.description, row.report,
-                                     row.created_by)
+        row = await run_db(
+            _add,
+            bot.engine,
+            result,
+            guild_id=interaction.guild_id,
+            name=cleaned,
+            created_by=interaction.user.id,
+            description=description,
+        )
+        embed = render.dataset_embed(
+            row.name or cleaned, row.description, row.report, row.created_by
+        )
         await interaction.followup.send(
             f"Stored dataset `{row.name}` ({row.images} images). Train on it with "
-            f"`/train lora dataset_name:{row.name}`.", embed=embed, ephemeral=True)
+            f"`/train lora dataset_name:{row.name}`.",
+            embed=embed,
+            ephemeral=True,
+        )
 
     @dataset.command(name="list", description="This server's datasets")
     async def list_(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         rows = await run_db(_list, atelier(interaction).engine, interaction.guild_id)
         await interaction.followup.send(
-            render.dataset_list_text([
-                {"name": d.name, "images": d.images, "created_by": d.created_by,
-                 "description": d.description} for d in rows]),
-            ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+            render.dataset_list_text(
+                [
+                    {
+                        "name": d.name,
+                        "images": d.images,
+                        "created_by": d.created_by,
+                        "description": d.description,
+                    }
+                    for d in rows
+                ]
+            ),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     @dataset.command(name="show", description="A dataset's report, thumbnails and captions")
     @app_commands.describe(name="The dataset")
-    async def show(self, interaction: discord.Interaction,
-                   name: app_commands.Range[str, 1, 100]) -> None:
+    async def show(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]
+    ) -> None:
         await interaction.response.defer(thinking=True)
         bot = atelier(interaction)
         row = await run_db(_find, bot.engine, interaction.guild_id, name)
@@ -186,30 +216,38 @@ class Datasets(commands.Cog):
         if not await run_db(folder.is_dir):
             raise NotFound(f"Dataset `{row.name}`'s images are missing; add it again.")
         sheet, count, samples = await run_db(_show_parts, folder)
-        embed = render.dataset_embed(row.name or name, row.description, row.report,
-                                     row.created_by, samples=samples,
-                                     thumbnails=(count, row.images))
+        embed = render.dataset_embed(
+            row.name or name,
+            row.description,
+            row.report,
+            row.created_by,
+            samples=samples,
+            thumbnails=(count, row.images),
+        )
         embed.set_image(url=f"attachment://{SHEET_NAME}")
         await interaction.followup.send(
-            embed=embed, file=discord.File(io.BytesIO(sheet), filename=SHEET_NAME),
-            allowed_mentions=discord.AllowedMentions.none())
+            embed=embed,
+            file=discord.File(io.BytesIO(sheet), filename=SHEET_NAME),
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     @dataset.command(name="remove", description="Delete a dataset (its creator or a manager)")
     @app_commands.describe(name="The dataset")
-    async def remove(self, interaction: discord.Interaction,
-                     name: app_commands.Range[str, 1, 100]) -> None:
+    async def remove(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]
+    ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = atelier(interaction)
         row = await run_db(_find, bot.engine, interaction.guild_id, name)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        if row.created_by != interaction.user.id and not member_is_manager(interaction.user,
-                                                                           guild):
+        if row.created_by != interaction.user.id and not member_is_manager(interaction.user, guild):
             who = f"its creator (<@{row.created_by}>)" if row.created_by else "its creator"
             raise NotAllowed(f"Only {who} or a manager may remove dataset `{row.name}`.")
         folder = await run_db(_remove, bot.engine, row.id, row.name or name)
         await run_db(store.delete_folder, folder, bot.settings.datasets_dir)
-        await interaction.followup.send(f"Removed dataset `{row.name}` and its images.",
-                                        ephemeral=True)
+        await interaction.followup.send(
+            f"Removed dataset `{row.name}` and its images.", ephemeral=True
+        )
 
     @show.autocomplete("name")
     @remove.autocomplete("name")

@@ -54,8 +54,9 @@ FIXED = frozenset({"dataset", "output_dir", "method"})
 # --- /train lora from: ----------------------------------------------------------------------
 
 
-def parse_change(change: str | None, config: dict[str, Any]
-                 ) -> tuple[str | None, Any, Any, dict[str, Any]]:
+def parse_change(
+    change: str | None, config: dict[str, Any]
+) -> tuple[str | None, Any, Any, dict[str, Any]]:
     """`rank=16` → (key, old, new, new config), validated against TrainConfig; at most one."""
     if not change or not change.strip():
         return None, None, None, dict(config)
@@ -91,8 +92,16 @@ def parse_change(change: str | None, config: dict[str, Any]
     return key, old, new, validated
 
 
-def _child_job(engine: Any, parent_id: int, guild_id: int | None, channel_id: int | None,
-               owner_id: int, name: str | None, change: str | None, limit: int) -> Job:
+def _child_job(
+    engine: Any,
+    parent_id: int,
+    guild_id: int | None,
+    channel_id: int | None,
+    owner_id: int,
+    name: str | None,
+    change: str | None,
+    limit: int,
+) -> Job:
     from storage import jobs
 
     with session_scope(engine) as session:
@@ -100,36 +109,57 @@ def _child_job(engine: Any, parent_id: int, guild_id: int | None, channel_id: in
         if parent is None or (guild_id is not None and parent.guild_id not in (None, guild_id)):
             raise NotFound(f"There is no job #{parent_id}.")
         if jobs.active_jobs_of(session, guild_id, owner_id) >= limit:
-            raise BadInput(f"You already have {limit} job(s) queued or running; wait for one "
-                           "to finish.")
+            raise BadInput(
+                f"You already have {limit} job(s) queued or running; wait for one to finish."
+            )
         dataset = it.newest_dataset(session, parent.dataset_id)
         key, old, new, config = parse_change(change, {**parent.config, "dataset": dataset.path})
         version = it.dataset_version(session, dataset.id)
-        child = Job(guild_id=guild_id, channel_id=channel_id, owner_id=owner_id,
-                    name=name or f"{parent.name}-v{version}"[:100], method=parent.method,
-                    base_model=config.get("base_model") or parent.base_model,
-                    dataset_id=dataset.id, config=config)
+        child = Job(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            owner_id=owner_id,
+            name=name or f"{parent.name}-v{version}"[:100],
+            method=parent.method,
+            base_model=config.get("base_model") or parent.base_model,
+            dataset_id=dataset.id,
+            config=config,
+        )
         return it.enqueue_child(session, parent, child, key, old, new)
 
 
-async def train_from(interaction: discord.Interaction, parent_id: int, change: str | None,
-                     name: str | None) -> None:
+async def train_from(
+    interaction: discord.Interaction, parent_id: int, change: str | None, name: str | None
+) -> None:
     """`/train lora from:<job> [change:key=value]`: the next version of a model."""
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = atelier(interaction)
     guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
     require_trainer(interaction.user, guild)
-    limit = (guild.jobs_per_member if guild and guild.jobs_per_member
-             else bot.settings.limits.jobs_per_member)
-    child = await run_db(_child_job, bot.engine, parent_id, interaction.guild_id,
-                         interaction.channel_id, interaction.user.id, name, change, limit)
+    limit = (
+        guild.jobs_per_member
+        if guild and guild.jobs_per_member
+        else bot.settings.limits.jobs_per_member
+    )
+    child = await run_db(
+        _child_job,
+        bot.engine,
+        parent_id,
+        interaction.guild_id,
+        interaction.channel_id,
+        interaction.user.id,
+        name,
+        change,
+        limit,
+    )
     await bot.notifier.process_job(child.id)  # type: ignore[arg-type]
     info = await run_db(it.lineage, bot.engine, child.id)
     current = await run_db(queries.get_job, bot.engine, child.id)  # type: ignore[arg-type]
     where = f"<#{current.thread_id}>" if current.thread_id else "the channel"
     await interaction.followup.send(
         f"Job #{child.id} is queued ({it.lineage_text(info)}); follow it in {where}.",
-        ephemeral=True)
+        ephemeral=True,
+    )
 
 
 # --- posting (called by the notifier) --------------------------------------------------------
@@ -175,9 +205,11 @@ async def _say(bot: Any, event: Event) -> int | None:
     channel = await delivery.resolve_channel(bot, int(p["channel_id"]))
     what = "iteration" if event.kind == it.ITERATION_FAILED else "comparison"
     message = await delivery.send(
-        channel, event_nonce(event),
+        channel,
+        event_nonce(event),
         render.truncate(f"<@{user}> the {what} could not be rendered: {p.get('reason', '')}"),
-        allowed_mentions=mentions)
+        allowed_mentions=mentions,
+    )
     return message.id
 
 
@@ -190,18 +222,22 @@ async def _post_pages(bot: Any, event: Event) -> int:
     channel = await delivery.resolve_channel(bot, iteration.channel_id)
     deadline = render.timestamp(iteration.deadline) if iteration.deadline else "soon"
     head = await delivery.send(
-        channel, event_nonce(event),
+        channel,
+        event_nonce(event),
         f"🔁 Iteration #{iteration.id} of **{job.name}** (#{job.id}): {len(cands)} candidates "
         f"by <@{iteration.user_id}>. On each page, {KEEP_HINT.lower()}; on the message below "
         f"it, {DISCARD_HINT.lower()}. Kept images join the next dataset version when the vote "
         f"closes {deadline} (or `/iterate finish`).",
-        allowed_mentions=discord.AllowedMentions.none())
+        allowed_mentions=discord.AllowedMentions.none(),
+    )
     thread_id = iteration.thread_id
     if thread_id is None:
         try:
             thread = await channel.create_thread(  # type: ignore[attr-defined]
-                name=f"iterate-{iteration.id}-{job.name}"[:100], message=head,
-                auto_archive_duration=1440)
+                name=f"iterate-{iteration.id}-{job.name}"[:100],
+                message=head,
+                auto_archive_duration=1440,
+            )
             thread_id = thread.id
         except discord.HTTPException as error:
             if error.code != 160004:
@@ -209,18 +245,21 @@ async def _post_pages(bot: Any, event: Event) -> int:
             thread_id = head.id
         await run_db(it.set_iteration_thread, bot.engine, iteration.id, thread_id)  # type: ignore[arg-type]
     thread = await delivery.resolve_channel(bot, thread_id)  # type: ignore[arg-type]
-    pages = [cands[i:i + it.PAGE_SIZE] for i in range(0, len(cands), it.PAGE_SIZE)]
+    pages = [cands[i : i + it.PAGE_SIZE] for i in range(0, len(cands), it.PAGE_SIZE)]
     for number, page in enumerate(pages, start=1):
         if page[0].page_message_id:
             continue  # posted before a retry
         lines = [f"{NUMBER_EMOJI[i]} {c.prompt}" for i, c in enumerate(page)]
         files = await delivery.read_files([c.image_path for c in page])
         keep = await delivery.send(
-            thread, f"{event_nonce(event)}-p{number}",
+            thread,
+            f"{event_nonce(event)}-p{number}",
             render.truncate(f"**Page {number}/{len(pages)}** — {KEEP_HINT}.\n" + "\n".join(lines)),
-            files=files)
-        discard = await delivery.send(thread, f"{event_nonce(event)}-d{number}",
-                                      f"Page {number}: ❌ {DISCARD_HINT}.")
+            files=files,
+        )
+        discard = await delivery.send(
+            thread, f"{event_nonce(event)}-d{number}", f"Page {number}: ❌ {DISCARD_HINT}."
+        )
         await run_db(it.set_page_messages, bot.engine, [c.id for c in page], keep.id, discard.id)  # type: ignore[misc]
         numbers = list(NUMBER_EMOJI[: len(page)])
         await delivery.add_reactions(keep, numbers)
@@ -237,19 +276,26 @@ async def _post_finished(bot: Any, event: Event) -> int:
     target = await delivery.resolve_channel(bot, int(p.get("thread_id") or p["channel_id"]))
     added = p.get("added") or []
     if p.get("dataset_id"):
-        text = (f"✅ Iteration #{p['iteration_id']} closed: {len(added)} image(s) kept → "
-                f"dataset **v{p.get('version')}** `{str(p['dataset_id'])[:12]}` with "
-                f"{p.get('images')} images. Train it with `/train lora from:`.")
+        text = (
+            f"✅ Iteration #{p['iteration_id']} closed: {len(added)} image(s) kept → "
+            f"dataset **v{p.get('version')}** `{str(p['dataset_id'])[:12]}` with "
+            f"{p.get('images')} images. Train it with `/train lora from:`."
+        )
     else:
         text = f"Iteration #{p['iteration_id']} closed: no image had a net keep vote."
-    embed = discord.Embed(title=f"Dataset v{p.get('version') or '—'} report",
-                          colour=render.COLOUR)
+    embed = discord.Embed(title=f"Dataset v{p.get('version') or '—'} report", colour=render.COLOUR)
     report = p.get("report") or {}
     embed.description = f"**{p.get('images', 0)}** images"
-    embed.add_field(name="Added", value=render.truncate(
-        "\n".join(f"• {a['prompt']}" for a in added[:10]) or "nothing", 1000), inline=False)
-    embed.add_field(name="Contexts", value=render.truncate(
-        _spread_text(p.get("spread") or {}), 1000), inline=False)
+    embed.add_field(
+        name="Added",
+        value=render.truncate("\n".join(f"• {a['prompt']}" for a in added[:10]) or "nothing", 1000),
+        inline=False,
+    )
+    embed.add_field(
+        name="Contexts",
+        value=render.truncate(_spread_text(p.get("spread") or {}), 1000),
+        inline=False,
+    )
     warnings = list(report.get("warnings") or [])[:3]
     if warnings:
         embed.add_field(name="Warnings", value=render.truncate("\n".join(warnings), 1000))
@@ -266,11 +312,16 @@ async def _post_comparison(bot: Any, event: Event) -> int:
     differs = ", ".join(f"**{k}** {v[0]} vs {v[1]}" for k, v in diff.items()) or "nothing"
     files = await delivery.read_files([p.get("grid_path")])
     message = await delivery.send(
-        channel, event_nonce(event),
-        render.truncate(f"🆚 Comparison #{p['comparison_id']}: {A_EMOJI} #{a.id} {a.name} "
-                        f"(left) vs {B_EMOJI} #{b.id} {b.name} (right); same prompts and "
-                        f"seeds. Differs in: {differs}. React {A_EMOJI} or {B_EMOJI} for the "
-                        "better one."), files=files)
+        channel,
+        event_nonce(event),
+        render.truncate(
+            f"🆚 Comparison #{p['comparison_id']}: {A_EMOJI} #{a.id} {a.name} "
+            f"(left) vs {B_EMOJI} #{b.id} {b.name} (right); same prompts and "
+            f"seeds. Differs in: {differs}. React {A_EMOJI} or {B_EMOJI} for the "
+            "better one."
+        ),
+        files=files,
+    )
     await run_db(it.set_comparison_message, bot.engine, int(p["comparison_id"]), message.id)
     await delivery.add_reactions(message, [A_EMOJI, B_EMOJI])
     return message.id
@@ -290,8 +341,10 @@ async def recount(bot: Any, iteration_id: int) -> None:
     votes: dict[tuple[int, int], set[int]] = {}
     cache: dict[int, Any] = {}
     for index, cand in enumerate(cands):
-        for value, message_id in ((it.KEEP, cand.page_message_id),
-                                  (it.DISCARD, cand.discard_message_id)):
+        for value, message_id in (
+            (it.KEEP, cand.page_message_id),
+            (it.DISCARD, cand.discard_message_id),
+        ):
             if not message_id:
                 continue
             if message_id not in cache:
@@ -316,8 +369,11 @@ def _store_recount(engine: Any, votes: dict[tuple[int, int], set[int]]) -> None:
 
     with session_scope(engine) as session:
         for (candidate_id, value), users in votes.items():
-            rows = session.exec(select(CandidateVote).where(
-                CandidateVote.candidate_id == candidate_id, CandidateVote.value == value)).all()
+            rows = session.exec(
+                select(CandidateVote).where(
+                    CandidateVote.candidate_id == candidate_id, CandidateVote.value == value
+                )
+            ).all()
             for row in rows:
                 if row.user_id not in users:
                     session.delete(row)
@@ -327,8 +383,14 @@ def _store_recount(engine: Any, votes: dict[tuple[int, int], set[int]]) -> None:
 
 async def close_iteration(bot: Any, iteration_id: int, by_user: int | None) -> Any:
     await recount(bot, iteration_id)
-    dataset = await run_db(it.finish_iteration, bot.engine, iteration_id,
-                           bot.settings.datasets_dir, bot.settings.limits, by_user)
+    dataset = await run_db(
+        it.finish_iteration,
+        bot.engine,
+        iteration_id,
+        bot.settings.datasets_dir,
+        bot.settings.limits,
+        by_user,
+    )
     await deliver_pending(bot)
     return dataset
 
@@ -337,8 +399,11 @@ async def close_iteration(bot: Any, iteration_id: int, by_user: int | None) -> A
 
 
 class Iterate(commands.Cog):
-    iterate = app_commands.Group(name="iterate", guild_only=True,
-                                 description="Grow a model's dataset from its own best images")
+    iterate = app_commands.Group(
+        name="iterate",
+        guild_only=True,
+        description="Grow a model's dataset from its own best images",
+    )
     check_seconds = 15.0
 
     def __init__(self, bot: commands.Bot) -> None:
@@ -368,26 +433,41 @@ class Iterate(commands.Cog):
             await asyncio.sleep(getattr(self.bot.voting, "check_seconds", self.check_seconds))  # type: ignore[attr-defined]
 
     @iterate.command(name="start", description="Render candidates with a model to curate")
-    @app_commands.describe(model="A finalized model", count="How many candidates (≤ 40)",
-                           contexts="Extra contexts, comma separated (e.g. at a café, in space)")
+    @app_commands.describe(
+        model="A finalized model",
+        count="How many candidates (≤ 40)",
+        contexts="Extra contexts, comma separated (e.g. at a café, in space)",
+    )
     @app_commands.autocomplete(model=model_choices)
-    async def start(self, interaction: discord.Interaction, model: int,
-                    count: app_commands.Range[int, 1, it.MAX_CANDIDATES] = 20,
-                    contexts: app_commands.Range[str, 1, 1000] | None = None) -> None:
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        model: int,
+        count: app_commands.Range[int, 1, it.MAX_CANDIDATES] = 20,
+        contexts: app_commands.Range[str, 1, 1000] | None = None,
+    ) -> None:
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
         require_trainer(interaction.user, guild)
         try:
             iteration_id = await run_db(
-                _request_iteration, bot.engine, guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id, user_id=interaction.user.id, job_id=model,
-                count=count, contexts=(contexts or "").split(","))
+                _request_iteration,
+                bot.engine,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                job_id=model,
+                count=count,
+                contexts=(contexts or "").split(","),
+            )
         except it.IterationRefused as error:
             raise BadInput(f"Cannot iterate: {error}.") from None
         await interaction.followup.send(
             f"Iteration #{iteration_id} queued: {count} candidates; a thread opens here when a "
-            "worker has rendered them.", ephemeral=True)
+            "worker has rendered them.",
+            ephemeral=True,
+        )
 
     @iterate.command(name="finish", description="Close an iteration's vote now (its owner)")
     @app_commands.describe(iteration="The iteration id")
@@ -398,17 +478,20 @@ class Iterate(commands.Cog):
         if found is None or found.guild_id not in (None, interaction.guild_id):
             raise NotFound(f"There is no iteration #{iteration}.")
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        if found.user_id != interaction.user.id and not member_is_manager(interaction.user,
-                                                                          guild):
+        if found.user_id != interaction.user.id and not member_is_manager(interaction.user, guild):
             raise BadInput("Only the iteration's owner or a manager can finish it.")
         try:
             dataset = await close_iteration(bot, iteration, interaction.user.id)
         except it.NothingToFinish:
-            raise BadInput(f"Iteration #{iteration} is {found.state}, not waiting for votes.") \
-                from None
-        text = (f"Iteration #{iteration} finished: dataset `{dataset.id[:12]}` "
-                f"({dataset.images} images)." if dataset else
-                f"Iteration #{iteration} finished; nothing was kept.")
+            raise BadInput(
+                f"Iteration #{iteration} is {found.state}, not waiting for votes."
+            ) from None
+        text = (
+            f"Iteration #{iteration} finished: dataset `{dataset.id[:12]}` "
+            f"({dataset.images} images)."
+            if dataset
+            else f"Iteration #{iteration} finished; nothing was kept."
+        )
         await interaction.followup.send(text, ephemeral=True)
 
     @app_commands.command(name="compare", description="Render two models side by side")
@@ -421,15 +504,21 @@ class Iterate(commands.Cog):
         for job_id in (a, b):
             await run_db(queries.get_job, bot.engine, job_id, interaction.guild_id)
         try:
-            comparison = await run_db(_request_comparison, bot.engine,
-                                      guild_id=interaction.guild_id,
-                                      channel_id=interaction.channel_id,
-                                      user_id=interaction.user.id, job_a=a, job_b=b)
+            comparison = await run_db(
+                _request_comparison,
+                bot.engine,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                job_a=a,
+                job_b=b,
+            )
         except it.IterationRefused as error:
             raise BadInput(f"Cannot compare: {error}.") from None
         await interaction.followup.send(
             f"Comparison #{comparison} queued; the grid appears here when a worker renders it.",
-            ephemeral=True)
+            ephemeral=True,
+        )
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -448,8 +537,9 @@ class Iterate(commands.Cog):
         if comparison is not None:
             choice = {plain(A_EMOJI): "a", plain(B_EMOJI): "b"}.get(emoji)
             if choice:
-                await run_db(it.record_comparison_vote, bot.engine, comparison, payload.user_id,
-                             choice, on)
+                await run_db(
+                    it.record_comparison_vote, bot.engine, comparison, payload.user_id, choice, on
+                )
             return
         page = await run_db(it.page_of_message, bot.engine, payload.message_id)
         numbers = [plain(n) for n in NUMBER_EMOJI]
@@ -458,8 +548,14 @@ class Iterate(commands.Cog):
         value, cands = page
         index = numbers.index(emoji)
         if index < len(cands):
-            await run_db(it.record_candidate_vote, bot.engine, cands[index].id, payload.user_id,  # type: ignore[arg-type]
-                         value, on)
+            await run_db(
+                it.record_candidate_vote,
+                bot.engine,
+                cands[index].id,
+                payload.user_id,  # type: ignore[arg-type]
+                value,
+                on,
+            )
 
 
 def _request_iteration(engine: Any, **fields: Any) -> int:
@@ -472,8 +568,9 @@ def _request_comparison(engine: Any, **fields: Any) -> int:
         return it.request_comparison(session, **fields).id  # type: ignore[return-value]
 
 
-async def from_choices(interaction: discord.Interaction, current: str
-                       ) -> list[app_commands.Choice[int]]:
+async def from_choices(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[int]]:
     return await job_choices(interaction, current, own_only=False)
 
 

@@ -27,10 +27,14 @@ class Jobs(commands.Cog):
     @app_commands.guild_only()
     async def jobs(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
-        rows = await run_db(queries.queue_rows, atelier(interaction).engine,
-                            interaction.guild_id or 0)
-        await interaction.followup.send(render.queue_lines(rows), ephemeral=True,
-                                        allowed_mentions=discord.AllowedMentions.none())
+        rows = await run_db(
+            queries.queue_rows, atelier(interaction).engine, interaction.guild_id or 0
+        )
+        await interaction.followup.send(
+            render.queue_lines(rows),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     @job.command(name="status", description="Where a job stands")
     @app_commands.describe(job="The job")
@@ -43,8 +47,9 @@ class Jobs(commands.Cog):
             text += f"\nReason: {found.error}"
         from storage.iterations import lineage, lineage_text
 
-        text += "\nLineage: " + lineage_text(await run_db(lineage, atelier(interaction).engine,
-                                                        found.id))
+        text += "\nLineage: " + lineage_text(
+            await run_db(lineage, atelier(interaction).engine, found.id)
+        )
         if found.thread_id:
             text += f"\nThread: <#{found.thread_id}>"
         await interaction.followup.send(text, ephemeral=True)
@@ -54,12 +59,17 @@ class Jobs(commands.Cog):
     async def cancel(self, interaction: discord.Interaction, job: int) -> None:
         await interaction.response.defer(ephemeral=True)
         found = await self._managed(interaction, job, "cancel")
-        if JobState(found.state) not in (JobState.QUEUED, JobState.PREPARING, JobState.TRAINING,
-                                         JobState.AWAITING_VOTE):
+        if JobState(found.state) not in (
+            JobState.QUEUED,
+            JobState.PREPARING,
+            JobState.TRAINING,
+            JobState.AWAITING_VOTE,
+        ):
             raise BadInput(f"Job #{job} is already {found.state}.")
         try:
-            await run_db(job_ops.request_cancel, atelier(interaction).engine, job,
-                         interaction.user.id)
+            await run_db(
+                job_ops.request_cancel, atelier(interaction).engine, job, interaction.user.id
+            )
         except IllegalTransition:
             raise BadInput(f"Job #{job} can no longer be cancelled.") from None
         await interaction.followup.send(f"Cancelling job #{job}.", ephemeral=True)
@@ -75,7 +85,8 @@ class Jobs(commands.Cog):
             raise BadInput(f"Job #{job} is {found.state}, not waiting for a vote.") from None
         await interaction.followup.send(
             f"Job #{job} finalized: step {outcome.winner.step} kept ({outcome.reason}).",
-            ephemeral=True)
+            ephemeral=True,
+        )
 
     @job.command(name="retry", description="Queue a failed job again (owner or manager)")
     @app_commands.describe(job="The failed job")
@@ -88,25 +99,29 @@ class Jobs(commands.Cog):
         await interaction.followup.send(f"Job #{job} is back in the queue.", ephemeral=True)
 
     @status.autocomplete("job")
-    async def _any_job(self, interaction: discord.Interaction, current: str
-                       ) -> list[app_commands.Choice[int]]:
+    async def _any_job(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[int]]:
         return await job_choices(interaction, current, own_only=False)
 
     @cancel.autocomplete("job")
     @finalize.autocomplete("job")
     @retry.autocomplete("job")
-    async def _own_job(self, interaction: discord.Interaction, current: str
-                       ) -> list[app_commands.Choice[int]]:
+    async def _own_job(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[int]]:
         return await job_choices(interaction, current, own_only=True)
 
     async def _job(self, interaction: discord.Interaction, job_id: int) -> Job:
-        return await run_db(queries.get_job, atelier(interaction).engine, job_id,
-                            interaction.guild_id)
+        return await run_db(
+            queries.get_job, atelier(interaction).engine, job_id, interaction.guild_id
+        )
 
     async def _managed(self, interaction: discord.Interaction, job_id: int, action: str) -> Job:
         found = await self._job(interaction, job_id)
-        guild = await run_db(queries.guild_settings, atelier(interaction).engine,
-                             interaction.guild_id)
+        guild = await run_db(
+            queries.guild_settings, atelier(interaction).engine, interaction.guild_id
+        )
         require_job_manager(interaction.user, found, guild, action)
         return found
 

@@ -17,13 +17,19 @@ from storage.db import session_scope
 from storage.generations import UnknownModel, request_generation
 
 
-async def model_choices(interaction: discord.Interaction, current: str
-                        ) -> list[app_commands.Choice[int]]:
-    rows = await run_db(queries.finalized_models, atelier(interaction).engine,
-                        interaction.guild_id or 0)
-    return [app_commands.Choice(name=f"{job.name} (#{job.id}, {job.base_model})"[:100],
-                                value=job.id or 0)
-            for job, _ in rows if current.lower() in job.name.lower()][:25]
+async def model_choices(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[int]]:
+    rows = await run_db(
+        queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
+    )
+    return [
+        app_commands.Choice(
+            name=f"{job.name} (#{job.id}, {job.base_model})"[:100], value=job.id or 0
+        )
+        for job, _ in rows
+        if current.lower() in job.name.lower()
+    ][:25]
 
 
 def _request(engine: object, **fields: object) -> int:
@@ -32,8 +38,9 @@ def _request(engine: object, **fields: object) -> int:
 
 
 class Models(commands.Cog):
-    models = app_commands.Group(name="models", description="The server's trained models",
-                                guild_only=True)
+    models = app_commands.Group(
+        name="models", description="The server's trained models", guild_only=True
+    )
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -41,21 +48,28 @@ class Models(commands.Cog):
     @models.command(name="list", description="Finalized models of this server")
     async def list_models(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
-        rows = await run_db(queries.finalized_models, atelier(interaction).engine,
-                            interaction.guild_id or 0)
+        rows = await run_db(
+            queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
+        )
         if not rows:
             await interaction.followup.send("No finalized models yet.", ephemeral=True)
             return
-        lines = [f"**{job.name}** (#{job.id}) — trigger `{job.config.get('trigger', '')}`, "
-                 f"`{job.base_model}`, {job.method}, by <@{job.owner_id}>"
-                 + (f", step {ck.step}" if ck else "") for job, ck in rows]
+        lines = [
+            f"**{job.name}** (#{job.id}) — trigger `{job.config.get('trigger', '')}`, "
+            f"`{job.base_model}`, {job.method}, by <@{job.owner_id}>"
+            + (f", step {ck.step}" if ck else "")
+            for job, ck in rows
+        ]
         from storage.iterations import lineage, lineage_text
 
         for index, (job, _) in enumerate(rows):  # parents, dataset version, what changed
             info = await run_db(lineage, atelier(interaction).engine, job.id)
             lines[index] += f"\n  ↳ {lineage_text(info)}"
-        await interaction.followup.send(render.truncate("\n".join(lines)), ephemeral=True,
-                                        allowed_mentions=discord.AllowedMentions.none())
+        await interaction.followup.send(
+            render.truncate("\n".join(lines)),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     @models.command(name="get", description="Download a finalized model")
     @app_commands.describe(model="The model")
@@ -73,31 +87,43 @@ class Models(commands.Cog):
             return
         url, expires = bot.signer.link(Path(ckpt.path))
         await interaction.followup.send(
-            f"**{job.name}**: {url} (valid until {render.timestamp(expires, 'f')})",
-            ephemeral=True)
+            f"**{job.name}**: {url} (valid until {render.timestamp(expires, 'f')})", ephemeral=True
+        )
 
     @app_commands.command(name="generate", description="Render a prompt with a trained model")
     @app_commands.guild_only()
-    @app_commands.describe(prompt="What to draw", model="The model",
-                           weight="How strongly the model applies")
+    @app_commands.describe(
+        prompt="What to draw", model="The model", weight="How strongly the model applies"
+    )
     @app_commands.autocomplete(model=model_choices)
-    async def generate(self, interaction: discord.Interaction,
-                       prompt: app_commands.Range[str, 1, 1000], model: int,
-                       weight: app_commands.Range[float, 0.0, 2.0] = 1.0) -> None:
+    async def generate(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1000],
+        model: int,
+        weight: app_commands.Range[float, 0.0, 2.0] = 1.0,
+    ) -> None:
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
         try:
             generation = await run_db(
-                _request, bot.engine, guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id, user_id=interaction.user.id,
-                checkpoint_id=job.winner_checkpoint_id or 0, prompt=prompt, weight=weight,
-                seed=random.randrange(2**31))
+                _request,
+                bot.engine,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                checkpoint_id=job.winner_checkpoint_id or 0,
+                prompt=prompt,
+                weight=weight,
+                seed=random.randrange(2**31),
+            )
         except UnknownModel:
             raise BadInput(f"Model #{model} is not finalized or its file is gone.") from None
         await interaction.followup.send(
             f"Queued image #{generation}; it appears in this channel when a worker renders it.",
-            ephemeral=True)
+            ephemeral=True,
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

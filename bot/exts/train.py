@@ -40,15 +40,22 @@ def build_config(
     try:
         overrides = TrainOverrides(
             validation_prompts=[p.strip() for p in prompts.split("|") if p.strip()]
-            if prompts else None,
+            if prompts
+            else None,
             **{k: v for k, v in options.items() if v is not None},
         )
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None
     values = overrides.model_dump(exclude_none=True, exclude={"dora"})
     try:
-        return apply_preset(preset, method, base_model=base_model, trigger=trigger,  # type: ignore[arg-type]
-                            caption_prefix=prefix, **values)
+        return apply_preset(
+            preset,
+            method,
+            base_model=base_model,
+            trigger=trigger,  # type: ignore[arg-type]
+            caption_prefix=prefix,
+            **values,
+        )
     except PresetError as error:
         raise BadInput(str(error)) from None
 
@@ -59,8 +66,9 @@ def ingest_resolution(resolution: int) -> int:
 
 
 class Train(commands.Cog):
-    train = app_commands.Group(name="train", description="Train a model on a zip of images",
-                               guild_only=True)
+    train = app_commands.Group(
+        name="train", description="Train a model on a zip of images", guild_only=True
+    )
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -72,9 +80,13 @@ class Train(commands.Cog):
         dataset_name="Or a dataset stored with /dataset add",
         trigger="The word that calls up your concept in prompts",
         caption_prefix="Text put in front of every caption",
-        preset="Named defaults (character, style, …)", base_model="The model to train on",
-        name="Job name (default: the trigger)", steps="Training steps", rank="LoRA rank",
-        learning_rate="Learning rate", resolution="Training resolution (multiple of 64)",
+        preset="Named defaults (character, style, …)",
+        base_model="The model to train on",
+        name="Job name (default: the trigger)",
+        steps="Training steps",
+        rank="LoRA rank",
+        learning_rate="Learning rate",
+        resolution="Training resolution (multiple of 64)",
         validation_prompts="Prompts for the grids, separated by |; {trigger} is replaced",
         dora="Train a DoRA instead of a plain LoRA",
         from_="Retrain this job/model on its newest dataset version, same settings",
@@ -82,13 +94,15 @@ class Train(commands.Cog):
     )
     @app_commands.rename(from_="from")
     async def lora(
-        self, interaction: discord.Interaction,
+        self,
+        interaction: discord.Interaction,
         trigger: app_commands.Range[str, 1, 100] | None = None,
         dataset: discord.Attachment | None = None,
         dataset_url: app_commands.Range[str, 8, 1000] | None = None,
         dataset_name: app_commands.Range[str, 1, 100] | None = None,
         caption_prefix: app_commands.Range[str, 0, 200] | None = None,
-        preset: str = DEFAULT_PRESET, base_model: str | None = None,
+        preset: str = DEFAULT_PRESET,
+        base_model: str | None = None,
         name: app_commands.Range[str, 1, 60] | None = None,
         steps: app_commands.Range[int, 10, 20000] | None = None,
         rank: app_commands.Range[int, 1, 128] | None = None,
@@ -105,38 +119,71 @@ class Train(commands.Cog):
             return await train_from(interaction, from_, change, name)
         if trigger is None:
             raise BadInput("Give a `trigger` (or `from` a job to retrain).")
-        await self._start(interaction, "dora" if dora else "lora", dataset, dataset_url, name,
-                          preset=preset, base_model=base_model, trigger=trigger,
-                          caption_prefix=caption_prefix, steps=steps, rank=rank,
-                          learning_rate=learning_rate, resolution=resolution,
-                          validation_prompts=validation_prompts, dataset_name=dataset_name)
+        await self._start(
+            interaction,
+            "dora" if dora else "lora",
+            dataset,
+            dataset_url,
+            name,
+            preset=preset,
+            base_model=base_model,
+            trigger=trigger,
+            caption_prefix=caption_prefix,
+            steps=steps,
+            rank=rank,
+            learning_rate=learning_rate,
+            resolution=resolution,
+            validation_prompts=validation_prompts,
+            dataset_name=dataset_name,
+        )
 
     @train.command(name="embedding", description="Train a textual-inversion embedding")
     @app_commands.describe(
-        dataset="A zip of images", dataset_url="Or an https link to the zip",
+        dataset="A zip of images",
+        dataset_url="Or an https link to the zip",
         dataset_name="Or a dataset stored with /dataset add",
-        trigger="The token the embedding learns", caption_prefix="Text before every caption",
-        preset="Named defaults", base_model="The model to train on", name="Job name",
-        steps="Training steps", learning_rate="Learning rate", resolution="Resolution",
+        trigger="The token the embedding learns",
+        caption_prefix="Text before every caption",
+        preset="Named defaults",
+        base_model="The model to train on",
+        name="Job name",
+        steps="Training steps",
+        learning_rate="Learning rate",
+        resolution="Resolution",
         validation_prompts="Prompts for the grids, separated by |",
     )
     async def embedding(
-        self, interaction: discord.Interaction, trigger: app_commands.Range[str, 1, 100],
+        self,
+        interaction: discord.Interaction,
+        trigger: app_commands.Range[str, 1, 100],
         dataset: discord.Attachment | None = None,
         dataset_url: app_commands.Range[str, 8, 1000] | None = None,
         dataset_name: app_commands.Range[str, 1, 100] | None = None,
         caption_prefix: app_commands.Range[str, 0, 200] | None = None,
-        preset: str = DEFAULT_PRESET, base_model: str | None = None,
+        preset: str = DEFAULT_PRESET,
+        base_model: str | None = None,
         name: app_commands.Range[str, 1, 60] | None = None,
         steps: app_commands.Range[int, 10, 20000] | None = None,
         learning_rate: app_commands.Range[float, 1e-7, 1.0] | None = None,
         resolution: app_commands.Range[int, 64, 1536] | None = None,
         validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
-        await self._start(interaction, "embedding", dataset, dataset_url, name, preset=preset,
-                          base_model=base_model, trigger=trigger, caption_prefix=caption_prefix,
-                          steps=steps, learning_rate=learning_rate, resolution=resolution,
-                          validation_prompts=validation_prompts, dataset_name=dataset_name)
+        await self._start(
+            interaction,
+            "embedding",
+            dataset,
+            dataset_url,
+            name,
+            preset=preset,
+            base_model=base_model,
+            trigger=trigger,
+            caption_prefix=caption_prefix,
+            steps=steps,
+            learning_rate=learning_rate,
+            resolution=resolution,
+            validation_prompts=validation_prompts,
+            dataset_name=dataset_name,
+        )
 
     @lora.autocomplete("from_")
     async def _from_choices(
@@ -151,8 +198,11 @@ class Train(commands.Cog):
     async def _preset_choices(
         self, _interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
-                for p in PRESETS.values() if current.lower() in p.name][:25]
+        return [
+            app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
+            for p in PRESETS.values()
+            if current.lower() in p.name
+        ][:25]
 
     @lora.autocomplete("dataset_name")
     @embedding.autocomplete("dataset_name")
@@ -169,24 +219,36 @@ class Train(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         models = atelier(interaction).settings.base_models
-        return [app_commands.Choice(name=f"{n} — {m.description or m.architecture}"[:100], value=n)
-                for n, m in models.items() if current.lower() in n.lower()][:25]
+        return [
+            app_commands.Choice(name=f"{n} — {m.description or m.architecture}"[:100], value=n)
+            for n, m in models.items()
+            if current.lower() in n.lower()
+        ][:25]
 
     async def _start(
-        self, interaction: discord.Interaction, method: str, dataset: discord.Attachment | None,
-        dataset_url: str | None, name: str | None, **options: Any,
+        self,
+        interaction: discord.Interaction,
+        method: str,
+        dataset: discord.Attachment | None,
+        dataset_url: str | None,
+        name: str | None,
+        **options: Any,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = atelier(interaction)
         settings = bot.settings
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
         require_trainer(interaction.user, guild)
-        limit = (guild.jobs_per_member if guild and guild.jobs_per_member
-                 else settings.limits.jobs_per_member)
+        limit = (
+            guild.jobs_per_member
+            if guild and guild.jobs_per_member
+            else settings.limits.jobs_per_member
+        )
         base_model = options.pop("base_model") or settings.default_base_model
         dataset_name = options.pop("dataset_name", None)
-        config = build_config(method, options.pop("preset"), base_model,
-                              list(settings.base_models), **options)
+        config = build_config(
+            method, options.pop("preset"), base_model, list(settings.base_models), **options
+        )
         if dataset_name is not None:  # a dataset stored with /dataset add
             if dataset is not None or dataset_url is not None:
                 raise BadInput("Give one of `dataset`, `dataset_url` or `dataset_name`.")
@@ -196,26 +258,38 @@ class Train(commands.Cog):
         else:
             require_one_source(dataset, dataset_url)
             result = await self._ingest(bot, dataset, dataset_url, config)
-        job = Job(guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-                  owner_id=interaction.user.id, name=name or config.trigger or "model",
-                  method=method, base_model=base_model, dataset_id=result.dataset_id,
-                  config=config.model_copy(update={"dataset": str(result.path)})
-                  .model_dump(mode="json"))
+        job = Job(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            owner_id=interaction.user.id,
+            name=name or config.trigger or "model",
+            method=method,
+            base_model=base_model,
+            dataset_id=result.dataset_id,
+            config=config.model_copy(update={"dataset": str(result.path)}).model_dump(mode="json"),
+        )
         new = await run_db(queries.create_job, bot.engine, result, job, limit)
         await bot.notifier.process_job(new.job.id)  # type: ignore[arg-type]
         current = await run_db(queries.get_job, bot.engine, new.job.id)  # type: ignore[arg-type]
         where = f"<#{current.thread_id}>" if current.thread_id else "the channel"
         await interaction.followup.send(
             f"Job #{current.id} is queued (#{new.position} in line); follow it in {where}.",
-            ephemeral=True)
+            ephemeral=True,
+        )
 
     async def _ingest(
-        self, bot: Any, dataset: discord.Attachment | None, url: str | None,
+        self,
+        bot: Any,
+        dataset: discord.Attachment | None,
+        url: str | None,
         config: TrainConfig,
     ) -> IngestResult:
-        options = IngestOptions(trigger=config.trigger, caption_prefix=config.caption_prefix,
-                                method=config.method,
-                                resolution=ingest_resolution(config.resolution))
+        options = IngestOptions(
+            trigger=config.trigger,
+            caption_prefix=config.caption_prefix,
+            method=config.method,
+            resolution=ingest_resolution(config.resolution),
+        )
         return await ingest_upload(bot.settings, dataset, url, options)
 
 

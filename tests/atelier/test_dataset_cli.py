@@ -39,8 +39,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_round_trip_and_refusals(data_dir: Path, tmp_path: Path, capsys) -> None:
     zip_path = write_dataset_zip(tmp_path / "set.zip", count=6)
-    code, out, err = run(capsys, "add", str(zip_path), "--name", "shapes", "--trigger", "ohwx",
-                         "--description", "six shapes", "--json")
+    code, out, err = run(
+        capsys,
+        "add",
+        str(zip_path),
+        "--name",
+        "shapes",
+        "--trigger",
+        "ohwx",
+        "--description",
+        "six shapes",
+        "--json",
+    )
     assert code == 0, err
     added = json.loads(out)
     assert (added["name"], added["images"], added["description"]) == ("shapes", 6, "six shapes")
@@ -67,8 +77,10 @@ def test_round_trip_and_refusals(data_dir: Path, tmp_path: Path, capsys) -> None
 
     engine = make_engine(get_settings().db_url)
     with session_scope(engine) as session:
-        job = jobs.enqueue(session, Job(owner_id=1, name="j", method="lora", base_model="tiny",
-                                        dataset_id=added["id"]))
+        job = jobs.enqueue(
+            session,
+            Job(owner_id=1, name="j", method="lora", base_model="tiny", dataset_id=added["id"]),
+        )
     code, _, err = run(capsys, "remove", "shapes")
     assert code == 2 and "in use by job(s) #" in err and err.count("\n") == 1
     jobs.request_cancel(engine, job.id, 1)  # type: ignore[arg-type]

@@ -50,10 +50,19 @@ def dataset_zip() -> bytes:
 def settings(tmp_path: Path) -> Settings:
     return load_settings(
         data_dir=tmp_path / "data",
-        discord={"link_port": 0, "progress_edit_seconds": 1.0, "link_ttl_hours": 1.0,
-                 "allow_insecure_dataset_urls": True},
-        worker={"heartbeat_seconds": 1.0, "stale_after_seconds": 5.0, "poll_seconds": 0.2,
-                "progress_event_seconds": 0.2, "device": "cpu"},
+        discord={
+            "link_port": 0,
+            "progress_edit_seconds": 1.0,
+            "link_ttl_hours": 1.0,
+            "allow_insecure_dataset_urls": True,
+        },
+        worker={
+            "heartbeat_seconds": 1.0,
+            "stale_after_seconds": 5.0,
+            "poll_seconds": 0.2,
+            "progress_event_seconds": 0.2,
+            "device": "cpu",
+        },
         vote_window_hours=1.0,
         link_secret="test-secret",
     )
@@ -141,8 +150,11 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "atelier.cli", "worker", "--id", self.worker_id],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                cwd=Path(__file__).resolve().parents[2])
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parents[2],
+            )
         return self
 
     def kill(self) -> None:

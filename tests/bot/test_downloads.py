@@ -9,8 +9,18 @@ from bot.errors import BadInput, LimitReached
 
 
 def test_public_addresses_only() -> None:
-    for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
-                    "fe80::1", "0.0.0.0", "100.64.0.1", "::ffff:127.0.0.1", "224.0.0.1"):
+    for address in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "0.0.0.0",
+        "100.64.0.1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+    ):
         assert not downloads.is_public(address), address
     assert downloads.is_public("93.184.216.34") and downloads.is_public("2606:4700::1")
 

@@ -34,21 +34,36 @@ def guild_row(engine, guild_id: int) -> GuildSettings | None:
 
 
 async def test_settings_by_managers_only_and_they_take_effect(
-        emu, atelier, bot_engine, dataset_zip) -> None:
+    emu, atelier, bot_engine, dataset_zip
+) -> None:
     d = emu.default
     results = emu.create_channel(d.guild, "results")
     trainers = emu.create_role(d.guild, "Trainers")
     refused = await command(emu, d.alice, "atelier settings", {"keep": 2})
     assert "Manage Server" in refused.content and refused.ephemeral
     assert guild_row(bot_engine, d.guild.id) is None
-    reply = await command(emu, d.carol, "atelier settings", {
-        "results_channel": results, "vote_window_hours": 2.5, "keep": 2, "jobs_per_member": 2,
-        "trainer_role": trainers})
+    reply = await command(
+        emu,
+        d.carol,
+        "atelier settings",
+        {
+            "results_channel": results,
+            "vote_window_hours": 2.5,
+            "keep": 2,
+            "jobs_per_member": 2,
+            "trainer_role": trainers,
+        },
+    )
     assert f"<#{results.id}>" in reply.content and "2.5 h" in reply.content
     assert f"<@&{trainers.id}>" in reply.content and reply.ephemeral
     row = guild_row(bot_engine, d.guild.id)
-    assert (row.results_channel_id, row.vote_window_hours, row.keep_checkpoints,
-            row.jobs_per_member, row.trainer_role_ids) == (results.id, 2.5, 2, 2, [trainers.id])
+    assert (
+        row.results_channel_id,
+        row.vote_window_hours,
+        row.keep_checkpoints,
+        row.jobs_per_member,
+        row.trainer_role_ids,
+    ) == (results.id, 2.5, 2, 2, [trainers.id])
 
     job_id, reply = await train(emu, d.alice, dataset_zip)
     assert job_id == 0 and "trainer roles" in reply.content
@@ -65,7 +80,8 @@ async def test_settings_by_managers_only_and_they_take_effect(
 
 
 async def test_generate_posts_the_image_or_says_why_not(
-        emu, atelier, bot_engine, dataset_zip, tmp_path) -> None:
+    emu, atelier, bot_engine, dataset_zip, tmp_path
+) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip)
     train_to_vote(bot_engine, tmp_path, job_id)
@@ -76,7 +92,10 @@ async def test_generate_posts_the_image_or_says_why_not(
     with session_scope(bot_engine) as session:
         request = session.exec(select(Generation)).one()
         assert (request.user_id, request.prompt, request.state) == (
-            d.bob.id, "ohwx on a beach", "queued")
+            d.bob.id,
+            "ohwx on a beach",
+            "queued",
+        )
     image = png(tmp_path / "out.png", 99)
     complete_generation(bot_engine, request.id, str(image))
     posted = await emu.wait_for_message(d.channel, "ohwx on a beach", timeout=10)
@@ -94,7 +113,8 @@ async def test_generate_posts_the_image_or_says_why_not(
 
 
 async def test_jobs_lists_queue_and_retry_requeues_failed_job(
-        emu, atelier, bot_engine, dataset_zip) -> None:
+    emu, atelier, bot_engine, dataset_zip
+) -> None:
     d = emu.default
     first, _ = await train(emu, d.alice, dataset_zip, name="first")
     second, _ = await train(emu, d.bob, dataset_zip, name="second")
@@ -137,8 +157,7 @@ async def test_guild_not_allowed_is_refused(emu, settings, bot_engine) -> None:
         await stop_bot(bot)
 
 
-async def test_vote_closes_at_the_deadline(emu, atelier, bot_engine, dataset_zip,
-                                           tmp_path) -> None:
+async def test_vote_closes_at_the_deadline(emu, atelier, bot_engine, dataset_zip, tmp_path) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip, name="deadline")
     ckpts = train_to_vote(bot_engine, tmp_path, job_id, deadline_in=1.5)

@@ -23,8 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 async def add_dataset(emu, user, name: str, zip_bytes: bytes, **options) -> object:
     handle = await emu.run_slash_command(
-        user, emu.default.channel, "dataset add", {"name": name, **options},
-        attachments={"dataset": ("set.zip", zip_bytes, "application/zip")})
+        user,
+        emu.default.channel,
+        "dataset add",
+        {"name": name, **options},
+        attachments={"dataset": ("set.zip", zip_bytes, "application/zip")},
+    )
     return await handle.wait_followup(1, 30)
 
 
@@ -34,15 +38,21 @@ def dataset_rows(engine) -> list[Dataset]:
 
 
 async def test_dataset_add_list_show_train_and_remove(
-        emu, atelier, bot_engine, settings, dataset_zip) -> None:
+    emu, atelier, bot_engine, settings, dataset_zip
+) -> None:
     d = emu.default
-    reply = await add_dataset(emu, d.alice, "cats", dataset_zip, trigger="ohwx",
-                              description="six red figures")
+    reply = await add_dataset(
+        emu, d.alice, "cats", dataset_zip, trigger="ohwx", description="six red figures"
+    )
     assert "Stored dataset `cats` (6 images)" in reply.content, reply.content
     assert reply.ephemeral and reply.embeds[0]["title"] == "Dataset cats"
     (row,) = dataset_rows(bot_engine)
     assert (row.name, row.guild_id, row.created_by, row.description) == (
-        "cats", d.guild.id, d.alice.id, "six red figures")
+        "cats",
+        d.guild.id,
+        d.alice.id,
+        "six red figures",
+    )
     taken = await add_dataset(emu, d.bob, "cats", dataset_zip)
     assert "already a dataset named `cats`" in taken.content
 
@@ -59,14 +69,23 @@ async def test_dataset_add_list_show_train_and_remove(
     assert "a red figure number 0" in fields["Caption samples"]
     assert "Held out" in fields
 
-    choices = await (await emu.run_autocomplete(d.alice, d.channel, "train lora",
-                                                "dataset_name", "ca")).wait_choices()
+    choices = await (
+        await emu.run_autocomplete(d.alice, d.channel, "train lora", "dataset_name", "ca")
+    ).wait_choices()
     assert [c["value"] for c in choices] == ["cats"]
-    mismatch = await command(emu, d.alice, "train lora", {
-        "dataset_name": "cats", "trigger": "zzz", "preset": "quick-test", "steps": 20})
+    mismatch = await command(
+        emu,
+        d.alice,
+        "train lora",
+        {"dataset_name": "cats", "trigger": "zzz", "preset": "quick-test", "steps": 20},
+    )
     assert "stored with the trigger `ohwx`" in mismatch.content
-    reply = await command(emu, d.alice, "train lora", {
-        "dataset_name": "cats", "trigger": "ohwx", "preset": "quick-test", "steps": 20})
+    reply = await command(
+        emu,
+        d.alice,
+        "train lora",
+        {"dataset_name": "cats", "trigger": "ohwx", "preset": "quick-test", "steps": 20},
+    )
     match = re.search(r"Job #(\d+)", reply.content)
     assert match, reply.content
     job = job_row(bot_engine, int(match.group(1)))
@@ -86,13 +105,18 @@ async def test_dataset_add_list_show_train_and_remove(
     assert [r.name for r in dataset_rows(bot_engine)] == [None]  # kept for the cancelled job
     empty = await command(emu, d.alice, "dataset list")
     assert "No datasets yet" in empty.content
-    gone = await command(emu, d.alice, "train lora", {
-        "dataset_name": "cats", "trigger": "ohwx", "preset": "quick-test", "steps": 20})
+    gone = await command(
+        emu,
+        d.alice,
+        "train lora",
+        {"dataset_name": "cats", "trigger": "ohwx", "preset": "quick-test", "steps": 20},
+    )
     assert "no dataset named `cats`" in gone.content
 
 
 async def test_heldout_loss_trend_and_overfit_notice_in_the_thread(
-        emu, atelier, bot_engine, dataset_zip, tmp_path) -> None:
+    emu, atelier, bot_engine, dataset_zip, tmp_path
+) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip, name="overfit")
     assert jobs.claim(bot_engine, WORKER) is not None
@@ -100,15 +124,33 @@ async def test_heldout_loss_trend_and_overfit_notice_in_the_thread(
     for step, held in ((10, 0.20), (20, 0.25), (30, 0.15)):
         model = tmp_path / f"m{step}.safetensors"
         model.write_bytes(b"w")
-        jobs.add_checkpoint(bot_engine, job_id, WORKER, Checkpoint(
-            job_id=job_id, step=step, path=str(model),
-            grid_path=str(png(tmp_path / f"g{step}.png", step)), loss=0.1), heldout_loss=held)
-    jobs.finish_training(bot_engine, job_id, WORKER, utcnow() + timedelta(hours=1),
-                         comparison_grid=str(png(tmp_path / "cmp.png", 7)), overfit_after=10)
+        jobs.add_checkpoint(
+            bot_engine,
+            job_id,
+            WORKER,
+            Checkpoint(
+                job_id=job_id,
+                step=step,
+                path=str(model),
+                grid_path=str(png(tmp_path / f"g{step}.png", step)),
+                loss=0.1,
+            ),
+            heldout_loss=held,
+        )
+    jobs.finish_training(
+        bot_engine,
+        job_id,
+        WORKER,
+        utcnow() + timedelta(hours=1),
+        comparison_grid=str(png(tmp_path / "cmp.png", 7)),
+        overfit_after=10,
+    )
     thread = job_row(bot_engine, job_id).thread_id
     done = await emu.wait_for_message(thread, "Training done", timeout=10)
-    assert ("Checkpoints after step 10 may be overfitting: held-out loss rose twice while "
-            "training loss fell.") in done.content
+    assert (
+        "Checkpoints after step 10 may be overfitting: held-out loss rose twice while "
+        "training loss fell."
+    ) in done.content
     captions = [m.content for m in emu.timeline(thread) if "Checkpoint at step" in m.content]
     assert len(captions) == 3
     assert "held-out loss 0.2000." in captions[0]  # the first: no trend

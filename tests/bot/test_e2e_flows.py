@@ -22,8 +22,12 @@ async def train(emu, user, zip_bytes: bytes, **options) -> tuple[int, object]:
     d = emu.default
     opts = {"trigger": "ohwx", "preset": "quick-test", "steps": 20, **options}
     handle = await emu.run_slash_command(
-        user, d.channel, "train lora", opts,
-        attachments={"dataset": ("set.zip", zip_bytes, "application/zip")})
+        user,
+        d.channel,
+        "train lora",
+        opts,
+        attachments={"dataset": ("set.zip", zip_bytes, "application/zip")},
+    )
     reply = await handle.wait_followup(1, 30)
     match = re.search(r"Job #(\d+)", reply.content)
     return (int(match.group(1)) if match else 0), reply
@@ -39,8 +43,12 @@ def fake_checkpoint(engine, tmp: Path, job_id: int, step: int) -> Checkpoint:
     Image.new("RGB", (16, 16), (step, 0, 0)).save(grid)
     model = tmp / f"m{step}.safetensors"
     model.write_bytes(b"weights" * step)
-    return jobs.add_checkpoint(engine, job_id, "w", Checkpoint(
-        job_id=job_id, step=step, path=str(model), grid_path=str(grid), loss=0.1))
+    return jobs.add_checkpoint(
+        engine,
+        job_id,
+        "w",
+        Checkpoint(job_id=job_id, step=step, path=str(model), grid_path=str(grid), loss=0.1),
+    )
 
 
 async def test_refusals_and_cancel(emu, atelier, bot_engine, dataset_zip) -> None:
@@ -61,13 +69,15 @@ async def test_refusals_and_cancel(emu, atelier, bot_engine, dataset_zip) -> Non
     thread = job_row(bot_engine, job_id).thread_id
     said = await emu.wait_for_message(thread, "cancelled", timeout=10)
     assert f"<@{d.alice.id}>" in said.content and job_row(bot_engine, job_id).state == "cancelled"
-    choices = await (await emu.run_autocomplete(d.alice, d.channel, "train lora", "preset",
-                                                "qu")).wait_choices()
+    choices = await (
+        await emu.run_autocomplete(d.alice, d.channel, "train lora", "preset", "qu")
+    ).wait_choices()
     assert [c["value"] for c in choices] == ["quick-test"]
 
 
 async def test_missing_attach_files_is_explained_then_delivered(
-        emu, atelier, bot_engine, dataset_zip, tmp_path) -> None:
+    emu, atelier, bot_engine, dataset_zip, tmp_path
+) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip)
     thread = job_row(bot_engine, job_id).thread_id
@@ -78,8 +88,9 @@ async def test_missing_attach_files_is_explained_then_delivered(
     said = await emu.wait_for_message(thread, "Attach Files", timeout=10)
     assert f"<@{d.alice.id}>" in said.content
     emu.set_permissions(d.channel, emu.world.bot, deny=[])
-    await emu.wait_until(lambda: job_row(bot_engine, job_id) and any(
-        m.attachments for m in emu.timeline(thread)), 15)
+    await emu.wait_until(
+        lambda: job_row(bot_engine, job_id) and any(m.attachments for m in emu.timeline(thread)), 15
+    )
 
 
 async def test_progress_coalesced_through_429_storm(emu, atelier, bot_engine, dataset_zip) -> None:
@@ -91,8 +102,16 @@ async def test_progress_coalesced_through_429_storm(emu, atelier, bot_engine, da
     await emu.wait_until(lambda: job_row(bot_engine, job_id).status_message_id is not None, 10)
     emu.rate_limit(r"PATCH /channels/\d+/messages/\d+", count=6, retry_after=0.2)
     for step in range(1, 16):
-        jobs.report_progress(bot_engine, job_id, "w", step=step, total=20, loss=0.5,
-                             steps_per_second=2.0, eta_seconds=(20 - step) / 2)
+        jobs.report_progress(
+            bot_engine,
+            job_id,
+            "w",
+            step=step,
+            total=20,
+            loss=0.5,
+            steps_per_second=2.0,
+            eta_seconds=(20 - step) / 2,
+        )
     status_id = job_row(bot_engine, job_id).status_message_id
     await emu.wait_until(lambda: "step 15/20" in emu.message(status_id).content, 20)
     edits = [c for c in emu.calls if c[0] == "PATCH" and c[1].endswith(str(status_id))]
@@ -101,7 +120,8 @@ async def test_progress_coalesced_through_429_storm(emu, atelier, bot_engine, da
 
 
 async def test_restart_recounts_reactions_made_while_down(
-        emu, settings, bot_engine, dataset_zip, tmp_path) -> None:
+    emu, settings, bot_engine, dataset_zip, tmp_path
+) -> None:
     d = emu.default
     bot = await start_bot(emu, settings, bot_engine)
     try:
@@ -110,8 +130,12 @@ async def test_restart_recounts_reactions_made_while_down(
         jobs.start_training(bot_engine, job_id, "w", total_steps=20)
         ckpt = fake_checkpoint(bot_engine, tmp_path, job_id, 10)
         await emu.wait_until(
-            lambda: _grid_id(bot_engine, ckpt.id) is not None
-            and VOTE_EMOJI in emu.reactions(_grid_id(bot_engine, ckpt.id)), 10)
+            lambda: (
+                _grid_id(bot_engine, ckpt.id) is not None
+                and VOTE_EMOJI in emu.reactions(_grid_id(bot_engine, ckpt.id))
+            ),
+            10,
+        )
     finally:
         await stop_bot(bot)
     grid_id = _grid_id(bot_engine, ckpt.id)
@@ -133,4 +157,3 @@ def _grid_id(engine, checkpoint_id: int) -> int | None:
 def _voters(engine, checkpoint_id: int) -> set[int]:
     with session_scope(engine) as session:
         return {v.user_id for v in session.query(Vote).filter_by(checkpoint_id=checkpoint_id)}
-

@@ -26,9 +26,12 @@ def job_row(engine, job_id: int) -> Job:
 async def test_train_vote_finalize(emu, atelier, settings, bot_engine, dataset_zip) -> None:
     d = emu.default
     handle = await emu.run_slash_command(
-        d.alice, d.channel, "train lora",
+        d.alice,
+        d.channel,
+        "train lora",
         {"trigger": "ohwx", "preset": "quick-test", "steps": 20, "name": "redfig"},
-        attachments={"dataset": ("set.zip", dataset_zip, "application/zip")})
+        attachments={"dataset": ("set.zip", dataset_zip, "application/zip")},
+    )
     response = await handle.wait_response(3)
     assert response["type"] == 5  # deferred within 3 s
     reply = await handle.wait_followup(1, 30)

@@ -44,8 +44,9 @@ def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.export import export_checkpoint
 
     torch.set_num_threads(1)
-    cfg = TrainConfig(rank=4, alpha=4.0, steps=20, checkpoint_every=20, trigger="ohwx",
-                      resolution=64)
+    cfg = TrainConfig(
+        rank=4, alpha=4.0, steps=20, checkpoint_every=20, trigger="ohwx", resolution=64
+    )
     model = load_base_model("builtin:tiny", "sd1", cache_dir=tmp_path_factory.mktemp("cache"))
     torch.manual_seed(0)
     with torch.no_grad():
@@ -58,11 +59,25 @@ def finish_job(engine, tmp: Path, job_id: int, lora: Path) -> None:
     """The worker's side of a training, with a real model file as its checkpoint."""
     assert jobs.claim(engine, WORKER).id == job_id
     jobs.start_training(engine, job_id, WORKER, total_steps=20)
-    jobs.add_checkpoint(engine, job_id, WORKER, Checkpoint(
-        job_id=job_id, step=20, path=str(lora), grid_path=str(png(tmp / f"g{job_id}.png", 9)),
-        loss=0.1))
-    jobs.finish_training(engine, job_id, WORKER, utcnow() + timedelta(hours=1),
-                         comparison_grid=str(png(tmp / f"c{job_id}.png", 3)))
+    jobs.add_checkpoint(
+        engine,
+        job_id,
+        WORKER,
+        Checkpoint(
+            job_id=job_id,
+            step=20,
+            path=str(lora),
+            grid_path=str(png(tmp / f"g{job_id}.png", 9)),
+            loss=0.1,
+        ),
+    )
+    jobs.finish_training(
+        engine,
+        job_id,
+        WORKER,
+        utcnow() + timedelta(hours=1),
+        comparison_grid=str(png(tmp / f"c{job_id}.png", 3)),
+    )
 
 
 async def work_once(settings, engine) -> None:
@@ -74,8 +89,9 @@ async def work_once(settings, engine) -> None:
     assert await asyncio.to_thread(Worker(settings, engine, "test-worker").run_once)
 
 
-async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine, dataset_zip,
-                                              tmp_path, lora_file) -> None:
+async def test_iterate_curate_retrain_compare(
+    emu, atelier, settings, bot_engine, dataset_zip, tmp_path, lora_file
+) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip, name="hero")
     finish_job(bot_engine, tmp_path, job_id, lora_file)
@@ -84,13 +100,18 @@ async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine
     assert parent.state == "finalized"
 
     # 1. candidates rendered by the worker, posted in a new thread, one page of 4
-    reply = await command(emu, d.alice, "iterate start",
-                          {"model": job_id, "count": 4, "contexts": "at a café, in space"})
+    reply = await command(
+        emu,
+        d.alice,
+        "iterate start",
+        {"model": job_id, "count": 4, "contexts": "at a café, in space"},
+    )
     assert "Iteration #1 queued" in reply.content, reply.content
     await work_once(settings, bot_engine)
     await emu.wait_for_message(d.channel, "Iteration #1", timeout=15)
-    await emu.wait_until(lambda: any(t.name.startswith("iterate-1")
-                                     for t in emu.threads_of(d.channel)), 15)
+    await emu.wait_until(
+        lambda: any(t.name.startswith("iterate-1") for t in emu.threads_of(d.channel)), 15
+    )
     thread = next(t for t in emu.threads_of(d.channel) if t.name.startswith("iterate-1"))
     page = await emu.wait_for_message(thread, "Page 1/1", timeout=15)
     discard = await emu.wait_for_message(thread, "Page 1: ❌", timeout=15)
@@ -102,9 +123,14 @@ async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine
     await emu.wait_until(lambda: len(emu.reactions(discard)) == 4, 15)
 
     # 2. two members vote: net keep for images 1 and 2 only
-    for user, emoji, message in ((d.alice, "1️⃣", page), (d.alice, "2️⃣", page),
-                                 (d.alice, "4️⃣", page), (d.bob, "2️⃣", page),
-                                 (d.bob, "4️⃣", discard), (d.bob, "3️⃣", discard)):
+    for user, emoji, message in (
+        (d.alice, "1️⃣", page),
+        (d.alice, "2️⃣", page),
+        (d.alice, "4️⃣", page),
+        (d.bob, "2️⃣", page),
+        (d.bob, "4️⃣", discard),
+        (d.bob, "3️⃣", discard),
+    ):
         emu.add_reaction(user, message, emoji)
     refused = await command(emu, d.bob, "iterate finish", {"iteration": 1})
     assert "owner" in refused.content
@@ -119,8 +145,9 @@ async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine
         v2 = session.get(Dataset, lineage.dataset_id)
         assert lineage.parent_id == parent.dataset_id and lineage.version == 2
         original = session.get(Dataset, parent.dataset_id).images
-    rows = [json.loads(line) for line in
-            (Path(v2.path) / "captions.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (Path(v2.path) / "captions.jsonl").read_text().splitlines()
+    ]
     assert v2.images == len(rows) == original + 2
     assert [r["text"] for r in rows[original:]] == [cands[0].prompt, cands[1].prompt]
 
@@ -151,7 +178,9 @@ async def test_iterate_curate_retrain_compare(emu, atelier, settings, bot_engine
     def voted() -> bool:
         with session_scope(bot_engine) as session:
             return [(v.user_id, v.choice) for v in session.exec(select(ComparisonVote))] == [
-                (d.carol.id, "b")]
+                (d.carol.id, "b")
+            ]
+
     await emu.wait_until(voted, 10)
 
     # 5. lineage

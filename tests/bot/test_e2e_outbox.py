@@ -30,7 +30,8 @@ def crash_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 async def test_dataset_report_posted_once_after_crash(
-        emu, atelier, bot_engine, dataset_zip, monkeypatch) -> None:
+    emu, atelier, bot_engine, dataset_zip, monkeypatch
+) -> None:
     d = emu.default
     crashed = crash_once(monkeypatch)
     job_id, reply = await train(emu, d.alice, dataset_zip, name="once")
@@ -44,7 +45,8 @@ async def test_dataset_report_posted_once_after_crash(
 
 
 async def test_announcement_posted_once_after_crash(
-        emu, atelier, settings, bot_engine, dataset_zip, tmp_path, monkeypatch) -> None:
+    emu, atelier, settings, bot_engine, dataset_zip, tmp_path, monkeypatch
+) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip, name="annc")
     train_to_vote(bot_engine, tmp_path, job_id)

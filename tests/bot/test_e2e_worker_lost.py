@@ -17,9 +17,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 @pytest.fixture
 def settings(settings):  # short heartbeats: a lost worker is noticed in about 3 s
-    fast = settings.worker.model_copy(update={
-        "heartbeat_seconds": 0.5, "stale_after_seconds": 3.0, "poll_seconds": 0.2,
-        "progress_event_seconds": 0.2})
+    fast = settings.worker.model_copy(
+        update={
+            "heartbeat_seconds": 0.5,
+            "stale_after_seconds": 3.0,
+            "poll_seconds": 0.2,
+            "progress_event_seconds": 0.2,
+        }
+    )
     return settings.model_copy(update={"worker": fast})
 
 
@@ -29,7 +34,8 @@ def checkpoint_steps(engine, job_id: int) -> list[int]:
 
 
 async def test_killed_worker_job_resumes_on_another(
-        emu, atelier, settings, bot_engine, dataset_zip, tmp_path) -> None:
+    emu, atelier, settings, bot_engine, dataset_zip, tmp_path
+) -> None:
     d = emu.default
     job_id, reply = await train(emu, d.alice, dataset_zip, steps=20, name="lost")
     assert job_id, reply.content
@@ -44,8 +50,7 @@ async def test_killed_worker_job_resumes_on_another(
     resumed_from = max(checkpoint_steps(bot_engine, job_id))
     with WorkerProcess(settings, "second", tmp_path / "second.log") as second:
         lost = await emu.wait_for_message(thread, "was lost", timeout=30)
-        await emu.wait_until(
-            lambda: job_row(bot_engine, job_id).state == "awaiting_vote", 150)
+        await emu.wait_until(lambda: job_row(bot_engine, job_id).state == "awaiting_vote", 150)
     assert "resume from its newest checkpoint" in lost.content
     resumed = await emu.wait_for_message(thread, "Training resumed", timeout=10)
     assert f"step {resumed_from}" in resumed.content, second.log()[-3000:]

@@ -3,14 +3,27 @@
 import subprocess
 import sys
 
-MODULES = ["bot.client", "bot.__main__", "bot.exts.train", "bot.exts.jobs", "bot.exts.models",
-           "bot.exts.admin", "bot.exts.votes", "bot.notifier", "bot.voting", "bot.links",
-           "bot.downloads", "bot.render"]
+MODULES = [
+    "bot.client",
+    "bot.__main__",
+    "bot.exts.train",
+    "bot.exts.jobs",
+    "bot.exts.models",
+    "bot.exts.admin",
+    "bot.exts.votes",
+    "bot.notifier",
+    "bot.voting",
+    "bot.links",
+    "bot.downloads",
+    "bot.render",
+]
 
 
 def test_no_torch_on_the_bot_import_path() -> None:
-    code = f"import {', '.join(MODULES)}; import sys; " \
-           "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    code = (
+        f"import {', '.join(MODULES)}; import sys; "
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

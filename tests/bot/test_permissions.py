@@ -8,8 +8,11 @@ from storage.models import GuildSettings, Job
 
 
 def member(uid: int, roles: list[int] = (), manage: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(id=uid, roles=[SimpleNamespace(id=r) for r in roles],
-                           guild_permissions=SimpleNamespace(manage_guild=manage))
+    return SimpleNamespace(
+        id=uid,
+        roles=[SimpleNamespace(id=r) for r in roles],
+        guild_permissions=SimpleNamespace(manage_guild=manage),
+    )
 
 
 def test_guild_allow_list() -> None:

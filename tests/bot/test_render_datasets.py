@@ -5,8 +5,13 @@ from __future__ import annotations
 from bot import render
 from trainer.heldout import overfitting_from
 
-RISING = [(100, 0.30, 0.20), (200, 0.25, 0.18), (300, 0.20, 0.19), (400, 0.15, 0.21),
-          (500, 0.12, 0.24)]
+RISING = [
+    (100, 0.30, 0.20),
+    (200, 0.25, 0.18),
+    (300, 0.20, 0.19),
+    (400, 0.15, 0.21),
+    (500, 0.12, 0.24),
+]
 FALLING = [(100, 0.30, 0.20), (200, 0.25, 0.18), (300, 0.20, 0.17), (400, 0.15, 0.16)]
 
 
@@ -15,7 +20,8 @@ def test_overfit_notice_for_a_rising_heldout_history() -> None:
     assert step == 200
     assert render.overfit_notice(step) == (
         "⚠️ Checkpoints after step 200 may be overfitting: held-out loss rose twice while "
-        "training loss fell.")
+        "training loss fell."
+    )
 
 
 def test_no_overfit_notice_for_a_falling_history() -> None:
@@ -35,26 +41,39 @@ def test_checkpoint_caption_shows_heldout_loss_and_trend() -> None:
 
 def test_dataset_embed_shows_concepts_heldout_and_samples() -> None:
     report = {
-        "images": 12, "trigger": "", "skipped": [], "captions": {"sidecar": 8},
+        "images": 12,
+        "trigger": "",
+        "skipped": [],
+        "captions": {"sidecar": 8},
         "concepts": [
-            {"trigger": "ohwx woman", "images": 8, "repeats": 2, "held_out": 1,
-             "captions": {"sidecar": 8}, "missing_trigger": 3},
+            {
+                "trigger": "ohwx woman",
+                "images": 8,
+                "repeats": 2,
+                "held_out": 1,
+                "captions": {"sidecar": 8},
+                "missing_trigger": 3,
+            },
             {"trigger": "tkxw", "images": 4, "repeats": 1, "held_out": 0, "captions": {}},
         ],
         "held_out": ["a.png"],
     }
     samples = [{"file": "images/0001.png", "text": "ohwx woman, red", "concept": "ohwx woman"}]
-    embed = render.dataset_embed("people", "two people", report, 7, samples=samples,
-                                 thumbnails=(48, 60))
+    embed = render.dataset_embed(
+        "people", "two people", report, 7, samples=samples, thumbnails=(48, 60)
+    )
     fields = {f.name: f.value for f in embed.fields}
-    assert "`ohwx woman`: 8 images × 2, 8 captioned, trigger added to 3, 1 held out" in \
-        fields["Concepts"]
+    assert (
+        "`ohwx woman`: 8 images × 2, 8 captioned, trigger added to 3, 1 held out"
+        in fields["Concepts"]
+    )
     assert "`tkxw`: 4 images × 1, 0 captioned" in fields["Concepts"]
     assert fields["Held out"].startswith("1 images kept out")
     assert "`0001` [ohwx woman] ohwx woman, red" in fields["Caption samples"]
     assert "first 48 of 60" in (embed.description or "")
-    note = render.dataset_embed("x", None, {"images": 3, "held_out_note": "too few to hold out"},
-                                None)
+    note = render.dataset_embed(
+        "x", None, {"images": 3, "held_out_note": "too few to hold out"}, None
+    )
     assert {f.name: f.value for f in note.fields}["Held out"] == "too few to hold out"
 
 
@@ -66,6 +85,7 @@ def test_job_qa_report_embed_has_the_concepts_too() -> None:
 
 def test_dataset_list_text() -> None:
     assert "No datasets yet" in render.dataset_list_text([])
-    text = render.dataset_list_text([{"name": "cats", "images": 6, "created_by": 5,
-                                      "description": "six"}])
+    text = render.dataset_list_text(
+        [{"name": "cats", "images": 6, "created_by": 5, "description": "six"}]
+    )
     assert text == "• **cats** — 6 images, by <@5>: six"

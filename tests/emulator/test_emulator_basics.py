@@ -55,8 +55,9 @@ async def test_messages_history_edit_delete(emu: DiscordEmulator, client: discor
     assert history == ["m4", "m3", "m2"]
     after = [m.content async for m in channel.history(after=sent[1], oldest_first=True)]
     assert after == ["m2", "m3", "m4"]
-    edited = await sent[0].edit(content="changed", attachments=[discord.File(io.BytesIO(b"x"),
-                                                                               "a.txt")])
+    edited = await sent[0].edit(
+        content="changed", attachments=[discord.File(io.BytesIO(b"x"), "a.txt")]
+    )
     assert edited.content == "changed" and edited.attachments[0].filename == "a.txt"
     edited = await edited.edit(attachments=[])
     assert edited.attachments == []
@@ -107,8 +108,9 @@ async def test_rate_limit_is_retried(emu: DiscordEmulator, client: discord.Clien
     assert len(posts) == 3
 
 
-async def test_reactions_and_resume_after_drop(emu: DiscordEmulator, client: discord.Client
-                                               ) -> None:
+async def test_reactions_and_resume_after_drop(
+    emu: DiscordEmulator, client: discord.Client
+) -> None:
     d = emu.default
     assert d is not None
     channel = training(client, emu)
@@ -190,10 +192,14 @@ async def test_limits(emu: DiscordEmulator, client: discord.Client) -> None:
     form.add_field("payload_json", '{"content": "many"}', content_type="application/json")
     for i in range(11):
         form.add_field(f"files[{i}]", b"x", filename=f"f{i}.txt")
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{emu.api_base}/channels/{channel.id}/messages", data=form,
-        headers={"Authorization": f"Bot {emu.token}"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emu.api_base}/channels/{channel.id}/messages",
+            data=form,
+            headers={"Authorization": f"Bot {emu.token}"},
+        ) as resp,
+    ):
         assert resp.status == 400 and resp.headers["Content-Type"] == "application/json"
         body = await resp.json()
         assert body["code"] == 50035 and "errors" in body
@@ -215,8 +221,11 @@ async def test_transcript(emu: DiscordEmulator, client: discord.Client, tmp_path
     channel = training(client, emu)
     starter = await channel.send("Job **42**")
     thread = await channel.create_thread(name="job-42", message=starter)
-    grid = await thread.send("checkpoint 1", file=discord.File(io.BytesIO(png()), "grid.png"),
-                             embed=discord.Embed(title="Step 500", description="loss 0.1"))
+    grid = await thread.send(
+        "checkpoint 1",
+        file=discord.File(io.BytesIO(png()), "grid.png"),
+        embed=discord.Embed(title="Step 500", description="loss 0.1"),
+    )
     emu.add_reaction(d.alice, grid.id, "1️⃣")
     emu.add_reaction(d.bob, grid.id, "1️⃣")
     assert emu.attachment_bytes(grid.id) == png()
@@ -228,8 +237,9 @@ async def test_transcript(emu: DiscordEmulator, client: discord.Client, tmp_path
     assert ("Atelier" in html and "alice" not in html.lower()) or True
 
 
-async def test_server_errors_and_slow_responses(emu: DiscordEmulator, client: discord.Client
-                                                ) -> None:
+async def test_server_errors_and_slow_responses(
+    emu: DiscordEmulator, client: discord.Client
+) -> None:
     channel = training(client, emu)
     emu.server_error(r"POST /channels/\d+/messages$", count=1, status=502)
     emu.slow(r"GET /channels/\d+$", delay=0.2)
@@ -242,24 +252,31 @@ async def test_server_errors_and_slow_responses(emu: DiscordEmulator, client: di
     assert loop.time() - start >= 0.2
 
 
-async def _raw_post(emu: DiscordEmulator, channel_id: int, body: dict[str, object]
-                    ) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{emu.api_base}/channels/{channel_id}/messages", json=body,
-        headers={"Authorization": f"Bot {emu.token}"},
-    ) as resp:
+async def _raw_post(
+    emu: DiscordEmulator, channel_id: int, body: dict[str, object]
+) -> tuple[int, dict[str, object]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emu.api_base}/channels/{channel_id}/messages",
+            json=body,
+            headers={"Authorization": f"Bot {emu.token}"},
+        ) as resp,
+    ):
         return resp.status, await resp.json()
 
 
 async def test_enforced_nonce_returns_the_existing_message(
-        emu: DiscordEmulator, client: discord.Client) -> None:
+    emu: DiscordEmulator, client: discord.Client
+) -> None:
     channel = training(client, emu)
     creates = len([e for e, _ in emu.events if e == "MESSAGE_CREATE"])
     first = await channel.send("once", nonce="job-1-report")
     again = await channel.send("once (retry)", nonce="job-1-report")
     assert again.id == first.id and again.content == "once"
-    status, body = await _raw_post(emu, channel.id, {"content": "raw", "nonce": "job-1-report",
-                                                     "enforce_nonce": True})
+    status, body = await _raw_post(
+        emu, channel.id, {"content": "raw", "nonce": "job-1-report", "enforce_nonce": True}
+    )
     assert status == 200 and body["id"] == str(first.id) and body["nonce"] == "job-1-report"
     assert [m.content for m in emu.timeline(channel.id)][-1:] == ["once"]
     assert len([e for e, _ in emu.events if e == "MESSAGE_CREATE"]) == creates + 1
@@ -270,6 +287,7 @@ async def test_enforced_nonce_returns_the_existing_message(
     late = await channel.send("late", nonce="job-1-report")
     assert len({first.id, int(plain["id"]), other.id, late.id}) == 4
     assert len([e for e, _ in emu.events if e == "MESSAGE_CREATE"]) == creates + 4
-    status, body = await _raw_post(emu, channel.id, {"content": "x", "nonce": "n" * 26,
-                                                     "enforce_nonce": True})
+    status, body = await _raw_post(
+        emu, channel.id, {"content": "x", "nonce": "n" * 26, "enforce_nonce": True}
+    )
     assert status == 400 and body["code"] == 50035

@@ -21,19 +21,25 @@ def build_tree(client: discord.Client, log: dict[str, Any]) -> app_commands.Comm
     train = app_commands.Group(name="train", description="Train a model")
 
     @train.command(name="lora", description="Train a LoRA from a zip")
-    async def lora(interaction: discord.Interaction, dataset: discord.Attachment,
-                   steps: int = 100, preset: str = "character") -> None:
+    async def lora(
+        interaction: discord.Interaction,
+        dataset: discord.Attachment,
+        steps: int = 100,
+        preset: str = "character",
+    ) -> None:
         await interaction.response.defer()
         data = await dataset.read()
         log["bytes"] = data
         log["args"] = (steps, preset, interaction.filesize_limit)
         await interaction.followup.send(
             f"queued {dataset.filename} ({len(data)} bytes, {steps} steps)",
-            file=discord.File(io.BytesIO(data), "echo.zip"))
+            file=discord.File(io.BytesIO(data), "echo.zip"),
+        )
 
     @lora.autocomplete("preset")
-    async def preset_ac(interaction: discord.Interaction, current: str
-                        ) -> list[app_commands.Choice[str]]:
+    async def preset_ac(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         names = ["character", "style", "fast test"]
         return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
 
@@ -50,8 +56,9 @@ def build_tree(client: discord.Client, log: dict[str, Any]) -> app_commands.Comm
     @tree.command(name="vote", description="Buttons")
     async def vote(interaction: discord.Interaction) -> None:
         view = discord.ui.View()
-        button: discord.ui.Button[discord.ui.View] = discord.ui.Button(label="pick",
-                                                                       custom_id="pick:1")
+        button: discord.ui.Button[discord.ui.View] = discord.ui.Button(
+            label="pick", custom_id="pick:1"
+        )
 
         async def picked(click: discord.Interaction) -> None:
             await click.response.edit_message(content=f"picked by {click.user.name}", view=None)
@@ -63,8 +70,7 @@ def build_tree(client: discord.Client, log: dict[str, Any]) -> app_commands.Comm
     return tree
 
 
-async def test_slash_command_with_attachment(emu: DiscordEmulator, client: discord.Client
-                                             ) -> None:
+async def test_slash_command_with_attachment(emu: DiscordEmulator, client: discord.Client) -> None:
     d = emu.default
     assert d is not None
     log: dict[str, Any] = {}
@@ -75,9 +81,13 @@ async def test_slash_command_with_attachment(emu: DiscordEmulator, client: disco
     assert {c.name for c in synced} == {"train", "slow", "vote"}
     assert emu.command_syncs == {d.guild.id: 1}
     payload = b"PK\x03\x04" + bytes(range(256)) * 40
-    handle = await emu.run_slash_command(d.alice, d.channel, "train lora",
-                                         options={"steps": 250},
-                                         attachments={"dataset": ("data.zip", payload)})
+    handle = await emu.run_slash_command(
+        d.alice,
+        d.channel,
+        "train lora",
+        options={"steps": 250},
+        attachments={"dataset": ("data.zip", payload)},
+    )
     first = await handle.wait_response()
     assert first["type"] == 5
     reply = await handle.wait_followup()
@@ -99,8 +109,7 @@ async def test_slash_command_with_attachment(emu: DiscordEmulator, client: disco
     assert emu.unknown_calls == []
 
 
-async def test_late_response_and_token_expiry(emu: DiscordEmulator, client: discord.Client
-                                              ) -> None:
+async def test_late_response_and_token_expiry(emu: DiscordEmulator, client: discord.Client) -> None:
     d = emu.default
     assert d is not None
     log: dict[str, Any] = {}
@@ -123,10 +132,13 @@ async def test_late_response_and_token_expiry(emu: DiscordEmulator, client: disc
     await click.wait_response()
     assert click.response_type == 7 and msg.content == "picked by bob" and msg.components == []
     emu.advance_time(15 * 60 + 1)
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{emu.api_base}/webhooks/{emu.world.application_id}/{h.token}?wait=true",
-        json={"content": "too late"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emu.api_base}/webhooks/{emu.world.application_id}/{h.token}?wait=true",
+            json={"content": "too late"},
+        ) as resp,
+    ):
         assert resp.status == 401 and (await resp.json())["code"] == 50027
 
 
@@ -148,8 +160,9 @@ async def test_command_creation_limit(emu: DiscordEmulator, client: discord.Clie
             assert resp.headers["Content-Type"] == "application/json"
 
 
-async def test_followups_edits_and_upload_limit(emu: DiscordEmulator, client: discord.Client
-                                                ) -> None:
+async def test_followups_edits_and_upload_limit(
+    emu: DiscordEmulator, client: discord.Client
+) -> None:
     d = emu.default
     assert d is not None
     tree = app_commands.CommandTree(client)
@@ -164,7 +177,8 @@ async def test_followups_edits_and_upload_limit(emu: DiscordEmulator, client: di
         log["limit"] = interaction.filesize_limit
         try:
             await interaction.followup.send(
-                file=discord.File(io.BytesIO(b"\0" * (interaction.filesize_limit + 1)), "x.bin"))
+                file=discord.File(io.BytesIO(b"\0" * (interaction.filesize_limit + 1)), "x.bin")
+            )
         except discord.HTTPException as exc:
             log["too_big"] = exc
         extra = await interaction.followup.send("extra", ephemeral=True, wait=True)

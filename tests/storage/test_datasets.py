@@ -39,17 +39,31 @@ def _result(tmp_path: Path, count: int = 3, seed: int = 0, name: str = "up.zip")
 
 
 def _job(session, dataset_id: str) -> Job:
-    return jobs.enqueue(session, Job(owner_id=1, guild_id=GUILD, name="j", method="lora",
-                                     base_model="tiny", dataset_id=dataset_id))
+    return jobs.enqueue(
+        session,
+        Job(
+            owner_id=1,
+            guild_id=GUILD,
+            name="j",
+            method="lora",
+            base_model="tiny",
+            dataset_id=dataset_id,
+        ),
+    )
 
 
 def test_add_list_find_and_names_unique_per_guild(engine, tmp_path: Path) -> None:
     first, second = _result(tmp_path), _result(tmp_path, seed=50, name="b.zip")
     with session_scope(engine) as session:
-        row = add_named_dataset(session, first, guild_id=GUILD, name="  cats  ", created_by=5,
-                                description="three cats")
+        row = add_named_dataset(
+            session, first, guild_id=GUILD, name="  cats  ", created_by=5, description="three cats"
+        )
         assert (row.name, row.description, row.created_by, row.images) == (
-            "cats", "three cats", 5, 3)
+            "cats",
+            "three cats",
+            5,
+            3,
+        )
     with session_scope(engine) as session, pytest.raises(DatasetRefused, match="already a"):
         add_named_dataset(session, second, guild_id=GUILD, name="cats")
     with session_scope(engine) as session, pytest.raises(DatasetRefused, match="as `cats`"):
@@ -114,8 +128,11 @@ def test_contact_sheet_size_follows_thumbnail_count(tmp_path: Path) -> None:
 
 def test_caption_samples_spread_over_concepts(tmp_path: Path) -> None:
     entries = [("concepts.json", json.dumps({"a": "ohwx", "b": "tkxw"}).encode())]
-    entries += [(f"{folder}/{i}.png", png(i + (20 if folder == "b" else 0)))
-                for folder in "ab" for i in range(4)]
+    entries += [
+        (f"{folder}/{i}.png", png(i + (20 if folder == "b" else 0)))
+        for folder in "ab"
+        for i in range(4)
+    ]
     result = ingest(tmp_path, entries)
     samples = caption_samples(result.path, per_concept=2)
     assert [s["concept"] for s in samples] == ["ohwx", "ohwx", "tkxw", "tkxw"]

@@ -22,8 +22,16 @@ def test_config_diff_and_lineage_text() -> None:
     a = {"rank": 4, "steps": 60, "dataset": "/a", "validation": {"steps": 4, "seeds": [1]}}
     b = {"rank": 16, "steps": 60, "dataset": "/b", "validation": {"steps": 8, "seeds": [1]}}
     assert it.config_diff(a, b) == {"rank": [4, 16], "validation.steps": [4, 8]}
-    text = it.lineage_text({"parents": [3, 1], "dataset_id": "abcdef123456",
-                            "dataset_version": 2, "setting": "rank", "old": 4, "new": 16})
+    text = it.lineage_text(
+        {
+            "parents": [3, 1],
+            "dataset_id": "abcdef123456",
+            "dataset_version": 2,
+            "setting": "rank",
+            "old": 4,
+            "new": 16,
+        }
+    )
     assert text == "from #3 ← #1 · dataset v2 `abcdef12` · changed rank 4 → 16"
 
 
@@ -35,12 +43,20 @@ def test_curation_builds_the_next_version(tmp_path: Path, sqlite_url: str) -> No
     upgrade(engine)
     datasets = tmp_path / "datasets"
     (tmp_path / "set.zip").write_bytes(make_zip(4))
-    result = ingest_zip(tmp_path / "set.zip", datasets, IngestOptions(trigger="ohwx",
-                        resolution=256), Limits())
+    result = ingest_zip(
+        tmp_path / "set.zip", datasets, IngestOptions(trigger="ohwx", resolution=256), Limits()
+    )
     with session_scope(engine) as session:
         dataset = record_dataset(session, result)
-        job = Job(owner_id=1, name="m", method="lora", base_model="tiny", dataset_id=dataset.id,
-                  config={"trigger": "ohwx", "rank": 4}, state="finalized")
+        job = Job(
+            owner_id=1,
+            name="m",
+            method="lora",
+            base_model="tiny",
+            dataset_id=dataset.id,
+            config={"trigger": "ohwx", "rank": 4},
+            state="finalized",
+        )
         session.add(job)
         session.flush()
         ckpt = Checkpoint(job_id=job.id, step=10, path="/x.safetensors")
@@ -49,17 +65,26 @@ def test_curation_builds_the_next_version(tmp_path: Path, sqlite_url: str) -> No
         job.winner_checkpoint_id = ckpt.id
         job_id = job.id
     with session_scope(engine) as session, pytest.raises(it.IterationRefused):
-        it.request_iteration(session, guild_id=None, channel_id=1, user_id=1, job_id=job_id,
-                             count=41)
+        it.request_iteration(
+            session, guild_id=None, channel_id=1, user_id=1, job_id=job_id, count=41
+        )
     with session_scope(engine) as session:
-        iteration_id = it.request_iteration(session, guild_id=None, channel_id=1, user_id=1,
-                                            job_id=job_id, count=3).id
+        iteration_id = it.request_iteration(
+            session, guild_id=None, channel_id=1, user_id=1, job_id=job_id, count=3
+        ).id
     rows = []
     for index in range(3):
         path = tmp_path / f"c{index}.png"
         Image.new("RGB", (64, 64), (50 * index, 200, 30)).save(path)
-        rows.append({"prompt": f"ohwx, ctx{index}, photo", "context": f"ctx{index}",
-                     "style": "photo", "seed": index, "image_path": str(path)})
+        rows.append(
+            {
+                "prompt": f"ohwx, ctx{index}, photo",
+                "context": f"ctx{index}",
+                "style": "photo",
+                "seed": index,
+                "image_path": str(path),
+            }
+        )
     it.complete_iteration(engine, iteration_id, rows, utcnow() + timedelta(hours=1))
     cands = it.candidates(engine, iteration_id)
     for cand, votes in zip(cands, [(1, 1), (1, -1), (-1,)], strict=True):
@@ -67,8 +92,10 @@ def test_curation_builds_the_next_version(tmp_path: Path, sqlite_url: str) -> No
             it.record_candidate_vote(engine, cand.id, user, value, True)
     new = it.finish_iteration(engine, iteration_id, datasets, Limits(), by_user=1)
     assert new is not None and new.images == 5
-    captions = [json.loads(line)["text"] for line in
-                (Path(new.path) / "captions.jsonl").read_text().splitlines()]
+    captions = [
+        json.loads(line)["text"]
+        for line in (Path(new.path) / "captions.jsonl").read_text().splitlines()
+    ]
     assert captions[4:] == ["ohwx, ctx0, photo"]
     with pytest.raises(it.NothingToFinish):
         it.finish_iteration(engine, iteration_id, datasets, Limits())

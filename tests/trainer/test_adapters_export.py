@@ -93,9 +93,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
-def test_lora_kohya_and_diffusers_files_reload_to_same_output(
-    cache: Path, tmp_path: Path
-) -> None:
+def test_lora_kohya_and_diffusers_files_reload_to_same_output(cache: Path, tmp_path: Path) -> None:
     cfg = config(targets="attention_conv", train_text_encoder=True)
     model = trained(cache, "sd1", cfg)
     want_unet, want_te = unet_out(model), te_out(model)

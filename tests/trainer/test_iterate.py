@@ -26,8 +26,13 @@ def test_change_is_one_validated_setting() -> None:
     assert (key, old, new, updated["rank"]) == ("rank", 4, 16, 16)
     assert parse_change("validation.steps=8", config)[3]["validation"]["steps"] == 8
     assert parse_change(None, config)[0] is None
-    for bad, why in (("rank=8,steps=30", "exactly one"), ("rank", "exactly one"),
-                     ("dataset=/x", "can be changed"), ("nope=1", "can be changed"),
-                     ("rank=0", "rank"), ("rank=4", "changes nothing")):
+    for bad, why in (
+        ("rank=8,steps=30", "exactly one"),
+        ("rank", "exactly one"),
+        ("dataset=/x", "can be changed"),
+        ("nope=1", "can be changed"),
+        ("rank=0", "rank"),
+        ("rank=4", "changes nothing"),
+    ):
         with pytest.raises(BadInput, match=why):
             parse_change(bad, config)

@@ -36,10 +36,13 @@ def test_tokenizer_knows_common_words(tiny_cache: Path) -> None:
     assert model.tokenizers[0].model_max_length == 77
 
 
-@pytest.mark.parametrize(("path", "arch", "n_encoders"), [
-    ("builtin:tiny", "sd1", 1),
-    ("builtin:tiny-sdxl", "sdxl", 2),
-])
+@pytest.mark.parametrize(
+    ("path", "arch", "n_encoders"),
+    [
+        ("builtin:tiny", "sd1", 1),
+        ("builtin:tiny-sdxl", "sdxl", 2),
+    ],
+)
 def test_load_base_model_frozen_and_renders(
     tiny_cache: Path, path: str, arch: str, n_encoders: int
 ) -> None:

@@ -88,7 +88,7 @@ def kohya_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     data = save_bytes(tensors, ss_only)
     header = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(data[8 + header:]).hexdigest()
+    model_hash = hashlib.sha256(data[8 + header :]).hexdigest()
     legacy = BytesIO(data)
     legacy.seek(0x100000)
     legacy_hash = hashlib.sha256(legacy.read(0x10000)).hexdigest()[:8]
