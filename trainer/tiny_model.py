@@ -96,7 +96,7 @@ def _sd1_components() -> dict[str, object]:
         "vae": _vae(),
         "text_encoder": _text_encoder(tokenizer, with_projection=False),
         "tokenizer": tokenizer,
-        "scheduler": _scheduler(),
+        "scheduler": training_scheduler(),
     }
 
 
@@ -129,7 +129,7 @@ def _sdxl_components() -> dict[str, object]:
         "text_encoder_2": _text_encoder(tokenizer_2, with_projection=True),
         "tokenizer": tokenizer,
         "tokenizer_2": tokenizer_2,
-        "scheduler": _scheduler(),
+        "scheduler": training_scheduler(),
     }
 
 
@@ -167,7 +167,8 @@ def _text_encoder(tokenizer: object, *, with_projection: bool) -> torch.nn.Modul
     return cls(config)
 
 
-def _scheduler() -> object:
+def training_scheduler() -> object:
+    """SD 1.x's training noise schedule (DDPM, scaled linear 0.00085–0.012, ε-prediction)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(

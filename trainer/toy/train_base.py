@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from trainer.tiny_model import _BOS, _COMMON_WORDS, _EOS, _MAX_LENGTH, _bytes_to_unicode
+from trainer.tiny_model import (
+    _BOS,
+    _COMMON_WORDS,
+    _EOS,
+    _MAX_LENGTH,
+    _bytes_to_unicode,
+    training_scheduler,
+)
 from trainer.toy import shapes
 
 SEED = 20240611
@@ -142,20 +149,6 @@ def make_text_encoder(tokenizer: Any) -> Any:
     return CLIPTextModel(config)
 
 
-def make_scheduler() -> Any:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -225,7 +218,7 @@ def train_denoiser(
     log: list[dict[str, float]],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     """UNet + text encoder on cached latents; returns EMA state dicts and the steps done."""
-    scheduler = make_scheduler()
+    scheduler = training_scheduler()
     torch.manual_seed(seed + 2)
     rng = np.random.default_rng(seed + 2)
     generator = torch.Generator().manual_seed(seed + 2)
@@ -309,7 +302,7 @@ def save_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, tokenize
 
     pipe = StableDiffusionPipeline(
         unet=unet.float(), vae=vae.float(), text_encoder=text_encoder.float(),
-        tokenizer=tokenizer, scheduler=make_scheduler(), safety_checker=None,
+        tokenizer=tokenizer, scheduler=training_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     tmp = folder.with_name(folder.name + ".tmp")
