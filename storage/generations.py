@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from storage.db import session_scope
 from storage.events import EventKind, emit
 from storage.models import Checkpoint, Generation
+from storage.requests import claim_oldest
 
 
 class UnknownModel(LookupError):
@@ -44,23 +44,8 @@ def request_generation(
 
 
 def claim_generation(engine: Engine, worker_id: str) -> Generation | None:
-    """Take the oldest queued request (a conditional update, so two workers never share one)."""
-    while True:
-        with session_scope(engine) as session:
-            candidate = session.exec(
-                select(Generation.id)
-                .where(Generation.state == "queued")
-                .order_by(col(Generation.id))
-            ).first()
-            if candidate is None:
-                return None
-            taken = session.exec(  # type: ignore[call-overload]
-                update(Generation)
-                .where(col(Generation.id) == candidate, col(Generation.state) == "queued")
-                .values(state="running", worker_id=worker_id)
-            )
-            if taken.rowcount == 1:
-                return session.get(Generation, candidate)
+    """Take the oldest queued request; two workers never share one."""
+    return claim_oldest(engine, Generation, worker_id)
 
 
 def complete_generation(engine: Engine, generation_id: int, image_path: str) -> None:

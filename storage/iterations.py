@@ -20,9 +20,8 @@ import zipfile
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
@@ -43,6 +42,7 @@ from storage.models import (
     JobChange,
     utcnow,
 )
+from storage.requests import claim_oldest
 from storage.settings import Limits
 from storage.states import JobState
 
@@ -67,8 +67,6 @@ ITERATION_KINDS = frozenset(
 KEEP, DISCARD = 1, -1
 ORIGINAL_CONTEXT = "original"
 
-T = TypeVar("T", Iteration, Comparison)
-
 
 class IterationRefused(ValueError):
     """A request the bot answers with one line (unknown model, not finalized, bad count…)."""
@@ -79,24 +77,6 @@ class NothingToFinish(RuntimeError):
 
 
 # --- shared worker-side helpers --------------------------------------------------------------
-
-
-def _claim(engine: Engine, table: type[T], worker_id: str) -> T | None:
-    """Take the oldest queued row (a conditional update, so two workers never share one)."""
-    while True:
-        with session_scope(engine) as session:
-            candidate = session.exec(
-                select(table.id).where(table.state == "queued").order_by(col(table.id))
-            ).first()
-            if candidate is None:
-                return None
-            taken = session.exec(  # type: ignore[call-overload]
-                update(table)
-                .where(col(table.id) == candidate, col(table.state) == "queued")
-                .values(state="running", worker_id=worker_id)
-            )
-            if taken.rowcount == 1:
-                return session.get(table, candidate)
 
 
 def winner_of(session: Session, job_id: int) -> tuple[Job, Checkpoint]:
@@ -144,7 +124,7 @@ def request_iteration(
 
 
 def claim_iteration(engine: Engine, worker_id: str) -> Iteration | None:
-    return _claim(engine, Iteration, worker_id)
+    return claim_oldest(engine, Iteration, worker_id)
 
 
 def iteration_inputs(engine: Engine, iteration_id: int) -> tuple[Iteration, Job, Checkpoint]:
@@ -585,7 +565,7 @@ def request_comparison(
 
 
 def claim_comparison(engine: Engine, worker_id: str) -> Comparison | None:
-    return _claim(engine, Comparison, worker_id)
+    return claim_oldest(engine, Comparison, worker_id)
 
 
 def comparison_inputs(

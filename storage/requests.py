@@ -1,0 +1,33 @@
+"""Render requests the worker takes between training jobs (generations, iterations, comparisons):
+each is a row with a `state` of queued → running → done | failed."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from storage.db import session_scope
+
+T = TypeVar("T")
+
+
+def claim_oldest(engine: Engine, table: type[T], worker_id: str) -> T | None:
+    """Take the oldest queued row (a conditional update, so two workers never share one)."""
+    model: Any = table
+    while True:
+        with session_scope(engine) as session:
+            candidate = session.exec(
+                select(model.id).where(model.state == "queued").order_by(col(model.id))
+            ).first()
+            if candidate is None:
+                return None
+            taken = session.exec(  # type: ignore[call-overload]
+                update(model)
+                .where(col(model.id) == candidate, col(model.state) == "queued")
+                .values(state="running", worker_id=worker_id)
+            )
+            if taken.rowcount == 1:
+                return session.get(table, candidate)
