@@ -1,4 +1,5 @@
-"""Iterations (`/iterate`), dataset versions, child jobs and comparisons (`/compare`).
+"""Iterations (`/iterate`): candidates rendered by a kept model, curated by vote into the next
+dataset version (lineage: `storage.lineage`; side-by-side comparisons: `storage.comparisons`).
 
 The loop the strongest teams run: a finalized model renders many candidates of its character
 in new contexts; the team keeps the on-model ones by vote; the kept images (captioned with the
@@ -23,23 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
 from storage.datasets import record_dataset
 from storage.db import session_scope
 from storage.events import emit
 from storage.ingest import IngestOptions, IngestResult, ingest_zip
+from storage.lineage import context_spread, dataset_version, newest_dataset
 from storage.models import (
     Candidate,
     CandidateVote,
     Checkpoint,
-    Comparison,
-    ComparisonVote,
     Dataset,
     DatasetLineage,
     Iteration,
     Job,
-    JobChange,
     utcnow,
 )
 from storage.requests import claim_oldest
@@ -65,7 +64,6 @@ ITERATION_KINDS = frozenset(
 )
 
 KEEP, DISCARD = 1, -1
-ORIGINAL_CONTEXT = "original"
 
 
 class IterationRefused(ValueError):
@@ -401,262 +399,3 @@ def build_version(
             resolution=int(options.get("resolution", 512)),
         )
         return ingest_zip(Path(handle.name), datasets_dir, ingest, limits)
-
-
-# --- dataset lineage -------------------------------------------------------------------------
-
-
-def dataset_version(session: Session, dataset_id: str) -> int:
-    """1 for an uploaded dataset, parent's version + 1 for one made by curation."""
-    lineage = session.get(DatasetLineage, dataset_id)
-    return lineage.version if lineage else 1
-
-
-def newest_dataset(session: Session, dataset_id: str) -> Dataset:
-    """The newest dataset version descending from `dataset_id` (itself when none)."""
-    current = session.get(Dataset, dataset_id)
-    assert current is not None
-    while True:
-        child = session.exec(
-            select(DatasetLineage)
-            .where(DatasetLineage.parent_id == current.id)
-            .order_by(col(DatasetLineage.created_at).desc())
-        ).first()
-        if child is None:
-            return current
-        found = session.get(Dataset, child.dataset_id)
-        if found is None:
-            return current
-        current = found
-
-
-def context_spread(session: Session, dataset_id: str) -> dict[str, int]:
-    """How many images of each context a dataset holds (uploaded images count as original)."""
-    spread: Counter[str] = Counter()
-    dataset = session.get(Dataset, dataset_id)
-    lineage = session.get(DatasetLineage, dataset_id)
-    total = dataset.images if dataset else 0
-    added = 0
-    while lineage is not None:
-        for item in lineage.added:
-            spread[item.get("context") or ORIGINAL_CONTEXT] += 1
-            added += 1
-        lineage = session.get(DatasetLineage, lineage.parent_id)
-    spread[ORIGINAL_CONTEXT] += max(0, total - added)
-    return dict(spread.most_common())
-
-
-# --- child jobs ------------------------------------------------------------------------------
-
-
-def enqueue_child(
-    session: Session, parent: Job, child: Job, setting: str | None, old: Any, new: Any
-) -> Job:
-    """Queue `child` as the next version of `parent`, recording the one setting it changed."""
-    from storage import jobs
-
-    child.parent_job_id = parent.id
-    jobs.enqueue(session, child)
-    session.add(
-        JobChange(
-            job_id=child.id,
-            setting=setting,  # type: ignore[arg-type]
-            old_value=None if setting is None else json.dumps(old),
-            new_value=None if setting is None else json.dumps(new),
-            dataset_id=child.dataset_id,
-        )
-    )
-    session.flush()
-    return child
-
-
-def lineage(engine: Engine, job_id: int) -> dict[str, Any]:
-    """What `/job status` and `/models list` show: parents, dataset version, the change."""
-    with session_scope(engine) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return {}
-        parents: list[int] = []
-        current = job
-        while current.parent_job_id and len(parents) < 20:
-            parents.append(current.parent_job_id)
-            found = session.get(Job, current.parent_job_id)
-            if found is None:
-                break
-            current = found
-        change = session.get(JobChange, job_id)
-        return {
-            "parents": parents,
-            "dataset_id": job.dataset_id,
-            "dataset_version": dataset_version(session, job.dataset_id),
-            "setting": change.setting if change else None,
-            "old": json.loads(change.old_value) if change and change.old_value else None,
-            "new": json.loads(change.new_value) if change and change.new_value else None,
-        }
-
-
-def lineage_text(info: dict[str, Any]) -> str:
-    """One line: `from #3 ← #1 · dataset v2 · changed rank 4 → 16`."""
-    if not info:
-        return ""
-    parts = []
-    if info.get("parents"):
-        parts.append("from " + " ← ".join(f"#{p}" for p in info["parents"]))
-    parts.append(f"dataset v{info.get('dataset_version', 1)} `{str(info['dataset_id'])[:8]}`")
-    if info.get("setting"):
-        parts.append(f"changed {info['setting']} {info['old']} → {info['new']}")
-    elif info.get("parents"):
-        parts.append("same settings")
-    return " · ".join(parts)
-
-
-# --- comparisons -----------------------------------------------------------------------------
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
-    """Settings that differ between two job configs (dotted keys; the dataset path aside)."""
-    out: dict[str, list[Any]] = {}
-
-    def walk(x: Any, y: Any, prefix: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for key in sorted(set(x) | set(y)):
-                walk(x.get(key), y.get(key), f"{prefix}{key}.")
-        elif x != y:
-            out[prefix[:-1]] = [x, y]
-
-    walk(
-        {k: v for k, v in a.items() if k not in ("dataset", "output_dir")},
-        {k: v for k, v in b.items() if k not in ("dataset", "output_dir")},
-        "",
-    )
-    return out
-
-
-def request_comparison(
-    session: Session,
-    *,
-    guild_id: int | None,
-    channel_id: int | None,
-    user_id: int,
-    job_a: int,
-    job_b: int,
-) -> Comparison:
-    if job_a == job_b:
-        raise IterationRefused("pick two different jobs")
-    a, _ = winner_of(session, job_a)
-    b, _ = winner_of(session, job_b)
-    diff = config_diff(a.config, b.config)
-    if a.dataset_id != b.dataset_id:
-        diff["dataset"] = [
-            f"v{dataset_version(session, a.dataset_id)}",
-            f"v{dataset_version(session, b.dataset_id)}",
-        ]
-    comparison = Comparison(
-        guild_id=guild_id,
-        channel_id=channel_id,
-        user_id=user_id,
-        job_a=job_a,
-        job_b=job_b,
-        diff=diff,
-    )
-    session.add(comparison)
-    session.flush()
-    return comparison
-
-
-def claim_comparison(engine: Engine, worker_id: str) -> Comparison | None:
-    return claim_oldest(engine, Comparison, worker_id)
-
-
-def comparison_inputs(
-    engine: Engine, comparison_id: int
-) -> tuple[Comparison, list[tuple[Job, Checkpoint]]]:
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        return comparison, [
-            winner_of(session, comparison.job_a),
-            winner_of(session, comparison.job_b),
-        ]
-
-
-def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> None:
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        comparison.state, comparison.grid_path = "done", grid_path
-        emit(
-            session,
-            COMPARISON_RENDERED,
-            None,
-            comparison_id=comparison_id,
-            channel_id=comparison.channel_id,
-            user_id=comparison.user_id,
-            grid_path=grid_path,
-            job_a=comparison.job_a,
-            job_b=comparison.job_b,
-            diff=comparison.diff,
-        )
-
-
-def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        comparison.state, comparison.error = "failed", reason
-        emit(
-            session,
-            COMPARISON_FAILED,
-            None,
-            comparison_id=comparison_id,
-            channel_id=comparison.channel_id,
-            user_id=comparison.user_id,
-            reason=reason,
-        )
-
-
-def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        comparison.message_id = message_id
-
-
-def comparison_of_message(engine: Engine, message_id: int) -> int | None:
-    with session_scope(engine) as session:
-        return session.exec(
-            select(Comparison.id).where(Comparison.message_id == message_id)
-        ).first()
-
-
-def record_comparison_vote(
-    engine: Engine, comparison_id: int, user_id: int, choice: str, on: bool
-) -> None:
-    with session_scope(engine) as session:
-        if not on:
-            session.exec(
-                delete(ComparisonVote).where(  # type: ignore[call-overload]
-                    col(ComparisonVote.comparison_id) == comparison_id,
-                    col(ComparisonVote.user_id) == user_id,
-                    col(ComparisonVote.choice) == choice,
-                )
-            )
-            return
-        exists = session.exec(
-            select(ComparisonVote).where(
-                ComparisonVote.comparison_id == comparison_id,
-                ComparisonVote.user_id == user_id,
-                ComparisonVote.choice == choice,
-            )
-        ).first()
-        if exists is None:
-            session.add(ComparisonVote(comparison_id=comparison_id, user_id=user_id, choice=choice))
-
-
-def comparison_tally(engine: Engine, comparison_id: int) -> dict[str, int]:
-    with session_scope(engine) as session:
-        rows = session.exec(
-            select(ComparisonVote.choice).where(ComparisonVote.comparison_id == comparison_id)
-        ).all()
-        tally = Counter(rows)
-        return {"a": tally.get("a", 0), "b": tally.get("b", 0)}

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage import comparisons
 from storage import iterations as it
 from storage.models import Checkpoint, Job, utcnow
 from trainer.config import TrainConfig
@@ -148,7 +149,7 @@ def render_comparison(worker: Worker, comparison_id: int) -> Path:
     """Same prompts and seeds for both winners, side by side (A left, B right), labelled."""
     from PIL import Image, ImageDraw
 
-    comparison, sides = it.comparison_inputs(worker.engine, comparison_id)
+    comparison, sides = comparisons.comparison_inputs(worker.engine, comparison_id)
     config_a = TrainConfig.model_validate(sides[0][0].config)
     trigger = config_a.trigger or "the character"
     prompts = [p.replace("{trigger}", trigger) for p in config_a.validation.prompts][:2] or [
@@ -209,14 +210,14 @@ def run_pending(worker: Worker) -> bool:
                 time.monotonic() - started,
             )
         return True
-    comparison = it.claim_comparison(worker.engine, worker.worker_id)
+    comparison = comparisons.claim_comparison(worker.engine, worker.worker_id)
     if comparison is None:
         return False
     try:
         path = render_comparison(worker, comparison.id)  # type: ignore[arg-type]
     except Exception as error:
         log.exception("comparison %s: failed", comparison.id)
-        it.fail_comparison(worker.engine, comparison.id, describe_crash(error))  # type: ignore[arg-type]
+        comparisons.fail_comparison(worker.engine, comparison.id, describe_crash(error))  # type: ignore[arg-type]
     else:
-        it.complete_comparison(worker.engine, comparison.id, str(path))  # type: ignore[arg-type]
+        comparisons.complete_comparison(worker.engine, comparison.id, str(path))  # type: ignore[arg-type]
     return True

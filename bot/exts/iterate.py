@@ -36,6 +36,7 @@ from bot.exts.models import model_choices
 from bot.permissions import member_is_manager, require_trainer
 from bot.render import NUMBER_EMOJI
 from bot.voting import plain
+from storage import comparisons, lineage
 from storage import iterations as it
 from storage.db import session_scope
 from storage.events import event_nonce, mark_attempted, mark_delivered, pending
@@ -112,9 +113,9 @@ def _child_job(
             raise BadInput(
                 f"You already have {limit} job(s) queued or running; wait for one to finish."
             )
-        dataset = it.newest_dataset(session, parent.dataset_id)
+        dataset = lineage.newest_dataset(session, parent.dataset_id)
         key, old, new, config = parse_change(change, {**parent.config, "dataset": dataset.path})
-        version = it.dataset_version(session, dataset.id)
+        version = lineage.dataset_version(session, dataset.id)
         child = Job(
             guild_id=guild_id,
             channel_id=channel_id,
@@ -125,7 +126,7 @@ def _child_job(
             dataset_id=dataset.id,
             config=config,
         )
-        return it.enqueue_child(session, parent, child, key, old, new)
+        return lineage.enqueue_child(session, parent, child, key, old, new)
 
 
 async def train_from(
@@ -153,11 +154,11 @@ async def train_from(
         limit,
     )
     await bot.notifier.process_job(child.id)  # type: ignore[arg-type]
-    info = await run_db(it.lineage, bot.engine, child.id)
+    info = await run_db(lineage.lineage, bot.engine, child.id)
     current = await run_db(queries.get_job, bot.engine, child.id)  # type: ignore[arg-type]
     where = f"<#{current.thread_id}>" if current.thread_id else "the channel"
     await interaction.followup.send(
-        f"Job #{child.id} is queued ({it.lineage_text(info)}); follow it in {where}.",
+        f"Job #{child.id} is queued ({lineage.lineage_text(info)}); follow it in {where}.",
         ephemeral=True,
     )
 
@@ -322,7 +323,9 @@ async def _post_comparison(bot: Any, event: Event) -> int:
         ),
         files=files,
     )
-    await run_db(it.set_comparison_message, bot.engine, int(p["comparison_id"]), message.id)
+    await run_db(
+        comparisons.set_comparison_message, bot.engine, int(p["comparison_id"]), message.id
+    )
     await delivery.add_reactions(message, [A_EMOJI, B_EMOJI])
     return message.id
 
@@ -533,12 +536,17 @@ class Iterate(commands.Cog):
         if bot.user is not None and payload.user_id == bot.user.id:
             return
         emoji = plain(str(payload.emoji))
-        comparison = await run_db(it.comparison_of_message, bot.engine, payload.message_id)
+        comparison = await run_db(comparisons.comparison_of_message, bot.engine, payload.message_id)
         if comparison is not None:
             choice = {plain(A_EMOJI): "a", plain(B_EMOJI): "b"}.get(emoji)
             if choice:
                 await run_db(
-                    it.record_comparison_vote, bot.engine, comparison, payload.user_id, choice, on
+                    comparisons.record_comparison_vote,
+                    bot.engine,
+                    comparison,
+                    payload.user_id,
+                    choice,
+                    on,
                 )
             return
         page = await run_db(it.page_of_message, bot.engine, payload.message_id)
@@ -565,7 +573,7 @@ def _request_iteration(engine: Any, **fields: Any) -> int:
 
 def _request_comparison(engine: Any, **fields: Any) -> int:
     with session_scope(engine) as session:
-        return it.request_comparison(session, **fields).id  # type: ignore[return-value]
+        return comparisons.request_comparison(session, **fields).id  # type: ignore[return-value]
 
 
 async def from_choices(

@@ -45,7 +45,7 @@ class Jobs(commands.Cog):
         text = render.status_text(found.id, found.name, found.state, progress)
         if found.error:
             text += f"\nReason: {found.error}"
-        from storage.iterations import lineage, lineage_text
+        from storage.lineage import lineage, lineage_text
 
         text += "\nLineage: " + lineage_text(
             await run_db(lineage, atelier(interaction).engine, found.id)

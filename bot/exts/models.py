@@ -60,7 +60,7 @@ class Models(commands.Cog):
             + (f", step {ck.step}" if ck else "")
             for job, ck in rows
         ]
-        from storage.iterations import lineage, lineage_text
+        from storage.lineage import lineage, lineage_text
 
         for index, (job, _) in enumerate(rows):  # parents, dataset version, what changed
             info = await run_db(lineage, atelier(interaction).engine, job.id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from storage import comparisons, lineage
 from storage import iterations as it
 from storage.datasets import record_dataset
 from storage.db import session_scope
@@ -21,8 +22,8 @@ from tests.bot.conftest import make_zip
 def test_config_diff_and_lineage_text() -> None:
     a = {"rank": 4, "steps": 60, "dataset": "/a", "validation": {"steps": 4, "seeds": [1]}}
     b = {"rank": 16, "steps": 60, "dataset": "/b", "validation": {"steps": 8, "seeds": [1]}}
-    assert it.config_diff(a, b) == {"rank": [4, 16], "validation.steps": [4, 8]}
-    text = it.lineage_text(
+    assert comparisons.config_diff(a, b) == {"rank": [4, 16], "validation.steps": [4, 8]}
+    text = lineage.lineage_text(
         {
             "parents": [3, 1],
             "dataset_id": "abcdef123456",
@@ -100,7 +101,7 @@ def test_curation_builds_the_next_version(tmp_path: Path, sqlite_url: str) -> No
     with pytest.raises(it.NothingToFinish):
         it.finish_iteration(engine, iteration_id, datasets, Limits())
     with session_scope(engine) as session:
-        assert it.newest_dataset(session, dataset.id).id == new.id
-        assert it.dataset_version(session, new.id) == 2
-        assert it.context_spread(session, new.id) == {"original": 4, "ctx0": 1}
+        assert lineage.newest_dataset(session, dataset.id).id == new.id
+        assert lineage.dataset_version(session, new.id) == 2
+        assert lineage.context_spread(session, new.id) == {"original": 4, "ctx0": 1}
         assert session.get(Dataset, new.id) is not None
