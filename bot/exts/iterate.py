@@ -504,6 +504,8 @@ class Iterate(commands.Cog):
     async def compare(self, interaction: discord.Interaction, a: int, b: int) -> None:
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
+        guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
+        require_trainer(interaction.user, guild)  # it costs worker time, like /train
         for job_id in (a, b):
             await run_db(queries.get_job, bot.engine, job_id, interaction.guild_id)
         try:

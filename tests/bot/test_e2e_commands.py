@@ -67,6 +67,8 @@ async def test_settings_by_managers_only_and_they_take_effect(
 
     job_id, reply = await train(emu, d.alice, dataset_zip)
     assert job_id == 0 and "trainer roles" in reply.content
+    compare = await command(emu, d.bob, "compare", {"a": 1, "b": 2})
+    assert "trainer roles" in compare.content, "rendering costs worker time, as training does"
     emu.set_member_roles(d.guild, d.alice, [trainers])
     first, _ = await train(emu, d.alice, dataset_zip)
     second, _ = await train(emu, d.alice, dataset_zip)
