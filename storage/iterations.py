@@ -362,6 +362,27 @@ def finish_iteration(
         return dataset
 
 
+def concept_folders(rows: list[dict[str, Any]], trigger: str) -> dict[tuple[str, int], str]:
+    """A zip folder per (concept, repeats) of the parent other than the job's own trigger at one
+    repeat, so the next version keeps each image's concept and repeats."""
+    keys = sorted(
+        {
+            (row["concept"], int(row.get("repeats", 1)))
+            for row in rows
+            if row.get("concept") and (row["concept"], int(row.get("repeats", 1))) != (trigger, 1)
+        }
+    )
+    return {key: f"concept{number}/" for number, key in enumerate(keys, start=1)}
+
+
+def concepts_file(folders: dict[tuple[str, int], str]) -> dict[str, dict[str, Any]]:
+    """`concepts.json` for `concept_folders` (see storage.ingest.concepts)."""
+    return {
+        folder.rstrip("/"): {"trigger": concept, "repeats": repeats}
+        for (concept, repeats), folder in folders.items()
+    }
+
+
 def build_version(
     parent_dir: Path,
     kept: list[Candidate],
@@ -380,11 +401,15 @@ def build_version(
     options = json.loads((parent_dir / "dataset.json").read_text(encoding="utf-8")).get(
         "options", {}
     )
+    folders = concept_folders(rows, trigger)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for index, row in enumerate(rows, start=1):
-            zf.writestr(f"a{index:04d}.png", (parent_dir / row["file"]).read_bytes())
-            zf.writestr(f"a{index:04d}.txt", row.get("text", ""))
+            folder = folders.get((row.get("concept"), row.get("repeats", 1)), "")
+            zf.writestr(f"{folder}a{index:04d}.png", (parent_dir / row["file"]).read_bytes())
+            zf.writestr(f"{folder}a{index:04d}.txt", row.get("text", ""))
+        if folders:
+            zf.writestr("concepts.json", json.dumps(concepts_file(folders)))
         for index, candidate in enumerate(kept, start=1):
             zf.writestr(f"b{index:04d}.png", Path(str(candidate.image_path)).read_bytes())
             zf.writestr(f"b{index:04d}.txt", candidate.prompt)

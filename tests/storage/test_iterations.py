@@ -105,3 +105,44 @@ def test_curation_builds_the_next_version(tmp_path: Path, sqlite_url: str) -> No
         assert lineage.dataset_version(session, new.id) == 2
         assert lineage.context_spread(session, new.id) == {"original": 4, "ctx0": 1}
         assert session.get(Dataset, new.id) is not None
+
+
+def test_next_version_keeps_each_images_concept_and_repeats(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from storage.models import Candidate
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for folder, count in (("2_mira", 3), ("1_zed", 2)):
+            for index in range(count):
+                png = io.BytesIO()
+                Image.new("RGB", (64, 64), (40 * index, 90, len(folder) * 20)).save(png, "PNG")
+                archive.writestr(f"{folder}/img{index}.png", png.getvalue())
+    (tmp_path / "set.zip").write_bytes(buffer.getvalue())
+    datasets = tmp_path / "datasets"
+    parent = ingest_zip(
+        tmp_path / "set.zip", datasets, IngestOptions(trigger="ohwx", resolution=256), Limits()
+    )
+    kept_image = tmp_path / "kept.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(kept_image)
+    kept = [
+        Candidate(
+            iteration_id=1,
+            index=0,
+            prompt="mira, on a beach, photo",
+            context="beach",
+            style="photo",
+            seed=1,
+            image_path=str(kept_image),
+        )
+    ]
+    version = it.build_version(parent.path, kept, datasets, Limits(), "ohwx", "lora")
+
+    def concepts(folder: Path) -> list[tuple[str, int]]:
+        rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+        return sorted((row.get("concept"), row.get("repeats", 1)) for row in rows)
+
+    assert concepts(version.path) == sorted([*concepts(parent.path), ("ohwx", 1)])
+    assert version.dataset_id != parent.dataset_id
