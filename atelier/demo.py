@@ -198,6 +198,9 @@ def demo_cli(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     args = parser.parse_args(argv)
     configure_logging("WARNING")
+    logging.getLogger("discord.client").setLevel(
+        logging.ERROR
+    )  # "PyNaCl is not installed": no voice
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
