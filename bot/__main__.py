@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 import discord
@@ -32,6 +33,10 @@ async def _main() -> None:
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
     engine = make_engine(settings.db_url)
     async with AtelierBot(settings, engine) as bot:
+        # SIGTERM (atelier serve, docker stop): close the gateway and the link server cleanly;
+        # undelivered events stay in the outbox for the next start.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
         await bot.start(settings.discord_token.get_secret_value())
 
 
