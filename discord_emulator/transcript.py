@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from .server import DiscordEmulator
 
 CSS = """
+.mention{background:#e3e6ff;color:#3b47c4;border-radius:3px;padding:0 2px}
+code{background:#eceef1;border-radius:3px;padding:0 3px;font-size:90%}
 body{font:15px/1.45 system-ui,sans-serif;background:#f5f6f8;color:#1e1f22;margin:0}
 main{max-width:860px;margin:0 auto;padding:24px}
 h1{font-size:20px;margin:0 0 16px}
@@ -38,17 +41,17 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _embed(e: dict[str, Any]) -> str:
+def _embed(emu: DiscordEmulator, e: dict[str, Any]) -> str:
     color = f"#{int(e['color']):06x}" if e.get("color") is not None else "#5865f2"
     parts = [f'<div class="embed" style="border-left-color:{color}">']
     if e.get("title"):
         parts.append(f'<div class="title">{escape(str(e["title"]))}</div>')
     if e.get("description"):
-        parts.append(f'<div class="content">{escape(str(e["description"]))}</div>')
+        parts.append(f'<div class="content">{_markdown(emu, str(e["description"]))}</div>')
     for f in e.get("fields") or []:
         parts.append(
             f'<div class="field"><b>{escape(str(f.get("name", "")))}</b>'
-            f"{escape(str(f.get('value', '')))}</div>"
+            f"{_markdown(emu, str(f.get('value', '')))}</div>"
         )
     for key in ("image", "thumbnail"):
         url = (e.get(key) or {}).get("url")
@@ -58,6 +61,31 @@ def _embed(e: dict[str, Any]) -> str:
         parts.append(f'<div class="head">{escape(e["footer"]["text"])}</div>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _markdown(emu: DiscordEmulator, text: str) -> str:
+    """Discord's common markup as a person sees it: **bold**, `code`, mentions, timestamps."""
+    html = escape(text)
+    html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html)
+    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+
+    def user(match: re.Match[str]) -> str:
+        found = emu.world.users.get(int(match.group(1)))
+        return f'<span class="mention">@{escape(found.display_name if found else "unknown")}</span>'
+
+    def channel(match: re.Match[str]) -> str:
+        try:
+            _guild, found = emu.world.channel(int(match.group(1)))
+        except Exception:  # a deleted or unknown channel shows as Discord shows it
+            return '<span class="mention">#unknown</span>'
+        return f'<span class="mention">#{escape(found.name)}</span>'
+
+    def when(match: re.Match[str]) -> str:
+        return f"<time>{_when(float(match.group(1)))}</time>"
+
+    html = re.sub(r"&lt;@!?(\d+)&gt;", user, html)
+    html = re.sub(r"&lt;#(\d+)&gt;", channel, html)
+    return re.sub(r"&lt;t:(\d+)(?::[a-zA-Z])?&gt;", when, html)
 
 
 def _message(emu: DiscordEmulator, msg: Message) -> str:
@@ -74,7 +102,7 @@ def _message(emu: DiscordEmulator, msg: Message) -> str:
         + "</div>"
     ]
     if msg.content:
-        out.append(f'<div class="content">{escape(msg.content)}</div>')
+        out.append(f'<div class="content">{_markdown(emu, msg.content)}</div>')
     images = {}
     for att in msg.attachments:
         ctype = att.content_type or ""
@@ -85,7 +113,7 @@ def _message(emu: DiscordEmulator, msg: Message) -> str:
         else:
             out.append(f'<div class="file">📎 {escape(att.filename)} ({att.size} bytes)</div>')
     for e in msg.embeds:
-        html = _embed(e)
+        html = _embed(emu, e)
         ref = (e.get("image") or {}).get("url", "")
         if str(ref).startswith("attachment://") and ref[13:] in images:
             html = html.replace("</div>", f'<img src="{images[ref[13:]]}"></div>', 1)

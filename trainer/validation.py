@@ -178,10 +178,23 @@ def validation_grid(
         for row, prompt in enumerate(plan.prompts)
     ]
     headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
-    grid = draw_grid(rows, plan.labels, headers, title=f"step {step}")
+    shown = [[enlarge(image) for image in row] for row in rows]
+    grid = draw_grid(shown, plan.labels, headers, title=f"step {step}")
     save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), plan.labels)
     save_strip([row[1] for row in rows], strip_path(path), plan.labels)
     return save_png(grid, path)
+
+
+MIN_TILE = 128
+"""Small renders (the 64-px toy model) are shown at least this wide, pixel for pixel."""
+
+
+def enlarge(image: Image.Image, min_side: int = MIN_TILE) -> Image.Image:
+    """Scale a small tile up by a whole factor (nearest neighbour: no invented detail)."""
+    factor = -(-min_side // image.width)
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 def strip_path(grid: Path) -> Path:
@@ -259,7 +272,7 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
 
 
 def comparison_grid(
-    paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = 128
+    paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = MIN_TILE
 ) -> Path:
     """One table to vote on: a row per prompt (first seed), the base model, then one column per
     checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px."""
@@ -267,12 +280,7 @@ def comparison_grid(
         raise ValueError("comparison_grid needs at least one grid")
     base, labels = _read_strip(strip_path(Path(paths[0]).parent / "base.png"))
     columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
-    side = max(min_tile, base[0].width)
-    rows = [
-        [column[row].resize((side, side * column[row].height // column[row].width),
-                            Image.Resampling.NEAREST) for column in columns]
-        for row in range(len(labels))
-    ]  # fmt: skip
+    rows = [[enlarge(column[row], min_tile) for column in columns] for row in range(len(labels))]
     headers = ["base", *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
     grid = draw_grid(rows, labels, headers, title="Vote for the best checkpoint")
     return save_png(grid, out or Path(paths[0]).parent / "comparison.png")

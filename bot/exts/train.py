@@ -26,7 +26,7 @@ from trainer.presets import (
     explain_validation_error,
 )
 
-MIN_INGEST_RESOLUTION = 256
+MIN_INGEST_RESOLUTION = 64
 
 
 def build_config(
@@ -61,7 +61,8 @@ def build_config(
 
 
 def ingest_resolution(resolution: int) -> int:
-    """Datasets are stored at ≥ 256 px (multiple of 64) even for tiny test trainings."""
+    """The dataset report's buckets and upscale advice are for the training resolution,
+    rounded up to a multiple of 64."""
     return max(MIN_INGEST_RESOLUTION, -(-resolution // 64) * 64)
 
 

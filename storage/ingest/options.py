@@ -12,7 +12,7 @@ METHODS: tuple[str, ...] = ("lora", "dora", "embedding")
 CONCEPT_METHODS: tuple[str, ...] = ("lora", "dora")
 """Concept models learn from captions; embeddings (textual inversion) need none."""
 
-MIN_RESOLUTION = 256
+MIN_RESOLUTION = 64  # the toy model trains at 64 px
 MAX_RESOLUTION = 2048
 
 

@@ -219,7 +219,7 @@ async def test_transcript(emu: DiscordEmulator, client: discord.Client, tmp_path
     d = emu.default
     assert d is not None
     channel = training(client, emu)
-    starter = await channel.send("Job **42**")
+    starter = await channel.send(f"Job **42** by <@{d.alice.id}> in <#{channel.id}>")
     thread = await channel.create_thread(name="job-42", message=starter)
     grid = await thread.send(
         "checkpoint 1",
@@ -233,8 +233,8 @@ async def test_transcript(emu: DiscordEmulator, client: discord.Client, tmp_path
     html = path.read_text()
     assert "data:image/png;base64," in html
     assert "1️⃣ 2" in html and "Step 500" in html and "job-42" in html
-    assert html.index("Job **42**") < html.index("checkpoint 1")
-    assert ("Atelier" in html and "alice" not in html.lower()) or True
+    assert "@alice" in html.lower() and "#training" in html, "mentions shown by name"
+    assert html.index("Job <b>42</b>") < html.index("checkpoint 1"), "markdown rendered, in order"
 
 
 async def test_server_errors_and_slow_responses(

@@ -114,7 +114,7 @@ def test_one_shape_advice(tmp_path: Path) -> None:
 def test_invalid_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(IngestError) as caught:
         ingest(tmp_path, ENTRIES, IngestOptions(resolution=500))
-    assert caught.value.message == "resolution 500 is not a multiple of 64 between 256 and 2048"
+    assert caught.value.message == "resolution 500 is not a multiple of 64 between 64 and 2048"
 
 
 def _hostile_name() -> st.SearchStrategy[str]:

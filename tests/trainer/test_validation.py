@@ -79,7 +79,8 @@ def test_base_column_is_the_model_without_the_adapter(method, tmp_path, model_ca
 
     path = validation_grid(model, config, plan, base, 20, tmp_path / "grid.png")
     with Image.open(path) as grid:
-        assert grid.size == (_LABEL_W + 3 * 32, _TITLE_H + 18 + len(plan.prompts) * 32)
+        tile = 128  # 32-px renders are shown 4× (nearest), at least 128 px
+        assert grid.size == (_LABEL_W + 3 * tile, _TITLE_H + 18 + len(plan.prompts) * tile)
     assert path.stat().st_size < 10 * 1024 * 1024
 
 
