@@ -201,7 +201,7 @@ def run_pending(worker: Worker) -> bool:
             log.exception("iteration %s: failed", iteration.id)
             it.fail_iteration(worker.engine, iteration.id, describe_crash(error))  # type: ignore[arg-type]
         else:
-            deadline = utcnow() + timedelta(hours=worker.settings.vote_window_hours)
+            deadline = utcnow() + timedelta(hours=worker.vote_window_hours(iteration.guild_id))
             it.complete_iteration(worker.engine, iteration.id, rows, deadline)  # type: ignore[arg-type]
             log.info(
                 "iteration %s: %s candidates in %.1f s",

@@ -303,7 +303,7 @@ class Worker:
                 self.engine,
                 job.id,
                 self.worker_id,
-                utcnow() + timedelta(hours=self._vote_window(job)),
+                utcnow() + timedelta(hours=self.vote_window_hours(job.guild_id)),
                 comparison_grid=str(result.comparison_grid) if result.comparison_grid else None,
                 loss_curve=str(result.loss_curve) if result.loss_curve else None,
                 seconds=round(result.seconds, 1),
@@ -336,9 +336,10 @@ class Worker:
             )
         log.info("job %s: requeued for shutdown at step %s", job.id, job.step)
 
-    def _vote_window(self, job: Job) -> float:
+    def vote_window_hours(self, guild_id: int | None) -> float:
+        """The guild's vote window (`/atelier settings`), else the configured default."""
         with session_scope(self.engine) as session:
-            guild = session.get(GuildSettings, job.guild_id) if job.guild_id else None
+            guild = session.get(GuildSettings, guild_id) if guild_id else None
         if guild is not None and guild.vote_window_hours:
             return guild.vote_window_hours
         return self.settings.vote_window_hours

@@ -23,6 +23,8 @@ from storage.models import (
     ComparisonVote,
     Dataset,
     DatasetLineage,
+    GuildSettings,
+    Iteration,
     Job,
     JobChange,
     utcnow,
@@ -99,7 +101,10 @@ async def test_iterate_curate_retrain_compare(
     parent = job_row(bot_engine, job_id)
     assert parent.state == "finalized"
 
-    # 1. candidates rendered by the worker, posted in a new thread, one page of 4
+    # 1. candidates rendered by the worker, posted in a new thread, one page of 4; the vote
+    #    stays open for the guild's own window
+    with session_scope(bot_engine) as session:
+        session.add(GuildSettings(guild_id=d.guild.id, vote_window_hours=3.0))
     reply = await command(
         emu,
         d.alice,
@@ -116,6 +121,9 @@ async def test_iterate_curate_retrain_compare(
     page = await emu.wait_for_message(thread, "Page 1/1", timeout=15)
     discard = await emu.wait_for_message(thread, "Page 1: ❌", timeout=15)
     assert len(page.attachments) == 4
+    with session_scope(bot_engine) as session:
+        deadline = session.exec(select(Iteration)).one().deadline
+    assert timedelta(hours=2.9) < deadline - utcnow() <= timedelta(hours=3)
     with session_scope(bot_engine) as session:
         cands = session.exec(select(Candidate).order_by(Candidate.position)).all()
     assert [c.context for c in cands[:2]] == ["at a café", "in space"]
