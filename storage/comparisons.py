@@ -23,7 +23,7 @@ from storage.models import (
     ComparisonVote,
     Job,
 )
-from storage.requests import claim_oldest
+from storage.requests import claim_oldest, mark_failed
 
 # --- comparisons -----------------------------------------------------------------------------
 
@@ -118,16 +118,7 @@ def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
     with session_scope(engine) as session:
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
-        comparison.state, comparison.error = "failed", reason
-        emit(
-            session,
-            COMPARISON_FAILED,
-            None,
-            comparison_id=comparison_id,
-            channel_id=comparison.channel_id,
-            user_id=comparison.user_id,
-            reason=reason,
-        )
+        mark_failed(session, comparison, COMPARISON_FAILED, reason)
 
 
 def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:

@@ -8,7 +8,7 @@ from sqlmodel import Session
 from storage.db import session_scope
 from storage.events import EventKind, emit
 from storage.models import Checkpoint, Generation
-from storage.requests import claim_oldest
+from storage.requests import claim_oldest, mark_failed
 
 
 class UnknownModel(LookupError):
@@ -71,14 +71,6 @@ def fail_generation(engine: Engine, generation_id: int, reason: str) -> None:
     with session_scope(engine) as session:
         generation = session.get(Generation, generation_id)
         assert generation is not None
-        generation.state, generation.error = "failed", reason
         checkpoint = session.get(Checkpoint, generation.checkpoint_id)
-        emit(
-            session,
-            "generation_failed",
-            checkpoint.job_id if checkpoint else None,
-            generation_id=generation_id,
-            channel_id=generation.channel_id,
-            user_id=generation.user_id,
-            reason=reason,
-        )
+        job_id = checkpoint.job_id if checkpoint else None
+        mark_failed(session, generation, "generation_failed", reason, job_id)

@@ -41,7 +41,7 @@ from storage.models import (
     Job,
     utcnow,
 )
-from storage.requests import claim_oldest
+from storage.requests import claim_oldest, mark_failed
 from storage.settings import Limits
 from storage.states import JobState
 
@@ -159,16 +159,7 @@ def fail_iteration(engine: Engine, iteration_id: int, reason: str) -> None:
     with session_scope(engine) as session:
         iteration = session.get(Iteration, iteration_id)
         assert iteration is not None
-        iteration.state, iteration.error = "failed", reason
-        emit(
-            session,
-            ITERATION_FAILED,
-            None,
-            iteration_id=iteration_id,
-            channel_id=iteration.channel_id,
-            user_id=iteration.user_id,
-            reason=reason,
-        )
+        mark_failed(session, iteration, ITERATION_FAILED, reason)
 
 
 def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:

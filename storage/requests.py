@@ -7,9 +7,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from storage.db import session_scope
+from storage.events import emit
 
 T = TypeVar("T")
 
@@ -31,3 +32,20 @@ def claim_oldest(engine: Engine, table: type[T], worker_id: str) -> T | None:
             )
             if taken.rowcount == 1:
                 return session.get(table, candidate)
+
+
+def mark_failed(
+    session: Session, row: Any, kind: str, reason: str, job_id: int | None = None
+) -> None:
+    """Record why a render request failed, and tell its member through the outbox (one event
+    `kind` with `<table>_id`, `channel_id`, `user_id` and `reason`)."""
+    row.state, row.error = "failed", reason
+    emit(
+        session,
+        kind,
+        job_id,
+        **{f"{row.__tablename__}_id": row.id},
+        channel_id=row.channel_id,
+        user_id=row.user_id,
+        reason=reason,
+    )
