@@ -19,9 +19,9 @@ RUN groupadd --system --gid 10001 atelier \
 
 WORKDIR /app
 
-# Dependencies first (cached layer); pinned, torch-free.
+# Dependencies first (cached layer): hashed and pinned by ./scripts/lock.sh, torch-free.
 COPY requirements/bot.txt requirements/bot.txt
-RUN pip install --no-cache-dir -r requirements/bot.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/bot.txt
 
 # The project itself without its declared dependencies (pyproject lists torch).
 COPY pyproject.toml README.md* ./

@@ -42,9 +42,11 @@ WORKDIR /app
 # torch first, from the pinned CUDA index (large, rarely changes: its own layer).
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# The rest of the pinned dependencies (torch excluded; already satisfied above).
+# The rest of the dependencies, hashed and pinned by ./scripts/lock.sh (torch excluded; its
+# CUDA build above is kept). --no-deps: the lock is the whole closure.
 COPY requirements/worker.txt requirements/worker.txt
-RUN pip install --no-cache-dir -r requirements/worker.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/worker.txt \
+    && pip check
 
 # The project itself; its declared dependencies are all installed above.
 COPY pyproject.toml README.md* ./
