@@ -105,7 +105,53 @@ def check_base_model(name: str, entry: BaseModelEntry) -> Check:
             f"{path.name} is not a .safetensors file",
             "convert the checkpoint to .safetensors",
         )
+    problem = model_folder_problem(path, entry.architecture)
+    if problem is not None:
+        return Check(label, "fail", *problem)
     return Check(label, "ok", f"{path} ({entry.architecture})")
+
+
+MODEL_PARTS = {
+    "sd1": ("unet", "vae", "text_encoder", "tokenizer"),
+    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+    "flux1": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+}
+"""The component folders a diffusers pipeline of each architecture has (model_index.json)."""
+
+
+def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) for a local model, or None. A single file is checked
+    through the config folder beside it (`<stem>/` or `<stem>.config/`), which offline loading
+    needs; for FLUX.1 it also holds the VAE and both text encoders with their weights."""
+    folder = path
+    if path.is_file():
+        candidates = [path.with_suffix(""), path.with_suffix(".config")]
+        found = [c for c in candidates if (c / "model_index.json").is_file()]
+        if not found:
+            return (
+                f"{path.name} has no diffusers config folder beside it ({candidates[0].name}/)",
+                "put the model's diffusers folder (configs, tokenizers"
+                + (", VAE and text encoders" if architecture == "flux1" else "")
+                + f") at {candidates[0]}",
+            )
+        folder = found[0]
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    declared = str(index.get("_class_name", ""))
+    is_flux = declared.startswith("Flux")
+    if is_flux != (architecture == "flux1"):
+        return (
+            f"{folder} holds a {declared or 'pipeline'}, not a {architecture} model",
+            "set its architecture in atelier.toml to what the folder holds",
+        )
+    parts = MODEL_PARTS.get(architecture, ())
+    missing = [
+        p for p in parts if index.get(p) in (None, [None, None]) or not (folder / p).is_dir()
+    ]
+    if missing:
+        return (f"{folder} lacks {', '.join(missing)}", "copy the complete diffusers folder")
+    return None
 
 
 def check_gpu() -> Check:

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from tests.trainer.train_helpers import make_dataset, tiny_config  # noqa: E402
 from trainer import adapters, caches, loop  # noqa: E402
+from trainer.architectures.sd1 import tokenize  # noqa: E402
 from trainer.callbacks import RecordingCallbacks  # noqa: E402
 
 CUDA_SHAPES = {
@@ -88,7 +89,7 @@ def plain_loop_steps_per_second(model, config, examples, params, steps: int) -> 
             latents = (
                 model.vae.encode(pixels).latent_dist.sample() * model.vae.config.scaling_factor
             )
-        ids = caches.tokenize(model.tokenizers[0], [e.caption for e in chosen])
+        ids = tokenize(model.tokenizers[0], [e.caption for e in chosen])
         with torch.set_grad_enabled(config.method == "embedding"):
             hidden = model.text_encoders[0](ids)[0]
         noise = torch.randn_like(latents)

@@ -24,6 +24,7 @@ TINY_MODEL = "tiny"
 """Catalogue name of the built-in SD-1-shaped model, built from configs on first use."""
 
 TINY_SDXL_MODEL = "tiny-sdxl"
+TINY_FLUX_MODEL = "tiny-flux"
 
 
 class SettingsError(RuntimeError):
@@ -36,9 +37,10 @@ class BaseModelEntry(BaseModel):
     model_config = {"extra": "forbid"}
 
     path: str = Field(
-        description="Local diffusers folder or single-file .safetensors, or 'builtin:tiny'."
+        description="Local diffusers folder or single-file .safetensors (FLUX.1: the "
+        "transformer file, with a diffusers folder beside it), or 'builtin:tiny'."
     )
-    architecture: Literal["sd1", "sdxl"] = "sd1"
+    architecture: Literal["sd1", "sdxl", "flux1"] = "sd1"
     description: str = ""
 
 
@@ -97,6 +99,9 @@ BUILTIN_MODELS: dict[str, BaseModelEntry] = {
     TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),
     TINY_SDXL_MODEL: BaseModelEntry(
         path="builtin:tiny-sdxl", architecture="sdxl", description="Built-in tiny SDXL model"
+    ),
+    TINY_FLUX_MODEL: BaseModelEntry(
+        path="builtin:tiny-flux", architecture="flux1", description="Built-in tiny FLUX.1 model"
     ),
     "toy": BaseModelEntry(
         path="builtin:toy", description="Built-in toy model that draws coloured shapes (64 px)"

@@ -10,7 +10,9 @@
   embedding matrix; `restore_frozen_embedding_rows` puts every other row back after each step
   (a grad mask alone is not enough: AdamW's weight decay moves rows with zero grad).
 
-Every adapter is described by component names `unet`, `text_encoder`, `text_encoder_2`.
+Every adapter is described by diffusers' component names: the denoiser (`unet` or `transformer`),
+`text_encoder`, `text_encoder_2`. Which layers are wrapped, and how DoRA is built, is the
+architecture's choice (`trainer.architectures`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +29,10 @@ from torch import nn
 from trainer.base_models import LoadedModel
 from trainer.config import TrainConfig
 
+if TYPE_CHECKING:
+    from trainer.architectures.base import AdapterLayer
+
 ADAPTER_NAME = "default"
-UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-# kohya LoCon / C3Lier: every Linear/Conv in transformer blocks and resnets, plus resampler convs
-UNET_CONV_EXTRA = (
-    "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "time_emb_proj",
-    "downsamplers.0.conv", "upsamplers.0.conv",
-)  # fmt: skip
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-_UNET_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 
 
 class AdapterError(RuntimeError):
@@ -46,44 +43,38 @@ class AdapterError(RuntimeError):
 
 
 def components(model: LoadedModel) -> dict[str, nn.Module]:
-    """`unet`, `text_encoder` and (SDXL) `text_encoder_2`, as diffusers names them."""
-    named = {"unet": model.unet, "text_encoder": model.text_encoders[0]}
-    if len(model.text_encoders) > 1:
-        named["text_encoder_2"] = model.text_encoders[1]
+    """The denoiser (`unet` / `transformer`) and the text encoders, as diffusers names them."""
+    named = {model.arch.denoiser_name: model.denoiser}
+    for index, encoder in enumerate(model.text_encoders):
+        named["text_encoder" if index == 0 else f"text_encoder_{index + 1}"] = encoder
     return named
-
-
-def target_modules(module: nn.Module, component: str, config: TrainConfig) -> list[str]:
-    """Full names of the Linear/Conv2d layers an adapter wraps in `component`."""
-    if component == "unet":
-        suffixes = UNET_ATTENTION + (UNET_CONV_EXTRA if config.targets == "attention_conv" else ())
-    else:
-        suffixes = TEXT_ENCODER_TARGETS
-    names = []
-    for name, child in module.named_modules():
-        if not isinstance(child, nn.Linear | nn.Conv2d):
-            continue
-        if component == "unet" and not name.startswith(_UNET_BLOCKS):
-            continue
-        if any(name == s or name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
 
 
 def adapted_components(model: LoadedModel, config: TrainConfig) -> dict[str, nn.Module]:
     """The components that carry an adapter for this config."""
     named = components(model)
+    denoiser = model.arch.denoiser_name
     if config.method == "embedding":
-        return {k: v for k, v in named.items() if k != "unet"}
+        return {k: v for k, v in named.items() if k != denoiser}
     if not config.train_text_encoder:
-        return {"unet": named["unet"]}
+        return {denoiser: named[denoiser]}
     return named
 
 
 # ---------------------------------------------------------------- DoRA (kohya convention)
 
 
-class KohyaDora(nn.Module):
+class DoraLayer(nn.Module):
+    """What every DoRA layer has: `lora_down`, `lora_up`, `dora_scale` (1, in), `alpha`, and two
+    switches: `enabled` (False: the base layer alone) and `multiplier` (generation strength)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+        self.multiplier = 1.0  # generation strength: base + multiplier · (DoRA weight − base)
+
+
+class KohyaDora(DoraLayer):
     """DoRA around a frozen Linear/Conv2d, magnitude per input column (LyCORIS `dora_scale`).
 
     W' = (W + up·down·alpha/r) · dora_scale / ‖W + up·down·alpha/r‖ (norm over the output dim).
@@ -93,7 +84,6 @@ class KohyaDora(nn.Module):
         super().__init__()
         self.base = base
         self.rank, self.alpha = rank, float(alpha)
-        self.multiplier = 1.0  # generation strength: base + multiplier · (DoRA weight − base)
         if isinstance(base, nn.Conv2d):
             self.lora_down = nn.Conv2d(
                 base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
@@ -125,6 +115,8 @@ class KohyaDora(nn.Module):
         return weight.to(self.base.weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         weight = self.merged_weight()
         if isinstance(self.base, nn.Conv2d):
             return self.base._conv_forward(x, weight, self.base.bias)
@@ -143,10 +135,10 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def iter_dora(module: nn.Module) -> Iterator[tuple[str, KohyaDora]]:
-    """`(module path, layer)` for every DoRA layer, path as the base layer was named."""
+def iter_dora(module: nn.Module) -> Iterator[tuple[str, DoraLayer]]:
+    """`(module path, layer)` for every DoRA layer (a wrapped layer's path, or a fused group's)."""
     for name, child in module.named_modules():
-        if isinstance(child, KohyaDora):
+        if isinstance(child, DoraLayer):
             yield name, child
 
 
@@ -159,11 +151,11 @@ def inject_adapter(model: LoadedModel, config: TrainConfig) -> list[nn.Parameter
         return _inject_embedding(model, config)
     params: list[nn.Parameter] = []
     for component, module in adapted_components(model, config).items():
-        names = target_modules(module, component, config)
+        names = model.arch.target_modules(component, module, config)
         if not names:
             raise AdapterError(f"no target modules found in {component}")
         if config.method == "dora":
-            params += _inject_dora(module, names, config)
+            params += model.arch.inject_dora(component, module, names, config)
         else:
             params += _inject_lora(module, names, config)
     return params
@@ -186,7 +178,10 @@ def _inject_lora(module: nn.Module, names: list[str], config: TrainConfig) -> li
     return params
 
 
-def _inject_dora(module: nn.Module, names: list[str], config: TrainConfig) -> list[nn.Parameter]:
+def inject_kohya_dora(
+    module: nn.Module, names: list[str], config: TrainConfig
+) -> list[nn.Parameter]:
+    """One `KohyaDora` per named layer (SD 1.x, SDXL)."""
     params: list[nn.Parameter] = []
     for name in names:
         layer = KohyaDora(module.get_submodule(name), config.rank, config.alpha)
@@ -334,3 +329,52 @@ def _load_module_state(
 def lora_scale(config: TrainConfig) -> float:
     """alpha / rank: what `up @ down` is multiplied by."""
     return config.alpha / config.rank if config.method != "embedding" else math.nan
+
+
+@torch.no_grad()
+def apply_dora_layers(
+    model: LoadedModel, states: dict[str, dict[str, torch.Tensor]], weight: float
+) -> None:
+    """Wrap each layer named in `{component: {<path>.lora_A.weight / lora_B.weight / alpha /
+    dora_scale}}` in a `KohyaDora` holding those weights, at strength `weight`."""
+    roots = components(model)
+    for component, state in states.items():
+        root = roots[component]
+        for path in sorted({k.rsplit(".", 2)[0] for k in state if k.endswith("lora_A.weight")}):
+            down = state[f"{path}.lora_A.weight"]
+            rank = down.shape[0]
+            alpha = float(state.get(f"{path}.alpha", torch.tensor(float(rank))))
+            layer = KohyaDora(root.get_submodule(path), rank, alpha)
+            layer.lora_down.weight.copy_(down)
+            layer.lora_up.weight.copy_(state[f"{path}.lora_B.weight"])
+            layer.dora_scale.copy_(state[f"{path}.dora_scale"])
+            layer.multiplier = weight
+            layer.requires_grad_(False)
+            _set_submodule(root, path, layer)
+
+
+def adapter_layers(model: LoadedModel, config: TrainConfig) -> list[AdapterLayer]:
+    """`(component, module path, {down, up[, dora_scale]})` for every adapted module."""
+    from peft.utils import get_peft_model_state_dict
+
+    layers: list[AdapterLayer] = []
+    for component, module in adapted_components(model, config).items():
+        if config.method == "dora":
+            for path, layer in iter_dora(module):
+                parts = {
+                    "lora_down.weight": layer.lora_down.weight,
+                    "lora_up.weight": layer.lora_up.weight,
+                    "dora_scale": layer.dora_scale,
+                }
+                layers.append((component, path, parts))
+            continue
+        state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
+        for key in sorted(state):
+            if key.endswith(".lora_A.weight"):
+                path = key.removesuffix(".lora_A.weight")
+                parts = {
+                    "lora_down.weight": state[key],
+                    "lora_up.weight": state[f"{path}.lora_B.weight"],
+                }
+                layers.append((component, path, parts))
+    return layers

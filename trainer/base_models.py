@@ -1,14 +1,20 @@
 """Loading a base model (frozen) from a local path: the one entry point for training and sampling.
 
 Supported, all offline (the Hugging Face Hub is never contacted):
-- `builtin:tiny` / `builtin:tiny-sdxl`: the generated tiny models (`trainer.tiny_model`).
+- `builtin:tiny` / `builtin:tiny-sdxl` / `builtin:tiny-flux`: the generated tiny models
+  (`trainer.tiny_model`, `trainer.tiny_flux`).
 - `builtin:toy`: the committed toy model (`trainer/builtin_models/toy`, drawn by `trainer.toy`).
 - A diffusers pipeline folder (has `model_index.json`).
 - A single-file checkpoint (`.safetensors`, `.ckpt`) **with a local diffusers config folder**:
   `from_single_file` otherwise fetches configs and tokenizers from the Hub. The config folder is
   the `single_file_config` argument, else a folder next to the file named like it without the
   suffix, or `<stem>.config`; it needs the component configs and tokenizer files (weights not
-  needed). Without one, a `BaseModelError` says so.
+  needed). Without one, a `BaseModelError` says so. FLUX.1 single files hold the transformer
+  only (as BFL and ComfyUI distribute them): the config folder then also holds the VAE, both
+  text encoders and tokenizers with their weights (a diffusers FLUX.1 folder).
+
+What differs per architecture (pipeline class, denoiser, training schedule) comes from
+`trainer.architectures`.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from trainer.tiny_model import ensure_tiny_model
 
 if TYPE_CHECKING:
     from storage.settings import Settings
+    from trainer.architectures import Architecture as ArchitectureImpl
 
-Architecture = Literal["sd1", "sdxl"]
+Architecture = Literal["sd1", "sdxl", "flux1"]
 BUILTINS: dict[str, Architecture] = {
     "builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl", "builtin:toy": "sd1",
+    "builtin:tiny-flux": "flux1",
 }  # fmt: skip
 TOY_MODEL_DIR = Path(__file__).parent / "builtin_models" / "toy"
 """`builtin:toy`: the committed toy model that draws coloured shapes (`trainer/toy/`)."""
@@ -44,7 +52,7 @@ class LoadedModel:
 
     architecture: Architecture
     pipeline: Any
-    unet: torch.nn.Module
+    denoiser: torch.nn.Module  # the UNet (SD 1.x, SDXL) or transformer (FLUX.1)
     vae: torch.nn.Module
     text_encoders: list[torch.nn.Module]
     tokenizers: list[Any]
@@ -53,9 +61,22 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def arch(self) -> ArchitectureImpl:
+        """The architecture module: everything that differs between base models."""
+        from trainer.architectures import get_architecture
+
+        return get_architecture(self.architecture)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoiser under its SD name (kept for SD-specific callers)."""
+        return self.denoiser
+
+    @property
     def prediction_type(self) -> str:
-        """`epsilon` or `v_prediction`: what the UNet predicts (the loss target)."""
-        return str(self.noise_scheduler.config.prediction_type)
+        """What the denoiser predicts: `epsilon`, `v_prediction` or `flow` (FLUX.1)."""
+        fixed = self.arch.prediction_type
+        return fixed or str(self.noise_scheduler.config.prediction_type)
 
     @property
     def is_sdxl(self) -> bool:
@@ -63,7 +84,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
 
 def resolve_base_model(name_or_path: str, settings: Settings) -> tuple[str, Architecture]:
@@ -81,19 +102,23 @@ def resolve_base_model(name_or_path: str, settings: Settings) -> tuple[str, Arch
 
 
 def detect_architecture(path: Path) -> Architecture:
-    """Guess sd1 / sdxl from a folder's model_index.json or a checkpoint's key names."""
+    """Guess sd1 / sdxl / flux1 from a folder's model_index.json or a checkpoint's key names."""
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
             raise BaseModelError(f"{path} is not a diffusers folder (no model_index.json)")
         data = json.loads(index.read_text(encoding="utf-8"))
+        if str(data.get("_class_name", "")).startswith("Flux"):
+            return "flux1"
         return "sdxl" if "text_encoder_2" in data else "sd1"
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
-            keys = handle.keys()
-            return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd1"
+            keys = list(handle.keys())
+        if any("double_blocks.0.img_attn.qkv" in k for k in keys):
+            return "flux1"
+        return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd1"
     return "sd1"
 
 
@@ -106,29 +131,26 @@ def load_base_model(
     dtype: torch.dtype = torch.float32,
     single_file_config: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a pipeline, freeze every weight, move UNet/text encoders to `dtype` and the VAE to fp32.
+    """Load a pipeline, freeze every weight, move the denoiser/text encoders to `dtype` and the
+    VAE to fp32.
 
     The VAE stays fp32 because SD VAEs overflow in fp16 (NaN latents).
     """
-    if architecture not in ("sd1", "sdxl"):
-        raise BaseModelError(f"unknown architecture {architecture!r} (use 'sd1' or 'sdxl')")
+    if architecture not in BUILTINS.values():
+        known = ", ".join(sorted(set(BUILTINS.values())))
+        raise BaseModelError(f"unknown architecture {architecture!r} (use one of: {known})")
     pipeline = _load_pipeline(path, architecture, cache_dir, single_file_config)
     return _wrap(pipeline, architecture, device=torch.device(device), dtype=dtype, source=path)
-
-
-def _pipeline_class(architecture: str) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
 
 
 def _load_pipeline(
     path: str, architecture: str, cache_dir: Path, single_file_config: str | Path | None
 ) -> Any:
-    cls = _pipeline_class(architecture)
-    extra: dict[str, Any] = {}
-    if architecture == "sd1":
-        extra = {"safety_checker": None, "requires_safety_checker": False}
+    from trainer.architectures import get_architecture
+
+    arch = get_architecture(architecture)
+    cls = arch.pipeline_class()
+    extra = arch.pipeline_kwargs()
     if path in BUILTINS:
         if BUILTINS[path] != architecture:
             raise BaseModelError(f"{path} is {BUILTINS[path]}, not {architecture}")
@@ -145,11 +167,29 @@ def _load_pipeline(
         return cls.from_pretrained(local, local_files_only=True, **extra)
     if local.is_file() and local.suffix in SINGLE_FILE_SUFFIXES:
         config = _single_file_config(local, single_file_config)
+        if architecture == "flux1":
+            return _flux_single_file(cls, local, config)
         return cls.from_single_file(str(local), config=str(config), local_files_only=True, **extra)
     raise BaseModelError(
         f"base model {path!r} not found: give a diffusers folder, a .safetensors/.ckpt file "
         "with a local config folder, or builtin:tiny"
     )
+
+
+def _flux_single_file(cls: Any, checkpoint: Path, config: Path) -> Any:
+    """A BFL-layout transformer file + a diffusers FLUX.1 folder for the other components."""
+    from diffusers import FluxTransformer2DModel
+
+    for part in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        if not (config / part).is_dir():
+            raise BaseModelError(
+                f"{checkpoint.name} holds the FLUX.1 transformer only; its config folder {config} "
+                f"needs the other components with weights (missing: {part}/)"
+            )
+    transformer = FluxTransformer2DModel.from_single_file(
+        str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
+    )
+    return cls.from_pretrained(config, transformer=transformer, local_files_only=True)
 
 
 def _single_file_config(checkpoint: Path, explicit: str | Path | None) -> Path:
@@ -189,27 +229,28 @@ def _wrap(
     dtype: torch.dtype,
     source: str,
 ) -> LoadedModel:
-    from diffusers import DDPMScheduler
+    from trainer.architectures import get_architecture
 
-    text_encoders = [pipeline.text_encoder]
-    tokenizers = [pipeline.tokenizer]
-    if architecture == "sdxl":
-        text_encoders.append(pipeline.text_encoder_2)
-        tokenizers.append(pipeline.tokenizer_2)
-    for module in (pipeline.unet, *text_encoders):
+    arch = get_architecture(architecture)
+    denoiser = getattr(pipeline, arch.denoiser_name)
+    text_encoders, tokenizers = [], []
+    for suffix in ("", "_2"):
+        if getattr(pipeline, f"text_encoder{suffix}", None) is not None:
+            text_encoders.append(getattr(pipeline, f"text_encoder{suffix}"))
+            tokenizers.append(getattr(pipeline, f"tokenizer{suffix}"))
+    for module in (denoiser, *text_encoders):
         _move(module, device, dtype)
     _move(pipeline.vae, device, torch.float32)
-    for module in (pipeline.unet, pipeline.vae, *text_encoders):
+    for module in (denoiser, pipeline.vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     return LoadedModel(
         architecture=architecture,
         pipeline=pipeline,
-        unet=pipeline.unet,
+        denoiser=denoiser,
         vae=pipeline.vae,
         text_encoders=text_encoders,
         tokenizers=tokenizers,
-        noise_scheduler=noise_scheduler,
+        noise_scheduler=arch.training_scheduler(pipeline),
         source=source,
     )

@@ -11,24 +11,23 @@ fingerprint: their latents are encoded once per job (`trainer.heldout.HeldoutSet
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.architectures.base import TextConditioning
 from trainer.data import Example, load_pixels
 
-
-@dataclass
-class TextConditioning:
-    """What the UNet is conditioned on: per-token states and, for SDXL, the pooled embedding."""
-
-    hidden: torch.Tensor  # (batch, tokens, dim)
-    pooled: torch.Tensor | None  # (batch, dim) for SDXL
+__all__ = [
+    "TextConditioning", "encode_images", "encode_prompts", "latent_cache", "park_text_encoders",
+    "text_cache", "text_encoders_back",
+]  # fmt: skip
 
 
 def model_fingerprint(model: Any) -> str:
@@ -48,41 +47,23 @@ def model_fingerprint(model: Any) -> str:
 
 @torch.no_grad()
 def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Scaled latents of a pixel batch in [-1, 1].
+    """Shifted and scaled latents of a pixel batch in [-1, 1]: (mean − shift) × scale, as the
+    pipelines decode them (SD's VAEs have no shift; FLUX.1's 16-channel VAE has one).
 
-    The posterior's mean, not a sample: SD's VAE variance is negligible, and the mean keeps a
+    The posterior's mean, not a sample: the VAE variance is negligible, and the mean keeps a
     cached and an uncached run identical (and a resumed run identical to an uninterrupted one).
     """
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-
-
-def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (vae.encode(pixels).latent_dist.mean - shift) * vae.config.scaling_factor
 
 
 def encode_prompts(model: Any, captions: list[str]) -> TextConditioning:
-    """Text-encoder outputs as the pipelines compute them (SDXL: penultimate layers + pooled).
+    """Text-encoder outputs as the model's pipeline computes them (`Architecture.encode_prompts`).
 
     Runs with gradients when the caller enables them (embedding / text-encoder training).
     """
-    device = model.device
-    if not model.is_sdxl:
-        encoder = model.text_encoders[0]
-        ids = tokenize(model.tokenizers[0], captions).to(device)
-        return TextConditioning(hidden=encoder(ids)[0], pooled=None)
-    states, pooled = [], None
-    for tokenizer, encoder in zip(model.tokenizers, model.text_encoders, strict=True):
-        output = encoder(tokenize(tokenizer, captions).to(device), output_hidden_states=True)
-        states.append(output.hidden_states[-2])
-        pooled = output[0]  # the second encoder's projected pooled embedding
-    return TextConditioning(hidden=torch.cat(states, dim=-1), pooled=pooled)
+    return model.arch.encode_prompts(model, captions)
 
 
 # ---------------------------------------------------------------- cache files
@@ -154,3 +135,33 @@ def cache_files(
     root = Path(cache_dir) / "train-cache" / model_key
     latents = root / f"latents-{dataset_key}-{resolution}{'-b' if bucketing else ''}.pt"
     return latents, root / f"text-{dataset_key}.pt"
+
+
+# ---------------------------------------------------------------- text encoders off the GPU
+
+
+def park_text_encoders(model: Any) -> torch.device | None:
+    """Once every caption's states are cached, the text encoders (FLUX.1's T5-XXL: 9.5 GB in
+    bf16) leave the accelerator until a checkpoint needs them; returns where they were (None on
+    CPU, where there is nothing to free)."""
+    device = model.device
+    if device.type == "cpu":
+        return None
+    for encoder in model.text_encoders:
+        encoder.to("cpu")
+    return device
+
+
+@contextlib.contextmanager
+def text_encoders_back(model: Any, device: torch.device | None) -> Iterator[None]:
+    """The parked text encoders on `device` for a moment (held-out loss, validation grids)."""
+    if device is None:
+        yield
+        return
+    for encoder in model.text_encoders:
+        encoder.to(device)
+    try:
+        yield
+    finally:
+        for encoder in model.text_encoders:
+            encoder.to("cpu")

@@ -167,6 +167,57 @@ class TrainConfig(_Strict):
         return steps
 
 
+class ArchitectureMismatch(ValueError):
+    """A job that asks a base architecture for something it cannot do; one readable line."""
+
+
+ARCHITECTURES: dict[str, dict[str, object]] = {
+    "sd1": {"label": "SD 1.x", "methods": ("lora", "dora", "embedding"), "multiple": 8},
+    "sdxl": {"label": "SDXL", "methods": ("lora", "dora", "embedding"), "multiple": 8},
+    "flux1": {"label": "FLUX.1", "methods": ("lora", "dora"), "multiple": 16},
+}
+"""What each base architecture can train (torch-free: the bot checks a job with it).
+`multiple`: the pixel step of training sizes (FLUX.1 packs 2×2 latents of an 8× VAE)."""
+
+
+def check_architecture(config: TrainConfig, architecture: str) -> None:
+    """Refuse, with one line, what `architecture` cannot do (the bot and the worker both call
+    this: the member hears it at /train time, and a stale job fails with the same sentence)."""
+    caps = ARCHITECTURES.get(architecture)
+    if caps is None:
+        raise ArchitectureMismatch(f"unknown base architecture {architecture!r}")
+    label = caps["label"]
+    if config.method not in caps["methods"]:  # type: ignore[operator]
+        can = " or ".join(caps["methods"])  # type: ignore[arg-type]
+        raise ArchitectureMismatch(f"{label} models cannot train a {config.method}; use {can}")
+    multiple = int(caps["multiple"])  # type: ignore[call-overload]
+    if config.resolution % multiple:
+        raise ArchitectureMismatch(
+            f"{label} trains at sizes in steps of {multiple} px; {config.resolution} is not one"
+        )
+    if architecture == "flux1":
+        _check_flux(config)
+
+
+def _check_flux(config: TrainConfig) -> None:
+    """FLUX.1 options that would be accepted and silently do nothing are refused instead."""
+    if config.train_text_encoder:
+        raise ArchitectureMismatch("FLUX.1 LoRAs here train the transformer only; turn off "
+                                   "train_text_encoder")  # fmt: skip
+    if config.targets != "attention":
+        raise ArchitectureMismatch("FLUX.1 has no convolution layers to adapt; use targets "
+                                   "'attention' (all attention and MLP layers)")  # fmt: skip
+    if config.min_snr_gamma is not None:
+        raise ArchitectureMismatch("min_snr_gamma weights DDPM timesteps; FLUX.1 is trained with "
+                                   "flow matching: set it to none")  # fmt: skip
+    if config.validation.scheduler != "euler":
+        raise ArchitectureMismatch("FLUX.1 samples with its own flow-matching Euler sampler; set "
+                                   "the validation scheduler to 'euler'")  # fmt: skip
+    if config.validation.negative_prompt:
+        raise ArchitectureMismatch("FLUX.1 is guidance-distilled and ignores negative prompts; "
+                                   "leave negative_prompt empty")  # fmt: skip
+
+
 class TrainOverrides(_Strict):
     """What a member may set from Discord on top of a preset (all optional)."""
 

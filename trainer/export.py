@@ -27,16 +27,14 @@ from safetensors.torch import save_file
 from trainer.adapters import (
     ADAPTER_NAME,
     adapted_components,
-    iter_dora,
+    adapter_layers,
     learned_vectors,
     placeholder_tokens,
 )
 from trainer.base_models import LoadedModel
 from trainer.config import TrainConfig
-from trainer.formats.kohya import kohya_hashes, kohya_module_name
+from trainer.formats.kohya import kohya_hashes
 
-BASE_VERSION = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-SPEC_ARCH = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}
 DIFFUSERS_EMBEDDING_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
 
 
@@ -85,53 +83,10 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 # ---------------------------------------------------------------- LoRA / DoRA, kohya layout
 
 
-def _unet_layout(model: LoadedModel) -> tuple[int, tuple[bool, ...]]:
-    config = model.unet.config
-    has_attention = tuple("CrossAttn" in name for name in config.up_block_types)
-    return int(config.layers_per_block), has_attention
-
-
-def adapter_layers(
-    model: LoadedModel, config: TrainConfig
-) -> list[tuple[str, str, dict[str, torch.Tensor]]]:
-    """`(component, module path, {down, up[, dora_scale]})` for every adapted module."""
-    from peft.utils import get_peft_model_state_dict
-
-    layers = []
-    for component, module in adapted_components(model, config).items():
-        if config.method == "dora":
-            for path, layer in iter_dora(module):
-                parts = {
-                    "lora_down.weight": layer.lora_down.weight,
-                    "lora_up.weight": layer.lora_up.weight,
-                    "dora_scale": layer.dora_scale,
-                }
-                layers.append((component, path, parts))
-            continue
-        state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
-        for key in sorted(state):
-            if key.endswith(".lora_A.weight"):
-                path = key.removesuffix(".lora_A.weight")
-                parts = {
-                    "lora_down.weight": state[key],
-                    "lora_up.weight": state[f"{path}.lora_B.weight"],
-                }
-                layers.append((component, path, parts))
-    return layers
-
-
 def kohya_tensors(model: LoadedModel, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The kohya state dict: float32 down/up (+ dora_scale) and a float `alpha` per module."""
-    layers_per_block, has_attention = _unet_layout(model)
-    out: dict[str, torch.Tensor] = {}
-    for component, path, parts in adapter_layers(model, config):
-        name = kohya_module_name(
-            model.architecture, component, path, layers_per_block, has_attention
-        )
-        for suffix, tensor in parts.items():
-            out[f"{name}.{suffix}"] = tensor.detach().float().cpu().clone()
-        out[f"{name}.alpha"] = torch.tensor(float(config.alpha), dtype=torch.float32)
-    return out
+    """The kohya state dict: float32 down/up (+ dora_scale) and a float `alpha` per module,
+    named (and, for FLUX.1, fused) by the architecture."""
+    return model.arch.kohya_tensors(model, adapter_layers(model, config), config.alpha)
 
 
 def _network_args(config: TrainConfig) -> dict[str, str]:
@@ -153,7 +108,7 @@ def kohya_metadata(
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": str(config.alpha),
         "ss_network_args": json.dumps(_network_args(config)),
-        "ss_base_model_version": BASE_VERSION[model.architecture],
+        "ss_base_model_version": model.arch.base_version,
         "ss_v2": "False",
         "ss_steps": str(step),
         "ss_max_train_steps": str(config.steps),
@@ -171,17 +126,18 @@ def kohya_metadata(
 def _modelspec(
     model: LoadedModel, config: TrainConfig, title: str, kind: str, resolution: str
 ) -> dict[str, str]:
+    arch = model.arch
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{SPEC_ARCH[model.architecture]}/{kind}",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
-        if model.architecture == "sdxl" else "diffusers",
+        "modelspec.architecture": f"{arch.spec_name(model)}/{kind}",
+        "modelspec.implementation": arch.spec_implementation,
         "modelspec.title": title,
         "modelspec.description": f"{config.method} trained with Atelier on {config.base_model}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
         "modelspec.resolution": resolution,
-        "modelspec.prediction_type": model.prediction_type,
-    }  # fmt: skip
+    }
+    if arch.spec_prediction_type(model):  # kohya writes none for FLUX.1
+        spec["modelspec.prediction_type"] = arch.spec_prediction_type(model)
     trigger = config.token if kind == "textual-inversion" else config.trigger
     if trigger:
         spec["modelspec.trigger_phrase"] = trigger
@@ -214,7 +170,7 @@ def _export_embedding(
         tensors = {"emb_params": vectors[0]}
     resolution = f"{config.resolution}x{config.resolution}"
     meta = _modelspec(model, config, title, "textual-inversion", resolution)
-    meta |= {"ss_steps": str(step), "ss_base_model_version": BASE_VERSION[model.architecture]}
+    meta |= {"ss_steps": str(step), "ss_base_model_version": model.arch.base_version}
     primary = out_dir / stem / f"{slug(config.token)}.safetensors"
     _atomic_save(tensors, primary, meta)
     diffusers_dir = out_dir / "diffusers" / stem
@@ -237,37 +193,8 @@ def kohya_to_peft(
     state_dict: dict[str, torch.Tensor], model: LoadedModel
 ) -> dict[str, dict[str, torch.Tensor]]:
     """kohya keys → `{component: {<diffusers path>.lora_A.weight / lora_B.weight / alpha /
-    dora_scale}}`, names resolved against `model`'s modules (kohya names are not reversible
-    by string rules alone: module names contain `_`)."""
-    names = _kohya_name_index(model)
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    renames = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
-    for key, tensor in state_dict.items():
-        module_name, _, suffix = key.partition(".")
-        if module_name not in names:
-            raise ValueError(f"kohya key {key} matches no module of the {model.architecture} base")
-        component, path = names[module_name]
-        out.setdefault(component, {})[f"{path}.{renames.get(suffix, suffix)}"] = tensor
-    return out
-
-
-def _kohya_name_index(model: LoadedModel) -> dict[str, tuple[str, str]]:
-    from trainer.adapters import components
-
-    layers_per_block, has_attention = _unet_layout(model)
-    index: dict[str, tuple[str, str]] = {}
-    for component, module in components(model).items():
-        for path, child in module.named_modules():
-            if isinstance(child, torch.nn.Linear | torch.nn.Conv2d) and path:
-                path = re.sub(r"\.base(_layer)?$", "", path)
-                try:
-                    name = kohya_module_name(
-                        model.architecture, component, path, layers_per_block, has_attention
-                    )
-                except (ValueError, IndexError):
-                    continue
-                index.setdefault(name, (component, path))
-    return index
+    dora_scale}}`, resolved by the model's architecture."""
+    return model.arch.kohya_to_peft(model, state_dict)
 
 
 def embedding_tokens(config: TrainConfig) -> list[str]:

@@ -2,7 +2,9 @@
 
 Files are loaded the way other tools load them (diffusers' `load_lora_weights` for kohya LoRA,
 `load_textual_inversion` for embeddings). Kohya DoRA files are the exception: diffusers drops
-their `dora_scale`, so they are applied with our own `KohyaDora` layers (same maths as training).
+their `dora_scale`, so they are applied with our own DoRA layers (same maths as training; the
+architecture decides how, `Architecture.apply_kohya_dora`). Images are drawn with the base
+architecture's own sampler (`Architecture.sample`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from trainer.adapters import KohyaDora, _set_submodule, components
+from trainer.architectures import for_pipeline, get_architecture, names
 from trainer.base_models import BUILTINS, LoadedModel, detect_architecture, load_base_model
-from trainer.export import kohya_to_peft, read_safetensors
-from trainer.schedulers import SCHEDULER_NAMES, make_scheduler
+from trainer.export import read_safetensors
+from trainer.schedulers import SCHEDULER_NAMES
 
 ADAPTER = "atelier"
-_BASE_SCHEDULER = "_atelier_base_scheduler_config"
+SAMPLING_DEFAULTS = {"flux1": {"guidance": 3.5, "scheduler": "euler", "steps": 20}}
+"""What `atelier generate` uses when not told; FLUX.1-dev's model card: guidance 3.5, its own
+flow-matching Euler sampler."""
+_SD_DEFAULTS = {"guidance": 7.0, "scheduler": "dpm++", "steps": 20}
 
 
 def file_kind(tensors: dict[str, torch.Tensor]) -> str:
@@ -31,11 +36,12 @@ def file_kind(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def file_architecture(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """sd1 or sdxl, from metadata or SDXL-only key names."""
-    if metadata.get("ss_base_model_version", "").startswith("sdxl"):
-        return "sdxl"
-    sdxl_marks = ("lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks", "clip_g")
-    return "sdxl" if any(k.startswith(sdxl_marks) for k in tensors) else "sd1"
+    """The architecture a file was trained for, from metadata or key names (most specific
+    first; SD 1.x when nothing else matches)."""
+    for name in reversed(names()):
+        if get_architecture(name).file_matches(tensors, metadata):
+            return name
+    return "sd1"
 
 
 def load_for_generation(
@@ -55,7 +61,7 @@ def load_for_generation(
     if kind == "embedding":
         _load_embedding(pipe, base, Path(model_file), metadata)
     elif kind == "dora":
-        apply_kohya_dora(base, tensors, weight)
+        base.arch.apply_kohya_dora(base, tensors, weight)
     else:
         pipe.load_lora_weights(str(model_file), adapter_name=ADAPTER)
         pipe.set_adapters([ADAPTER], adapter_weights=[weight])
@@ -84,21 +90,8 @@ def _load_embedding(pipe: Any, base: LoadedModel, path: Path, metadata: dict[str
 
 @torch.no_grad()
 def apply_kohya_dora(model: LoadedModel, tensors: dict[str, torch.Tensor], weight: float) -> None:
-    """Wrap each module named in a kohya DoRA file in a `KohyaDora` layer holding its weights."""
-    roots = components(model)
-    for component, state in kohya_to_peft(tensors, model).items():
-        root = roots[component]
-        for path in sorted({k.rsplit(".", 2)[0] for k in state if k.endswith("lora_A.weight")}):
-            down = state[f"{path}.lora_A.weight"]
-            rank = down.shape[0]
-            alpha = float(state.get(f"{path}.alpha", torch.tensor(float(rank))))
-            layer = KohyaDora(root.get_submodule(path), rank, alpha)
-            layer.lora_down.weight.copy_(down)
-            layer.lora_up.weight.copy_(state[f"{path}.lora_B.weight"])
-            layer.dora_scale.copy_(state[f"{path}.dora_scale"])
-            layer.multiplier = weight
-            layer.requires_grad_(False)
-            _set_submodule(root, path, layer)
+    """Apply a kohya DoRA file with our own DoRA layers (diffusers drops `dora_scale`)."""
+    model.arch.apply_kohya_dora(model, tensors, weight)
 
 
 @torch.no_grad()
@@ -115,19 +108,17 @@ def render(
     height: int = 512,
 ) -> Image.Image:
     """One image with a CPU generator (same seed → same image on any device)."""
-    base_config = getattr(pipeline, _BASE_SCHEDULER, None) or dict(pipeline.scheduler.config)
-    setattr(pipeline, _BASE_SCHEDULER, base_config)
-    pipeline.scheduler = make_scheduler(scheduler, base_config)
-    result = pipeline(
+    return for_pipeline(pipeline).sample(
+        pipeline,
         prompt=prompt,
-        negative_prompt=negative_prompt or None,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        negative_prompt=negative_prompt,
         width=width,
         height=height,
-        generator=torch.Generator("cpu").manual_seed(seed),
     )
-    return result.images[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,12 +128,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--weight", type=float, default=1.0, help="LoRA/DoRA strength")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.0)
-    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
+    parser.add_argument("--steps", type=int, default=None, help="default: 20")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="default: 7 (SD), 3.5 (FLUX.1)"
+    )
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULER_NAMES, default=None, help="default: dpm++ (SD), euler"
+    )
     parser.add_argument("--width", type=int, default=None, help="default: the base model's size")
     parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--base", default="tiny", help="tiny, tiny-sdxl or a local model path")
+    parser.add_argument(
+        "--base", default="tiny", help="tiny, tiny-sdxl, tiny-flux or a local model path"
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     parser.add_argument("--out", type=Path, default=None, help="default: <model>.png")
     return parser
@@ -162,10 +159,13 @@ def generate_cli(argv: list[str] | None = None) -> int:
     else:
         pipe = load_for_generation(base, args.model, args.weight, cache_dir=args.cache_dir)
     pipe.set_progress_bar_config(disable=True)
-    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    arch = for_pipeline(pipe)
+    default_side = arch.default_side(pipe)
+    defaults = SAMPLING_DEFAULTS.get(arch.name, _SD_DEFAULTS)
     image = render(
-        pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-        scheduler=args.scheduler, negative_prompt=args.negative_prompt,
+        pipe, args.prompt, seed=args.seed, steps=args.steps or defaults["steps"],
+        guidance=args.guidance if args.guidance is not None else defaults["guidance"],
+        scheduler=args.scheduler or defaults["scheduler"], negative_prompt=args.negative_prompt,
         width=args.width or default_side, height=args.height or default_side,
     )  # fmt: skip
     out = args.out or args.model.with_suffix(".png")

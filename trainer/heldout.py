@@ -4,12 +4,13 @@ The split itself is `storage.ingest.split` (standard library; ingest writes it i
 `captions.jsonl`), re-exported here so the trainer recomputes it with the same function when a
 job asks for another fraction.
 
-The held-out loss is the plain denoising MSE on the held-out images at FIXED timesteps
-(evenly spaced over the schedule) with FIXED noise (a generator seeded by image file name and
-timestep, not by the job's seed), computed without gradients with the model in eval mode. It
-therefore changes only when the weights change: it is comparable across the checkpoints of one
-job and across jobs on the same dataset (at one resolution). It is deliberately unweighted
-(no min-SNR, no noise offset), so jobs with different loss settings still compare.
+The held-out loss is the plain denoising MSE of the model's own objective (ε / v for SD, the
+flow velocity for FLUX.1) on the held-out images at FIXED timesteps (evenly spaced over the
+schedule: `Architecture.fixed_timesteps`) with FIXED noise (a generator seeded by image file
+name and timestep, not by the job's seed), computed without gradients with the model in eval
+mode. It therefore changes only when the weights change: it is comparable across the checkpoints
+of one job and across jobs on the same dataset (at one resolution). It is deliberately
+unweighted (no min-SNR, no noise offset), so jobs with different loss settings still compare.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ HELDOUT_TIMESTEPS = 8
 
 
 def fixed_timesteps(num_train_timesteps: int, count: int = HELDOUT_TIMESTEPS) -> list[int]:
-    """`count` timesteps evenly spread over the schedule (centres of equal slices)."""
+    """`count` timesteps evenly spread over a DDPM schedule (centres of equal slices)."""
     return [int((k + 0.5) * num_train_timesteps / count) for k in range(count)]
 
 
-def noise_seed(file: str, timestep: int) -> int:
+def noise_seed(file: str, timestep: float) -> int:
     """A seed per (image, timestep) that no job setting changes."""
     digest = hashlib.sha256(f"atelier-heldout-noise\n{file}\n{timestep}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
@@ -65,7 +66,7 @@ class HeldoutSet:
         from trainer.data import load_pixels
 
         self.examples = list(examples)
-        self.timesteps = fixed_timesteps(model.noise_scheduler.config.num_train_timesteps)
+        self.timesteps = model.arch.fixed_timesteps(model, HELDOUT_TIMESTEPS)
         self.latents: list[torch.Tensor] = []
         self.noise: list[torch.Tensor] = []
         for example in self.examples:
@@ -100,18 +101,17 @@ def heldout_loss(
     `captions` are the images' prompts as the model reads them now (an embedding's learned
     token included); `autocast` is the training precision context (None: full precision).
     """
+    from trainer.architectures.base import TextConditioning
     from trainer.caches import encode_prompts
 
     if not len(heldout):
         return None
-    scheduler = model.noise_scheduler
-    device = model.device
-    modules = [model.unet, *model.text_encoders]
+    arch, device = model.arch, model.device
+    modules = [model.denoiser, *model.text_encoders]
     was_training = [module.training for module in modules]
     for module in modules:
         module.eval()
     try:
-        unet_dtype = next(model.unet.parameters()).dtype
         timesteps = torch.tensor(heldout.timesteps, device=device)
         total, count = 0.0, 0
         context = autocast if autocast is not None else contextlib.nullcontext()
@@ -120,25 +120,15 @@ def heldout_loss(
                 zip(heldout.latents, heldout.noise, strict=True)
             ):
                 latents = latent[None].expand(len(timesteps), *latent.shape).to(device)
-                noise = noise.to(device)
-                noisy = scheduler.add_noise(latents, noise, timesteps)
-                if scheduler.config.prediction_type == "v_prediction":
-                    target = scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    target = noise
+                noisy, target = arch.noisy_and_target(model, latents, noise.to(device), timesteps)
                 text = encode_prompts(model, [captions[index]])
-                hidden = text.hidden.expand(len(timesteps), *text.hidden.shape[1:])
-                extra = {}
-                if model.is_sdxl:
-                    w, h = heldout.examples[index].bucket
-                    pooled = text.pooled.expand(len(timesteps), *text.pooled.shape[1:])
-                    time_ids = torch.tensor(
-                        [[h, w, 0, 0, h, w]] * len(timesteps), dtype=torch.float32, device=device
-                    )
-                    extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-                prediction = model.unet(
-                    noisy.to(unet_dtype), timesteps, hidden.to(unet_dtype), **extra
-                ).sample
+                text = TextConditioning(
+                    text.hidden.expand(len(timesteps), *text.hidden.shape[1:]),
+                    None
+                    if text.pooled is None
+                    else text.pooled.expand(len(timesteps), *text.pooled.shape[1:]),
+                )
+                prediction = arch.predict(model, noisy, timesteps, text)
                 loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
                 total += float(loss.item())
                 count += 1

@@ -33,7 +33,9 @@ from trainer.caches import (
     encode_prompts,
     latent_cache,
     model_fingerprint,
+    park_text_encoders,
     text_cache,
+    text_encoders_back,
 )
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.checkpointing import (
@@ -114,6 +116,7 @@ def train(
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
     heldout = HeldoutSet(model, dataset.heldout)
+    parked = park_text_encoders(model) if texts is not None else None
     if len(heldout):
         log.info("%d of %d images held out", len(heldout), len(heldout) + len(examples))
 
@@ -144,7 +147,7 @@ def train(
     # 7. the loop
     trainables = [
         m
-        for m in (model.unet, *model.text_encoders)
+        for m in (model.denoiser, *model.text_encoders)
         if any(p.requires_grad for p in m.parameters())
     ]
     train_seconds, steps_this_run = 0.0, 0
@@ -197,25 +200,26 @@ def train(
         if step in config.checkpoint_steps:
             for module in trainables:
                 module.eval()
-            if not base_column:
-                base_column = render_base(model, config, plan, config.method)
-            held = heldout_loss(
-                model, heldout, heldout_captions(config, heldout, prompt_token),
-                accelerator.autocast(),
-            )  # fmt: skip
-            info = save_checkpoint(
-                model,
-                config,
-                output_dir,
-                state,
-                optimizer,
-                lr_scheduler,
-                plan,
-                base_column,
-                checkpoints,
-                title,
-                heldout_loss=held,
-            )
+            with text_encoders_back(model, parked):
+                if not base_column:
+                    base_column = render_base(model, config, plan, config.method)
+                held = heldout_loss(
+                    model, heldout, heldout_captions(config, heldout, prompt_token),
+                    accelerator.autocast(),
+                )  # fmt: skip
+                info = save_checkpoint(
+                    model,
+                    config,
+                    output_dir,
+                    state,
+                    optimizer,
+                    lr_scheduler,
+                    plan,
+                    base_column,
+                    checkpoints,
+                    title,
+                    heldout_loss=held,
+                )
             callbacks.on_checkpoint(info)
 
     # 8. what the team compares at the end
@@ -282,6 +286,7 @@ def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
         catalogue = {
             "tiny": SimpleNamespace(path="builtin:tiny", architecture="sd1"),
             "tiny-sdxl": SimpleNamespace(path="builtin:tiny-sdxl", architecture="sdxl"),
+            "tiny-flux": SimpleNamespace(path="builtin:tiny-flux", architecture="flux1"),
         }
     return resolve_base_model(config.base_model, SimpleNamespace(base_models=catalogue))
 
@@ -294,11 +299,13 @@ def load_model(
     settings: Any | None,
 ) -> Any:
     from trainer.base_models import BaseModelError, load_base_model
+    from trainer.config import ArchitectureMismatch, check_architecture
 
     try:
         path, architecture = resolve_model(config, settings)
+        check_architecture(config, architecture)
         return load_base_model(path, architecture, cache_dir=cache_dir, device=device, dtype=dtype)
-    except BaseModelError as error:
+    except (BaseModelError, ArchitectureMismatch) as error:
         raise TrainingFailed(str(error)) from None
 
 
@@ -410,7 +417,6 @@ def restore(
 class Batch:
     latents: torch.Tensor
     text: TextConditioning
-    time_ids: torch.Tensor | None
 
 
 def make_batch(
@@ -454,34 +460,16 @@ def make_batch(
         ]
         with torch.set_grad_enabled(config.method == "embedding" or config.train_text_encoder):
             text = encode_prompts(model, captions)
-    time_ids = None
-    if model.is_sdxl:
-        w, h = examples[indices[0]].bucket
-        time_ids = torch.tensor(
-            [[h, w, 0, 0, h, w]] * len(indices), dtype=torch.float32, device=device
-        )
-    return Batch(batch_latents, text, time_ids)
+    return Batch(batch_latents, text)
 
 
 def diffusion_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    timesteps: torch.Tensor,
-    noise_scheduler: Any,
-    min_snr_gamma: float | None,
+    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
 ) -> torch.Tensor:
-    """MSE, weighted per sample by min-SNR-γ (Hang et al. 2023) when γ is set."""
+    """MSE per sample, times the architecture's per-sample weight (min-SNR-γ for SD)."""
     loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
     loss = loss.mean(dim=list(range(1, loss.ndim)))
-    if min_snr_gamma is not None:
-        alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        snr = alphas / (1 - alphas)
-        clipped = torch.clamp(snr, max=min_snr_gamma)
-        weight = (
-            clipped / (snr + 1)
-            if noise_scheduler.config.prediction_type == "v_prediction"
-            else clipped / snr
-        )
+    if weight is not None:
         loss = loss * weight
     return loss.mean()
 
@@ -489,29 +477,18 @@ def diffusion_loss(
 def micro_batch_loss(
     model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
 ) -> torch.Tensor:
-    """Noise the latents at random timesteps and score the UNet's prediction (ε or v)."""
-    scheduler = model.noise_scheduler
+    """Noise the latents at random timesteps and score the denoiser's prediction against the
+    architecture's target (ε or v for SD, the flow velocity for FLUX.1)."""
+    arch = model.arch
     latents = batch.latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     if config.noise_offset:
         offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
         noise = noise + config.noise_offset * offset.to(latents.device)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
-    ).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    extra = {}
-    if batch.time_ids is not None:
-        extra["added_cond_kwargs"] = {"text_embeds": batch.text.pooled, "time_ids": batch.time_ids}
-    unet_dtype = next(model.unet.parameters()).dtype
-    prediction = model.unet(
-        noisy.to(unet_dtype), timesteps, batch.text.hidden.to(unet_dtype), **extra
-    ).sample
-    return diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
+    timesteps = arch.sample_timesteps(model, config, latents, generator)
+    noisy, target = arch.noisy_and_target(model, latents, noise, timesteps)
+    prediction = arch.predict(model, noisy, timesteps, batch.text)
+    return diffusion_loss(prediction, target, arch.loss_weight(model, config, timesteps))
 
 
 def optimizer_step(

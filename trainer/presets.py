@@ -1,5 +1,6 @@
 """Named defaults a member picks from Discord ("character", "style", …), per method.
 
+Each preset adapts to the base architecture (`architecture_values`: FLUX.1's scale and sampler).
 Values follow what other trainers ship (see shared/reference/peers.md): ai-toolkit's rank 16 /
 lr 1e-4 / 2000 steps / save every 250 / keep 4 / caption dropout 0.05 for concept LoRAs,
 invoke-training's AdamW 4e-3, cosine, 200 warm-up steps, 4 vectors for embeddings. This module
@@ -13,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainer.config import Method, TrainConfig
+from trainer.config import ArchitectureMismatch, Method, TrainConfig, check_architecture
 
 
 class PresetError(ValueError):
@@ -108,14 +109,47 @@ PRESETS: dict[str, Preset] = {
 
 DEFAULT_PRESET = "character"
 
+FLUX_SAMPLING: dict[str, Any] = {
+    # flow matching has no DDPM SNR to weight by (diffusers' and kohya's FLUX trainers: uniform
+    # loss weights after logit-normal / shifted timestep sampling)
+    "min_snr_gamma": None,
+    # FLUX.1-dev's model card and FluxPipeline: guidance 3.5 with its own flow-matching Euler
+    "validation": {"scheduler": "euler", "guidance": 3.5},
+}
+"""FLUX.1 values every LoRA/DoRA preset takes (quick-test included)."""
+FLUX_TRAINING: dict[str, Any] = {
+    "rank": 16,  # ai-toolkit's FLUX.1 LoRA example: linear 16 / alpha 16 (peers.md)
+    "alpha": 16.0,
+    "learning_rate": 1e-4,  # ai-toolkit's FLUX.1 example and kohya's FLUX.1 docs: 1e-4
+    "resolution": 1024,  # FLUX.1's native size (kohya's sai_model_spec default for FLUX: 1024²)
+    "steps": 1500,  # issue #14's target; ai-toolkit's example runs 2000 (peers.md)
+    "checkpoint_every": 250,  # ai-toolkit: save and sample every 250 steps (peers.md)
+    "keep_last": 4,  # ai-toolkit: max_step_saves_to_keep 4 (peers.md)
+    "batch_size": 1,  # ai-toolkit's 24 GB FLUX.1 example: batch 1 at 1024 px
+}
+"""FLUX.1 scale for the named concept presets (not quick-test, which stays tiny)."""
+
+
+def architecture_values(name: str, method: Method, architecture: str) -> dict[str, Any]:
+    """What a preset changes on `architecture` (empty for SD 1.x / SDXL)."""
+    if architecture != "flux1" or method == "embedding":
+        return {}
+    values = dict(FLUX_SAMPLING)
+    if name != "quick-test":
+        values |= FLUX_TRAINING
+    return values
+
 
 def preset_choices() -> list[tuple[str, str]]:
     """(name, description) pairs in display order, for the bot's autocomplete."""
     return [(preset.name, preset.description) for preset in PRESETS.values()]
 
 
-def apply_preset(name: str, method: Method, **overrides: Any) -> TrainConfig:
-    """The preset's values for `method`, with `overrides` on top, as a validated TrainConfig.
+def apply_preset(
+    name: str, method: Method, architecture: str = "sd1", **overrides: Any
+) -> TrainConfig:
+    """The preset's values for `method` on `architecture`, with `overrides` on top, as a
+    validated TrainConfig; what the architecture cannot do is a `PresetError` line.
 
     Nested sections merge (`validation={"prompts": [...]}` keeps the preset's seeds), and
     `validation_prompts=[...]` is accepted as a shortcut. When only `steps` is overridden, the
@@ -126,6 +160,11 @@ def apply_preset(name: str, method: Method, **overrides: Any) -> TrainConfig:
     if preset is None:
         raise PresetError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
     values = preset.values(method)
+    for key, value in architecture_values(name, method, architecture).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
     values["method"] = method
     prompts = overrides.pop("validation_prompts", None)
     if prompts is not None:
@@ -138,9 +177,13 @@ def apply_preset(name: str, method: Method, **overrides: Any) -> TrainConfig:
     if "steps" in overrides:
         _fit_cadence(values, overrides)
     try:
-        return TrainConfig(**values)
+        config = TrainConfig(**values)
+        check_architecture(config, architecture)
     except ValidationError as error:
         raise PresetError(explain_validation_error(error)) from None
+    except ArchitectureMismatch as error:
+        raise PresetError(str(error)) from None
+    return config
 
 
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-Architecture = Literal["sd1", "sdxl"]
+Architecture = Literal["sd1", "sdxl", "flux1"]
 
 TINY_VERSION = 1
 """Bump when the shapes change: the cache folder name includes it."""
@@ -34,8 +34,10 @@ _COMMON_WORDS = (
 
 def ensure_tiny_model(cache_dir: Path, architecture: Architecture = "sd1") -> Path:
     """Return the folder of the tiny model for `architecture`, building it on first use."""
-    if architecture not in ("sd1", "sdxl"):
-        raise ValueError(f"unknown tiny architecture {architecture!r} (use 'sd1' or 'sdxl')")
+    if architecture not in ("sd1", "sdxl", "flux1"):
+        raise ValueError(
+            f"unknown tiny architecture {architecture!r} (use 'sd1', 'sdxl' or 'flux1')"
+        )
     cache_dir = Path(cache_dir)
     target = cache_dir / f"tiny-{architecture}-v{TINY_VERSION}"
     if (target / "model_index.json").is_file():
@@ -57,6 +59,13 @@ def ensure_tiny_model(cache_dir: Path, architecture: Architecture = "sd1") -> Pa
 def _build(folder: Path, architecture: Architecture) -> None:
     """Write a complete diffusers pipeline folder (weights, configs, tokenizers, model_index)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if architecture == "flux1":
+        from trainer.tiny_flux import build_tiny_flux
+
+        build_tiny_flux(folder)
+        _write_bpe_files(folder / "tokenizer")
+        return
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)

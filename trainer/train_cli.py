@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
-from trainer.config import TrainConfig
+from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
 from trainer.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trigger", help="trigger word (the embedding's token)")
     parser.add_argument("--preset", help=f"named defaults: {', '.join(PRESETS)}")
     parser.add_argument("--steps", type=int)
+    parser.add_argument(
+        "--base-model", help="catalogue name (tiny, tiny-sdxl, tiny-flux, …) or a local path"
+    )
     parser.add_argument("--out", type=Path, help="output folder (run again to resume)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
@@ -107,8 +110,8 @@ def train_cli(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config, dataset = resolve_job(args)
         settings = _settings()
+        config, dataset = resolve_job(args, settings)
         dataset_dir = prepare_dataset(dataset, config, settings)
         output_dir = args.out or config.output_dir or settings.data_dir / "runs" / _run_name(config)
         cache_dir = args.cache_dir or settings.cache_dir
@@ -129,32 +132,52 @@ def train_cli(argv: list[str]) -> int:
     return 0
 
 
-def resolve_job(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
-    """The validated config and dataset path, from a YAML file or from the flags."""
+def resolve_job(args: argparse.Namespace, settings: Any = None) -> tuple[TrainConfig, Path]:
+    """The validated config and dataset path, from a YAML file or from the flags; presets and
+    checks follow the base model's architecture (from `settings`' catalogue or the path)."""
     if args.config is None and args.dataset is None:
         raise CliError("give a CONFIG.yaml or --dataset DIR_OR_ZIP")
     overrides: dict[str, Any] = {}
     if args.config is not None:
         overrides = _read_yaml(args.config)
-    for key in ("method", "trigger", "steps"):
+    for key in ("method", "trigger", "steps", "base_model"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.dataset is not None:
         overrides["dataset"] = str(args.dataset)
     preset = args.preset or overrides.pop("preset", None)
     method = overrides.pop("method", "lora")
+    architecture = _architecture(str(overrides.get("base_model", "tiny")), settings)
     try:
         if preset is not None or args.config is None:
-            config = apply_preset(preset or DEFAULT_PRESET, method, **overrides)
+            config = apply_preset(preset or DEFAULT_PRESET, method, architecture, **overrides)
         else:
             config = TrainConfig(method=method, **overrides)
-    except PresetError as error:
+            check_architecture(config, architecture)
+    except (PresetError, ArchitectureMismatch) as error:
         raise CliError(str(error)) from None
     except ValidationError as error:
         raise CliError(explain_validation_error(error)) from None
     if not config.dataset:
         raise CliError("no dataset: give --dataset or a `dataset:` entry in the config")
     return config, Path(config.dataset)
+
+
+def _architecture(base_model: str, settings: Any) -> str:
+    """sd1 / sdxl / flux1 of a catalogue name or a local model; sd1 when it cannot be told
+    (the loop then says what is wrong with the model)."""
+    entry = getattr(settings, "base_models", {}).get(base_model)
+    if entry is not None:
+        return str(entry.architecture)
+    from trainer.base_models import BUILTINS, BaseModelError, detect_architecture
+
+    if f"builtin:{base_model}" in BUILTINS:
+        return BUILTINS[f"builtin:{base_model}"]
+    path = Path(base_model).expanduser()
+    try:
+        return detect_architecture(path) if path.exists() else "sd1"
+    except BaseModelError:
+        return "sd1"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

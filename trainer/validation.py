@@ -92,62 +92,52 @@ def make_plan(
 
 
 def prepare_pipeline(model: Any, config: TrainConfig) -> None:
-    """Give the pipeline the member-facing scheduler once per job (the pipeline is reused)."""
-    model.pipeline.set_progress_bar_config(disable=True)
-    try:
-        from trainer.schedulers import make_scheduler
-    except ImportError:  # pragma: no cover - the model engineer's module is the normal path
-        from diffusers import EulerDiscreteScheduler
-
-        model.pipeline.scheduler = EulerDiscreteScheduler.from_config(model.noise_scheduler.config)
-        return
-    model.pipeline.scheduler = make_scheduler(
-        config.validation.scheduler, model.noise_scheduler.config
-    )
+    """Give the pipeline the member-facing sampler once per job (the pipeline is reused)."""
+    model.arch.prepare_pipeline(model, config)
 
 
 @contextlib.contextmanager
 def adapter_disabled(model: Any) -> Iterator[None]:
-    """The base model for a moment: peft LoRA layers off, DoRA layers swapped for their base."""
+    """The base model for a moment: peft LoRA layers and DoRA layers switched off."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from trainer.adapters import _set_submodule, iter_dora
+    from trainer.adapters import iter_dora
 
-    roots = (model.unet, *model.text_encoders)
+    roots = (model.denoiser, *model.text_encoders)
     layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
-    dora = [(root, name, layer) for root in roots for name, layer in list(iter_dora(root))]
+    dora = [layer for root in roots for _, layer in iter_dora(root)]
     for layer in layers:
         layer.enable_adapters(False)
-    for root, name, layer in dora:
-        _set_submodule(root, name, layer.base)
+    for layer in dora:
+        layer.enabled = False
     try:
         yield
     finally:
         for layer in layers:
             layer.enable_adapters(True)
-        for root, name, layer in dora:
-            _set_submodule(root, name, layer)
+        for layer in dora:
+            layer.enabled = True
 
 
 @torch.no_grad()
 def render(
     model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int
 ) -> Image.Image:
-    """One image as a member's generation would draw it (fixed seed, CPU generator)."""
+    """One image as a member's generation would draw it (fixed seed, CPU generator), with the
+    architecture's own sampler."""
     settings = config.validation
-    generator = torch.Generator("cpu").manual_seed(seed)
     with torch.autocast(model.device.type, enabled=False):
-        result = model.pipeline(
+        return model.arch.sample(
+            model.pipeline,
             prompt=prompt,
-            negative_prompt=settings.negative_prompt or None,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            generator=generator,
+            seed=seed,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            scheduler=settings.scheduler,
+            negative_prompt=settings.negative_prompt,
             width=width,
             height=height,
-            output_type="pil",
         )
-    return result.images[0]
 
 
 def render_base(

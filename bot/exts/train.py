@@ -17,7 +17,7 @@ from bot.permissions import require_trainer
 from bot.uploads import ingest_upload, require_one_source
 from storage.ingest import IngestOptions, IngestResult
 from storage.models import Job
-from trainer.config import TrainConfig, TrainOverrides
+from trainer.config import ARCHITECTURES, TrainConfig, TrainOverrides
 from trainer.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -30,11 +30,13 @@ MIN_INGEST_RESOLUTION = 64
 
 
 def build_config(
-    method: str, preset: str, base_model: str, known_models: list[str], **options: Any
+    method: str, preset: str, base_model: str, known_models: dict[str, Any], **options: Any
 ) -> TrainConfig:
-    """Preset + the member's overrides, validated once; a bad value → one clear `BadInput`."""
+    """Preset + the member's overrides, validated once for the base model's architecture; a bad
+    value or something the model cannot do → one clear `BadInput`."""
     if base_model not in known_models:
         raise BadInput(f"Unknown base model `{base_model}`; pick one from the list.")
+    architecture = known_models[base_model].architecture
     trigger, prefix = options.pop("trigger"), options.pop("caption_prefix") or ""
     prompts = options.pop("validation_prompts", None)
     try:
@@ -51,6 +53,7 @@ def build_config(
         return apply_preset(
             preset,
             method,
+            architecture,
             base_model=base_model,
             trigger=trigger,  # type: ignore[arg-type]
             caption_prefix=prefix,
@@ -58,6 +61,12 @@ def build_config(
         )
     except PresetError as error:
         raise BadInput(str(error)) from None
+
+
+def model_label(name: str, entry: Any) -> str:
+    """`name · FLUX.1 — description`: what a member sees in the base_model list."""
+    label = str(ARCHITECTURES.get(entry.architecture, {}).get("label", entry.architecture))
+    return f"{name} · {label}" + (f" — {entry.description}" if entry.description else "")
 
 
 def ingest_resolution(resolution: int) -> int:
@@ -221,7 +230,7 @@ class Train(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         models = atelier(interaction).settings.base_models
         return [
-            app_commands.Choice(name=f"{n} — {m.description or m.architecture}"[:100], value=n)
+            app_commands.Choice(name=model_label(n, m)[:100], value=n)
             for n, m in models.items()
             if current.lower() in n.lower()
         ][:25]
@@ -248,7 +257,7 @@ class Train(commands.Cog):
         base_model = options.pop("base_model") or settings.default_base_model
         dataset_name = options.pop("dataset_name", None)
         config = build_config(
-            method, options.pop("preset"), base_model, list(settings.base_models), **options
+            method, options.pop("preset"), base_model, settings.base_models, **options
         )
         if dataset_name is not None:  # a dataset stored with /dataset add
             if dataset is not None or dataset_url is not None:

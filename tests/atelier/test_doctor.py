@@ -80,3 +80,41 @@ def test_readme_invite_integer_matches_the_required_permissions() -> None:
     value = discord.Permissions(**dict.fromkeys(REQUIRED_PERMISSIONS, True)).value
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"permissions={value}" in readme
+
+
+def test_doctor_checks_a_flux_folder_and_single_file(tmp_path: Path) -> None:
+    """A FLUX.1 folder needs every part; a FLUX.1 single file needs the folder beside it."""
+    whole = tmp_path / "flux-dev"
+    parts = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    for part in parts:
+        (whole / part).mkdir(parents=True)
+    index = {"_class_name": "FluxPipeline", **{p: ["x", "y"] for p in parts}}
+    (whole / "model_index.json").write_text(json.dumps(index))
+    broken = tmp_path / "flux-broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": None}))
+    lonely = tmp_path / "flux1-dev.safetensors"
+    lonely.write_bytes(b"x")
+    sd = tmp_path / "sd15"
+    sd.mkdir()
+    (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    toml = "".join(
+        f'[base_models.{name}]\npath = "{path}"\narchitecture = "{arch}"\n'
+        for name, path, arch in (
+            ("fluxok", whole, "flux1"),
+            ("fluxbroken", broken, "flux1"),
+            ("fluxfile", lonely, "flux1"),
+            ("notflux", sd, "flux1"),
+        )
+    )
+    (tmp_path / "atelier.toml").write_text(toml)
+    checks = {c["name"]: c for c in json.loads(_doctor(tmp_path, "--json").stdout)}
+    assert checks["base model fluxok"]["status"] == "ok"
+    assert checks["base model fluxbroken"]["status"] == "fail"
+    assert "text_encoder_2" in checks["base model fluxbroken"]["detail"]
+    assert checks["base model fluxfile"]["status"] == "fail"
+    assert "text encoders" in checks["base model fluxfile"]["fix"]
+    assert "not a flux1 model" in checks["base model notflux"]["detail"]
+    (tmp_path / "flux1-dev").symlink_to(whole)  # the config folder beside the file
+    checks = {c["name"]: c for c in json.loads(_doctor(tmp_path, "--json").stdout)}
+    assert checks["base model fluxfile"]["status"] == "ok"

@@ -27,7 +27,7 @@ def _fixed_loss(model, config, dataset: Path, draws: int = 16) -> float:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         text = caches.encode_prompts(model, captions)
-        batch = loop.Batch(latents, text, None)
+        batch = loop.Batch(latents, text)
         losses = [
             loop.micro_batch_loss(model, config, batch, generator).item() for _ in range(draws)
         ]
