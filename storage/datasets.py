@@ -234,7 +234,10 @@ def sheet_layout(count: int, thumb: int = SHEET_THUMB, columns: int = SHEET_COLU
 
 
 def dataset_images(folder: Path) -> list[Path]:
-    return sorted((Path(folder) / "images").glob("*.png"))
+    from storage.ingest.stored import STORED_SUFFIXES
+
+    images = (Path(folder) / "images").glob("*")
+    return sorted(p for p in images if p.suffix.lower() in STORED_SUFFIXES)
 
 
 def contact_sheet(
