@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +50,7 @@ class World:
         self.guilds: dict[int, Guild] = {}
         self.messages: dict[int, Message] = {}
         self.cdn: dict[int, Attachment] = {}
+        self.cdn_fetches: Counter[int] = Counter()  # attachment id -> downloads served
         self.nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
         self.nonce_seconds = NONCE_SECONDS
         self.bot = self.add_user("Atelier", bot=True)
