@@ -114,16 +114,18 @@ async def one_round(
     opts = {"trigger": "ohwx", "preset": "quick-test", "steps": 20}
     await bot.lag()  # drop the samples from before this round
     started = time.monotonic()
-    handles = [
-        await emu.run_slash_command(
-            m,
-            d.channel,
-            "train lora",
-            opts,
-            attachments={"dataset": ("noise.zip", zip_bytes, "application/zip")},
+    handles = []
+    for m in members:  # all at once, but each sent as it is made (not batched in one tick)
+        handles.append(
+            await emu.run_slash_command(
+                m,
+                d.channel,
+                "train lora",
+                opts,
+                attachments={"dataset": ("noise.zip", zip_bytes, "application/zip")},
+            )
         )
-        for m in members
-    ]
+        await asyncio.sleep(0)
     with contextlib.suppress(TimeoutError, AssertionError):
         await emu.wait_until(lambda: all(h.followup_ids for h in handles), WAIT_SECONDS)
     elapsed = time.monotonic() - started
@@ -200,6 +202,11 @@ async def bot_child(config: dict[str, Any]) -> None:
     engine = make_engine(settings.db_url)
     upgrade(engine)
     bot = await run_bot(settings, engine)
+    if os.environ.get("BENCH_SLOW_CALLBACKS"):  # name what blocks the loop (slows it a bit)
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = float(os.environ["BENCH_SLOW_CALLBACKS"])
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
     probe = LagProbe()
     probe.start()
     print("ready", flush=True)
