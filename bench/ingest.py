@@ -23,7 +23,6 @@ import io
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -156,7 +155,7 @@ async def _bot_ingests(zips: list[Path], data_dir: Path) -> dict:
 
     settings = load_settings(data_dir=data_dir)
     ingests = Ingests(settings)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_kb()
     start = time.perf_counter()
     results = await asyncio.gather(
         *(ingests.ingest(path, IngestOptions(trigger=f"t{i}")) for i, path in enumerate(zips))
@@ -169,14 +168,18 @@ async def _bot_ingests(zips: list[Path], data_dir: Path) -> dict:
         "images": sum(r.report.images for r in results),
         "seconds": round(seconds, 1),
         "bot_rss_before_mb": round(before / 1024, 1),
-        "bot_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "bot_growth_mb": round(
-            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1
-        ),
+        "bot_peak_rss_mb": round(peak_kb() / 1024, 1),
+        "bot_growth_mb": round((peak_kb() - before) / 1024, 1),
         "bot_growth_bound_mb": BOT_GROWTH_BOUND_MB,
         "decoder_peak_rss_mb": workers,
         "decoder_bound_mb": settings.limits.ingest_process_memory_bytes // 1024**2,
     }
+
+
+def peak_kb(pid: int | str = "self") -> int:
+    """VmHWM, the process's own peak RSS (ru_maxrss would include the parent's at fork)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(x for x in status if x.startswith("VmHWM:")).split()[1])
 
 
 def _worker_peaks_mb() -> list[float]:
@@ -188,11 +191,9 @@ def _worker_peaks_mb() -> list[float]:
     peaks = []
     for pid in list(getattr(held[1], "_processes", {}) or {}):
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            peaks.append(round(peak_kb(pid) / 1024, 1))
         except OSError:
             continue
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        peaks.append(round(int(line.split()[1]) / 1024, 1))
     return peaks
 
 
@@ -227,8 +228,7 @@ def flat_child(zip_path: Path, datasets: Path) -> None:
     from storage.settings import Limits
 
     result = ingest_zip(zip_path, datasets, IngestOptions(trigger="zq"), Limits())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"images": result.report.images, "peak_kb": peak}))
+    print(json.dumps({"images": result.report.images, "peak_kb": peak_kb()}))
 
 
 def flat(work: Path, small: int, large: int) -> dict:

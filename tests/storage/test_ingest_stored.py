@@ -116,14 +116,17 @@ def _huge_png_zip(path: Path, side: int = 8192) -> Path:
 
 
 _MEASURE = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from storage.ingest import IngestOptions, ingest_zip
 from storage.settings import Limits
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kb():  # VmHWM: this process's own peak (ru_maxrss also counts the parent's at fork)
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(x for x in status if x.startswith("VmHWM:")).split()[1])
+before = peak_kb()
 limits = Limits(ingest_process_memory_bytes=int(sys.argv[3]))
 result = ingest_zip(Path(sys.argv[1]), Path(sys.argv[2]), IngestOptions(), limits)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 skipped = {s.file: s.reason for s in result.report.skipped}
 print(json.dumps({"grew_mb": (after - before) / 1024, "images": result.report.images,
                   "skipped": skipped}))
