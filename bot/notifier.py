@@ -420,7 +420,9 @@ class Notifier:
         mentions = discord.AllowedMentions(users=[discord.Object(user_id)])
         if event.kind == EventKind.GENERATED:
             files = await delivery.read_files([p.get("image_path")])
-            text = render.generated_text(user_id, str(p.get("prompt", "")))
+            text = render.generated_text(
+                user_id, str(p.get("prompt", "")), p.get("weight"), p.get("seed")
+            )
         else:
             files, text = [], render.generation_failed_text(user_id, str(p.get("reason", "")))
         message = await delivery.send(

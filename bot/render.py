@@ -196,8 +196,32 @@ def resumed_text(step: int) -> str:
     return f"▶️ Training resumed from the checkpoint at step {step}."
 
 
-def generated_text(user_id: int, prompt: str) -> str:
-    return truncate(f"🖌️ <@{user_id}>: {prompt}")
+def generated_text(
+    user_id: int, prompt: str, weight: float | None = None, seed: int | None = None
+) -> str:
+    """A `/generate` result: who asked, the prompt, and what reproduces it."""
+    settings = [
+        f"weight {weight:g}" if weight is not None else "",
+        f"seed {seed}" if seed is not None else "",
+    ]
+    shown = ", ".join(s for s in settings if s)
+    return truncate(f"🖌️ <@{user_id}>: {prompt}" + (f" ({shown})" if shown else ""))
+
+
+def generate_queued_text(numbers: list[int], weights: list[float], seed: int) -> str:
+    """The reply to `/generate`: what was queued and the seed that reproduces it."""
+    again = f"`seed:{seed}` with the same prompt and weight draws the same image again."
+    if len(numbers) == 1:
+        return (
+            f"Queued image #{numbers[0]} (weight {weights[0]:g}, seed {seed}); it appears in "
+            f"this channel when a worker renders it. {again}"
+        )
+    listed = ", ".join(f"{w:g}" for w in weights)
+    return (
+        f"Queued images #{numbers[0]}–#{numbers[-1]}: weights {listed}, all with seed {seed}, "
+        f"so they differ only by the weight; they appear in this channel when a worker "
+        f"renders them."
+    )
 
 
 def generation_failed_text(user_id: int, reason: str) -> str:
