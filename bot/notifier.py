@@ -220,7 +220,13 @@ class Notifier:
         thread_id = job.thread_id or await self._open_thread(channel, card, job)
         await run_db(queries.set_job_fields, self.engine, job.id, thread_id=thread_id)
         thread = await delivery.resolve_channel(self.bot, thread_id)
-        report = await run_db(queries.dataset_report, self.engine, job.dataset_id)
+        report = await run_db(
+            queries.dataset_report,
+            self.engine,
+            job.dataset_id,
+            int(job.config.get("resolution") or 512),
+            job.base_model,
+        )
         new = await run_db(self._position, job)
         embed = render.qa_report_embed(report, new[0], new[1], str(job.config.get("trigger", "")))
         await delivery.send(thread, f"{event_nonce(event)}-r", embed=embed)

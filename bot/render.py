@@ -95,6 +95,7 @@ def qa_report_embed(
         " (same dataset as before, reused)" if report.get("reused") else ""
     )
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    embed.add_field(name="Judged at", value=judged_at_text(report))
     buckets = report.get("buckets") or {}
     if buckets:
         text = ", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6])
@@ -110,6 +111,16 @@ def qa_report_embed(
         name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}", inline=False
     )
     return embed
+
+
+def judged_at_text(report: dict[str, Any]) -> str:
+    """Which size (and base model) the report's buckets and size advice assume."""
+    judged = report.get("judged_at") or {}
+    if judged:
+        base = f" on `{judged['base_model']}`" if judged.get("base_model") else ""
+        return f"{judged['resolution']} px{base} (this job's size and base model)"
+    size = report.get("resolution") or 512
+    return f"{size} px, as stored; each job's report re-checks at its own size and base model"
 
 
 def _list_field(embed: discord.Embed, name: str, items: Sequence[str], most: int = 5) -> None:
@@ -336,6 +347,7 @@ def dataset_embed(
     embed.description = truncate("\n".join(lines), 4000)
     trigger = str(report.get("trigger") or "")
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    embed.add_field(name="Judged at", value=judged_at_text(report))
     buckets = report.get("buckets") or {}
     if buckets:
         embed.add_field(
