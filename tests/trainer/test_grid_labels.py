@@ -104,3 +104,14 @@ def test_ab_comparison_labels_fit_whole(drawn_text) -> None:
         for word in label.split():
             assert word in text, word
     assert grid.width >= 2 * 64
+
+
+def test_toy_model_docs_curve_labels_fit(tmp_path: Path, drawn_text) -> None:
+    """The docs' training curve (read full size on a page, so no phone check)."""
+    from trainer.toy.train_base import loss_curve_png
+
+    vae = [{"mse": 0.5 / (1 + i)} for i in range(400)]
+    unet = [{"loss": 0.3 - 0.0001 * i} for i in range(2000)]
+    loss_curve_png(vae, unet, tmp_path / "curve.png")
+    assert problems(drawn_text, phone=False) == []
+    assert "step 2000" in words_drawn(drawn_text)
