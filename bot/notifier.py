@@ -220,7 +220,13 @@ class Notifier:
         thread_id = job.thread_id or await self._open_thread(channel, card, job)
         await run_db(queries.set_job_fields, self.engine, job.id, thread_id=thread_id)
         thread = await delivery.resolve_channel(self.bot, thread_id)
-        report = await run_db(queries.dataset_report, self.engine, job.dataset_id)
+        report = await run_db(
+            queries.dataset_report,
+            self.engine,
+            job.dataset_id,
+            int(job.config.get("resolution") or 512),
+            job.base_model,
+        )
         new = await run_db(self._position, job)
         embed = render.qa_report_embed(report, new[0], new[1], str(job.config.get("trigger", "")))
         await delivery.send(thread, f"{event_nonce(event)}-r", embed=embed)
@@ -420,7 +426,9 @@ class Notifier:
         mentions = discord.AllowedMentions(users=[discord.Object(user_id)])
         if event.kind == EventKind.GENERATED:
             files = await delivery.read_files([p.get("image_path")])
-            text = render.generated_text(user_id, str(p.get("prompt", "")))
+            text = render.generated_text(
+                user_id, str(p.get("prompt", "")), p.get("weight"), p.get("seed")
+            )
         else:
             files, text = [], render.generation_failed_text(user_id, str(p.get("reason", "")))
         message = await delivery.send(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -97,10 +98,20 @@ def _recent_speed(session: Session) -> float:
     return speed if speed > 0 else DEFAULT_STEPS_PER_SECOND
 
 
-def dataset_report(engine: Engine, dataset_id: str) -> dict[str, Any]:
+def dataset_report(
+    engine: Engine, dataset_id: str, resolution: int | None = None, base_model: str = ""
+) -> dict[str, Any]:
+    """The stored QA report; with `resolution`, judged at that size and base model (a job's)."""
+    from storage.ingest.judged import judge_folder
+
     with session_scope(engine) as session:
         dataset = session.get(Dataset, dataset_id)
-        return dict(dataset.report) if dataset else {}
+        if dataset is None:
+            return {}
+        report, folder = dict(dataset.report), Path(dataset.path)
+    if resolution is None:
+        return report
+    return judge_folder(report, folder, resolution, base_model)
 
 
 def set_job_fields(engine: Engine, job_id: int, **fields: Any) -> None:

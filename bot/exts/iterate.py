@@ -297,6 +297,8 @@ async def _post_finished(bot: Any, event: Event) -> int:
         value=render.truncate(_spread_text(p.get("spread") or {}), 1000),
         inline=False,
     )
+    if report:
+        embed.add_field(name="Judged at", value=render.judged_at_text(report), inline=False)
     warnings = list(report.get("warnings") or [])[:3]
     if warnings:
         embed.add_field(name="Warnings", value=render.truncate("\n".join(warnings), 1000))

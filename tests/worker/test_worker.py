@@ -146,11 +146,22 @@ def test_generation_request_is_rendered_with_the_trained_model(
             weight=0.8,
             seed=4,
         )
-    assert worker.run_once()
+        again = [
+            request_generation(
+                session, guild_id=1, channel_id=2, user_id=3, checkpoint_id=checkpoint.id,
+                prompt="tkxw on a beach", weight=0.8, seed=seed,
+            )
+            for seed in (4, 5)
+        ]  # fmt: skip
+    for _ in range(3):
+        assert worker.run_once()
     with session_scope(engine) as session:
-        done = session.get(type(request), request.id)
-        assert done.state == "done"
-        assert Image.open(done.image_path).size == (64, 64)
+        done = [session.get(type(request), r.id) for r in (request, *again)]
+        assert [d.state for d in done] == ["done"] * 3
+        images = [Image.open(d.image_path).convert("RGB") for d in done]
+        assert images[0].size == (64, 64)
+    # the request's seed decides the image: same seed, same pixels; another seed, others
+    assert images[0].tobytes() == images[1].tobytes() != images[2].tobytes()
     assert _kinds(engine, job_id)[-1] == "generated"
 
 
