@@ -35,11 +35,12 @@ from bot.exts._common import atelier, job_choices
 from bot.exts.models import model_choices
 from bot.permissions import member_is_manager, require_trainer
 from bot.render import NUMBER_EMOJI
+from bot.retries import deliver_loose
 from bot.voting import plain
 from storage import comparisons, lineage
 from storage import iterations as it
 from storage.db import session_scope
-from storage.events import event_nonce, mark_attempted, mark_delivered, pending
+from storage.events import event_nonce, pending
 from storage.models import Event, Job
 from trainer.config import TrainConfig
 from trainer.presets import explain_validation_error
@@ -175,17 +176,13 @@ async def deliver(notifier: Any, events: Sequence[Event]) -> None:
     from posting the same event together)."""
     lock = notifier.__dict__.setdefault("_iterate_lock", asyncio.Lock())
     async with lock:
-        fresh = {e.id for e in await run_db(pending, notifier.engine, 500)}
+        fresh = {e.id: e for e in await run_db(pending, notifier.engine, 500)}
         for event in events:
             if event.id not in fresh:
                 continue
-            await run_db(mark_attempted, notifier.engine, event.id)  # type: ignore[arg-type]
-            try:
-                message_id = await _say(notifier.bot, event)
-            except discord.HTTPException as error:
-                log.warning("iteration event %s refused (%s)", event.id, error.status)
-                continue
-            await run_db(mark_delivered, notifier.engine, event.id, message_id)  # type: ignore[arg-type]
+            await deliver_loose(
+                notifier, fresh[event.id], lambda e: _say(notifier.bot, e), "an update", event.kind
+            )
 
 
 async def deliver_pending(bot: Any) -> None:
@@ -209,6 +206,7 @@ async def _say(bot: Any, event: Event) -> int | None:
         channel,
         event_nonce(event),
         render.truncate(f"<@{user}> the {what} could not be rendered: {p.get('reason', '')}"),
+        recheck=event.attempted_at is not None,
         allowed_mentions=mentions,
     )
     return message.id
@@ -222,6 +220,7 @@ async def _post_pages(bot: Any, event: Event) -> int:
     cands = await run_db(it.candidates, bot.engine, iteration.id)  # type: ignore[arg-type]
     channel = await delivery.resolve_channel(bot, iteration.channel_id)
     deadline = render.timestamp(iteration.deadline) if iteration.deadline else "soon"
+    again = event.attempted_at is not None
     head = await delivery.send(
         channel,
         event_nonce(event),
@@ -229,9 +228,13 @@ async def _post_pages(bot: Any, event: Event) -> int:
         f"by <@{iteration.user_id}>. On each page, {KEEP_HINT.lower()}; on the message below "
         f"it, {DISCARD_HINT.lower()}. Kept images join the next dataset version when the vote "
         f"closes {deadline} (or `/iterate finish`).",
+        recheck=again,
         allowed_mentions=discord.AllowedMentions.none(),
     )
     thread_id = iteration.thread_id
+    if thread_id is None and isinstance(channel, discord.Thread):
+        thread_id = channel.id  # asked in a thread: threads hold no threads
+        await run_db(it.set_iteration_thread, bot.engine, iteration.id, thread_id)  # type: ignore[arg-type]
     if thread_id is None:
         try:
             thread = await channel.create_thread(  # type: ignore[attr-defined]
@@ -256,10 +259,14 @@ async def _post_pages(bot: Any, event: Event) -> int:
             thread,
             f"{event_nonce(event)}-p{number}",
             render.truncate(f"**Page {number}/{len(pages)}** — {KEEP_HINT}.\n" + "\n".join(lines)),
+            recheck=again,
             files=files,
         )
         discard = await delivery.send(
-            thread, f"{event_nonce(event)}-d{number}", f"Page {number}: ❌ {DISCARD_HINT}."
+            thread,
+            f"{event_nonce(event)}-d{number}",
+            f"Page {number}: ❌ {DISCARD_HINT}.",
+            recheck=again,
         )
         await run_db(it.set_page_messages, bot.engine, [c.id for c in page], keep.id, discard.id)  # type: ignore[misc]
         numbers = list(NUMBER_EMOJI[: len(page)])
@@ -300,7 +307,9 @@ async def _post_finished(bot: Any, event: Event) -> int:
     warnings = list(report.get("warnings") or [])[:3]
     if warnings:
         embed.add_field(name="Warnings", value=render.truncate("\n".join(warnings), 1000))
-    message = await delivery.send(target, event_nonce(event), text, embed=embed)
+    message = await delivery.send(
+        target, event_nonce(event), text, recheck=event.attempted_at is not None, embed=embed
+    )
     return message.id
 
 
@@ -321,6 +330,7 @@ async def _post_comparison(bot: Any, event: Event) -> int:
             f"seeds. Differs in: {differs}. React {A_EMOJI} or {B_EMOJI} for the "
             "better one."
         ),
+        recheck=event.attempted_at is not None,
         files=files,
     )
     await run_db(
