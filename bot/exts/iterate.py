@@ -36,7 +36,7 @@ from bot.exts.models import model_choices
 from bot.permissions import member_is_manager, require_trainer
 from bot.render import NUMBER_EMOJI
 from bot.retries import deliver_loose
-from bot.voting import plain
+from bot.voting import CountUnreadable, plain
 from storage import comparisons, lineage
 from storage import iterations as it
 from storage.db import session_scope
@@ -316,20 +316,12 @@ async def _post_finished(bot: Any, event: Event) -> int:
 async def _post_comparison(bot: Any, event: Event) -> int:
     p = event.payload
     channel = await delivery.resolve_channel(bot, int(p["channel_id"]))
-    a = await run_db(queries.get_job, bot.engine, int(p["job_a"]))
-    b = await run_db(queries.get_job, bot.engine, int(p["job_b"]))
-    diff = p.get("diff") or {}
-    differs = ", ".join(f"**{k}** {v[0]} vs {v[1]}" for k, v in diff.items()) or "nothing"
+    text = await _comparison_text(bot, int(p["comparison_id"]))
     files = await delivery.read_files([p.get("grid_path")])
     message = await delivery.send(
         channel,
         event_nonce(event),
-        render.truncate(
-            f"🆚 Comparison #{p['comparison_id']}: {A_EMOJI} #{a.id} {a.name} "
-            f"(left) vs {B_EMOJI} #{b.id} {b.name} (right); same prompts and "
-            f"seeds. Differs in: {differs}. React {A_EMOJI} or {B_EMOJI} for the "
-            "better one."
-        ),
+        text,
         recheck=event.attempted_at is not None,
         files=files,
     )
@@ -338,6 +330,42 @@ async def _post_comparison(bot: Any, event: Event) -> int:
     )
     await delivery.add_reactions(message, [A_EMOJI, B_EMOJI])
     return message.id
+
+
+async def _comparison_text(bot: Any, comparison_id: int) -> str:
+    """The comparison grid's caption, with the members' 🅰️/🅱️ tally once anyone voted."""
+    row = await run_db(comparisons.get_comparison, bot.engine, comparison_id)
+    a = await run_db(queries.get_job, bot.engine, row.job_a)
+    b = await run_db(queries.get_job, bot.engine, row.job_b)
+    differs = ", ".join(f"**{k}** {v[0]} vs {v[1]}" for k, v in row.diff.items()) or "nothing"
+    text = (
+        f"🆚 Comparison #{comparison_id}: {A_EMOJI} #{a.id} {a.name} (left) vs {B_EMOJI} "
+        f"#{b.id} {b.name} (right); same prompts and seeds. Differs in: {differs}. React "
+        f"{A_EMOJI} or {B_EMOJI} for the better one."
+    )
+    tally = await run_db(comparisons.comparison_tally, bot.engine, comparison_id)
+    if tally["a"] or tally["b"]:
+        lead = (
+            "tied"
+            if tally["a"] == tally["b"]
+            else (f"{A_EMOJI} leads" if tally["a"] > tally["b"] else f"{B_EMOJI} leads")
+        )
+        text += f"\n**Votes:** {A_EMOJI} {tally['a']} · {B_EMOJI} {tally['b']} ({lead})"
+    return render.truncate(text)
+
+
+async def show_comparison_tally(
+    bot: Any, comparison_id: int, channel_id: int, message_id: int
+) -> None:
+    """Edit the comparison message so it shows the current tally (keeping its marker)."""
+    channel = await delivery.resolve_channel(bot, channel_id)
+    message = channel.get_partial_message(message_id)  # type: ignore[attr-defined]
+    text = await _comparison_text(bot, comparison_id)
+    nonce = await run_db(comparisons.comparison_nonce, bot.engine, comparison_id)
+    try:
+        await message.edit(content=delivery.with_marker(text, nonce) if nonce else text)
+    except discord.HTTPException as error:
+        log.warning("comparison %s: tally not shown (%s)", comparison_id, error.status)
 
 
 # --- votes -----------------------------------------------------------------------------------
@@ -363,14 +391,16 @@ async def recount(bot: Any, iteration_id: int) -> None:
             if message_id not in cache:
                 try:
                     cache[message_id] = await thread.fetch_message(message_id)  # type: ignore[attr-defined]
-                except discord.HTTPException:
+                except discord.NotFound:
                     cache[message_id] = None
+                except discord.HTTPException as error:  # stored votes stay; close later
+                    raise CountUnreadable(f"page {message_id}: {error.status}") from error
             message = cache[message_id]
             emoji = plain(NUMBER_EMOJI[index % it.PAGE_SIZE])
             users: set[int] = set()
             for reaction in message.reactions if message else []:
                 if plain(str(reaction.emoji)) == emoji:
-                    users = {u.id async for u in reaction.users() if u.id != bot_id}
+                    users = {u.id async for u in reaction.users() if u.id != bot_id and not u.bot}
             votes[(cand.id, value)] = users  # type: ignore[index]
     await run_db(_store_recount, bot.engine, votes)
 
@@ -499,6 +529,10 @@ class Iterate(commands.Cog):
             raise BadInput(
                 f"Iteration #{iteration} is {found.state}, not waiting for votes."
             ) from None
+        except CountUnreadable:
+            raise BadInput(
+                "Discord did not give me the votes just now; nothing was closed. Try again soon."
+            ) from None
         text = (
             f"Iteration #{iteration} finished: dataset `{dataset.id[:12]}` "
             f"({dataset.images} images)."
@@ -547,6 +581,8 @@ class Iterate(commands.Cog):
         bot: Any = self.bot
         if bot.user is not None and payload.user_id == bot.user.id:
             return
+        if payload.member is not None and payload.member.bot:
+            return  # only members vote
         emoji = plain(str(payload.emoji))
         comparison = await run_db(comparisons.comparison_of_message, bot.engine, payload.message_id)
         if comparison is not None:
@@ -560,6 +596,7 @@ class Iterate(commands.Cog):
                     choice,
                     on,
                 )
+                await show_comparison_tally(bot, comparison, payload.channel_id, payload.message_id)
             return
         page = await run_db(it.page_of_message, bot.engine, payload.message_id)
         numbers = [plain(n) for n in NUMBER_EMOJI]
