@@ -150,7 +150,7 @@ class Supervisor:
 
 
 def serve_cli(argv: list[str]) -> int:
-    from atelier.cli import configure_logging
+    from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier serve", description=__doc__)
     parser.add_argument("--no-bot", action="store_true", help="workers only (extra GPU hosts)")

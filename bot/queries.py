@@ -30,13 +30,17 @@ def guild_settings(engine: Engine, guild_id: int | None) -> GuildSettings | None
         return session.get(GuildSettings, guild_id)
 
 
-def update_guild_settings(engine: Engine, guild_id: int, **fields: Any) -> GuildSettings:
-    """Set the given fields (None values are left alone)."""
+def update_guild_settings(
+    engine: Engine, guild_id: int, clear: tuple[str, ...] = (), **fields: Any
+) -> GuildSettings:
+    """Set the given fields (None values are left alone) and unset the `clear` ones."""
     with session_scope(engine) as session:
         row = session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
         for key, value in fields.items():
             if value is not None:
                 setattr(row, key, value)
+        for key in clear:
+            setattr(row, key, None)
         row.updated_at = utcnow()
         session.add(row)
         session.flush()

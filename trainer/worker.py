@@ -382,7 +382,7 @@ def resolve_device(setting: str) -> str:
 
 def worker_cli(argv: list[str]) -> int:
     """`atelier worker [--once] [--id NAME]`."""
-    from atelier.cli import configure_logging
+    from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier worker", description="Run one trainer worker.")
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")

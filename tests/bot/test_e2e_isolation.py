@@ -23,7 +23,9 @@ def poison(engine, job_id: int) -> None:
         emit(session, EventKind.CHECKPOINT, job_id, checkpoint_id=0)
 
 
-async def test_poison_event_does_not_stall_other_jobs(emu, atelier, bot_engine, dataset_zip) -> None:
+async def test_poison_event_does_not_stall_other_jobs(
+    emu, atelier, bot_engine, dataset_zip
+) -> None:
     d = emu.default
     atelier.notifier.max_tries = 3
     first, _ = await train(emu, d.alice, dataset_zip, name="first")
