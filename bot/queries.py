@@ -78,6 +78,23 @@ def create_job(engine: Engine, ingest: Any, job: Job, limit: int) -> NewJob:
         return NewJob(job, position, eta)
 
 
+def member_limit(guild: GuildSettings | None, default: int) -> int:
+    """Queued + running jobs a member may have: the guild's setting, else the operator's."""
+    return guild.jobs_per_member if guild and guild.jobs_per_member else default
+
+
+def retry_job(engine: Engine, job_id: int, by_user: int, limit: int) -> Job:
+    """Queue a failed job again if its owner is under their `jobs_per_member` limit."""
+    with session_scope(engine) as session:
+        job = jobs.get_job(session, job_id)
+        if jobs.active_jobs_of(session, job.guild_id, job.owner_id) >= limit:
+            raise LimitReached(
+                f"<@{job.owner_id}> already has {limit} job(s) queued or running; retry job "
+                f"#{job_id} when one of them is done."
+            )
+    return jobs.retry(engine, job_id, by_user)
+
+
 def start_estimate(session: Session, job: Job) -> float | None:
     """Seconds until `job` starts: the running jobs' ETA plus the queued jobs ahead of it."""
     running = session.exec(

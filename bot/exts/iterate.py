@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import discord
@@ -42,7 +42,7 @@ from storage import iterations as it
 from storage.db import session_scope
 from storage.events import event_nonce, pending
 from storage.models import Event, Job
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, TrainOverrides
 from trainer.presets import explain_validation_error
 
 log = logging.getLogger(__name__)
@@ -50,29 +50,33 @@ log = logging.getLogger(__name__)
 KEEP_HINT = "React with an image's number to **keep** it"
 DISCARD_HINT = "React with an image's number to **discard** it"
 A_EMOJI, B_EMOJI = "🅰️", "🅱️"
-FIXED = frozenset({"dataset", "output_dir", "method"})
+CHANGEABLE = frozenset({"steps", "rank", "learning_rate", "resolution", "base_model"})
+"""What `change:` may set: the settings `/train` offers members, checked by the same limits
+(`TrainOverrides`) and, for `base_model`, the operator's catalogue."""
 
 
 # --- /train lora from: ----------------------------------------------------------------------
 
 
 def parse_change(
-    change: str | None, config: dict[str, Any]
+    change: str | None, config: dict[str, Any], catalogue: Collection[str] = ("tiny",)
 ) -> tuple[str | None, Any, Any, dict[str, Any]]:
-    """`rank=16` → (key, old, new, new config), validated against TrainConfig; at most one."""
+    """`rank=16` → (key, old, new, new config): one allowed key, within the member limits of
+    `/train` and the base-model catalogue, then validated against TrainConfig."""
     if not change or not change.strip():
         return None, None, None, dict(config)
     parts = [p for p in change.replace(",", " ").split() if p]
     if len(parts) != 1 or parts[0].count("=") != 1:
         raise BadInput("Change exactly one setting, as `key=value` (e.g. `rank=16`).")
     key, raw = (s.strip() for s in parts[0].split("="))
-    head = key.split(".")[0]
-    if head not in TrainConfig.model_fields or head in FIXED or not raw:
-        raise BadInput(f"`{key}` is not a setting that can be changed.")
+    if key not in CHANGEABLE or not raw:
+        allowed = ", ".join(sorted(CHANGEABLE))
+        raise BadInput(f"`{key}` is not a setting that can be changed (only {allowed}).")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    _check_member_limits(key, value, catalogue)
     updated = json.loads(json.dumps(config))
     target = updated
     *path, leaf = key.split(".")
@@ -94,6 +98,18 @@ def parse_change(
     return key, old, new, validated
 
 
+def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:
+    """The same bounds `/train`'s options have; a base model from the catalogue only."""
+    if key == "base_model":
+        if value not in catalogue:
+            raise BadInput(f"Unknown base model `{value}`; pick one from the catalogue.")
+        return
+    try:
+        TrainOverrides.model_validate({key: value})
+    except ValidationError as error:
+        raise BadInput(explain_validation_error(error)) from None
+
+
 def _child_job(
     engine: Any,
     parent_id: int,
@@ -103,6 +119,7 @@ def _child_job(
     name: str | None,
     change: str | None,
     limit: int,
+    catalogue: Collection[str],
 ) -> Job:
     from storage import jobs
 
@@ -110,12 +127,16 @@ def _child_job(
         parent = session.get(Job, parent_id)
         if parent is None or (guild_id is not None and parent.guild_id not in (None, guild_id)):
             raise NotFound(f"There is no job #{parent_id}.")
+        if parent.state == "cancelled":
+            raise BadInput(f"Job #{parent_id} was cancelled; retrain from a job that finished.")
         if jobs.active_jobs_of(session, guild_id, owner_id) >= limit:
             raise BadInput(
                 f"You already have {limit} job(s) queued or running; wait for one to finish."
             )
         dataset = lineage.newest_dataset(session, parent.dataset_id)
-        key, old, new, config = parse_change(change, {**parent.config, "dataset": dataset.path})
+        key, old, new, config = parse_change(
+            change, {**parent.config, "dataset": dataset.path}, catalogue
+        )
         version = lineage.dataset_version(session, dataset.id)
         child = Job(
             guild_id=guild_id,
@@ -153,6 +174,7 @@ async def train_from(
         name,
         change,
         limit,
+        list(bot.settings.base_models),
     )
     await bot.notifier.process_job(child.id)  # type: ignore[arg-type]
     info = await run_db(lineage.lineage, bot.engine, child.id)

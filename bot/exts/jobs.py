@@ -101,7 +101,10 @@ class Jobs(commands.Cog):
         found = await self._managed(interaction, job, "retry")
         if found.state != JobState.FAILED:
             raise BadInput(f"Only failed jobs can be retried; job #{job} is {found.state}.")
-        await run_db(job_ops.retry, atelier(interaction).engine, job, interaction.user.id)
+        bot = atelier(interaction)
+        guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
+        limit = queries.member_limit(guild, bot.settings.limits.jobs_per_member)
+        await run_db(queries.retry_job, bot.engine, job, interaction.user.id, limit)
         await interaction.followup.send(f"Job #{job} is back in the queue.", ephemeral=True)
 
     @status.autocomplete("job")
