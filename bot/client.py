@@ -55,6 +55,11 @@ class AtelierBot(commands.Bot):
             intents=intents,
             tree_cls=AtelierTree,
             help_command=None,
+            # members' text (prompts, names, reasons) is echoed: nothing pings unless a message
+            # names the member it addresses (`AllowedMentions(users=[member])` merges into this)
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, users=False, roles=False, replied_user=False
+            ),
         )
         self.settings = settings
         self.engine = engine

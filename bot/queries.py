@@ -31,13 +31,17 @@ def guild_settings(engine: Engine, guild_id: int | None) -> GuildSettings | None
         return session.get(GuildSettings, guild_id)
 
 
-def update_guild_settings(engine: Engine, guild_id: int, **fields: Any) -> GuildSettings:
-    """Set the given fields (None values are left alone)."""
+def update_guild_settings(
+    engine: Engine, guild_id: int, clear: tuple[str, ...] = (), **fields: Any
+) -> GuildSettings:
+    """Set the given fields (None values are left alone) and unset the `clear` ones."""
     with session_scope(engine) as session:
         row = session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
         for key, value in fields.items():
             if value is not None:
                 setattr(row, key, value)
+        for key in clear:
+            setattr(row, key, None)
         row.updated_at = utcnow()
         session.add(row)
         session.flush()
@@ -73,6 +77,23 @@ def create_job(engine: Engine, ingest: Any, job: Job, limit: int) -> NewJob:
         position = jobs.queue_position(session, job)
         eta = start_estimate(session, job)
         return NewJob(job, position, eta)
+
+
+def member_limit(guild: GuildSettings | None, default: int) -> int:
+    """Queued + running jobs a member may have: the guild's setting, else the operator's."""
+    return guild.jobs_per_member if guild and guild.jobs_per_member else default
+
+
+def retry_job(engine: Engine, job_id: int, by_user: int, limit: int) -> Job:
+    """Queue a failed job again if its owner is under their `jobs_per_member` limit."""
+    with session_scope(engine) as session:
+        job = jobs.get_job(session, job_id)
+        if jobs.active_jobs_of(session, job.guild_id, job.owner_id) >= limit:
+            raise LimitReached(
+                f"<@{job.owner_id}> already has {limit} job(s) queued or running; retry job "
+                f"#{job_id} when one of them is done."
+            )
+    return jobs.retry(engine, job_id, by_user)
 
 
 def start_estimate(session: Session, job: Job) -> float | None:

@@ -269,6 +269,19 @@ def announcement_text(
     return truncate(text)
 
 
+def undeliverable_text(
+    job_id: int | None, what: str, reason: str, tries: int, kept_link: str | None = None
+) -> str:
+    """Said when the outbox gives up on a message: what, why, and where the file still is."""
+    whose = f" of job #{job_id}" if job_id else ""
+    text = f"⚠️ I could not post {what}{whose} after {tries} tries: {reason}."
+    if kept_link:
+        text += f" The model file is kept; download it here (the link expires): {kept_link}"
+    elif what == "the model file":
+        text += " The model file is kept on the server; ask an operator for it."
+    return truncate(text)
+
+
 def permission_problem(owner_id: int, what: str, missing: str) -> str:
     return truncate(
         f"⚠️ <@{owner_id}> I could not post {what} here: I am missing the **{missing}** "

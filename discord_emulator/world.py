@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import errors as E
+from .mentions import pings
 from .state import (
     MIB,
     Attachment,
@@ -200,6 +201,7 @@ class World:
             reference_id=int(ref) if ref else None,
             nonce=nonce,
         )
+        self.set_pings(msg, payload.get("allowed_mentions"))
         self.messages[msg.id] = msg
         if nonce is not None:
             self.nonces[(author.id, channel_id, nonce)] = (msg.id, self.clock())
@@ -212,6 +214,13 @@ class World:
         if dispatch and not msg.ephemeral:
             self.dispatch("MESSAGE_CREATE", self.message_event(msg))
         return msg
+
+    def set_pings(self, msg: Message, allowed: dict[str, Any] | None) -> None:
+        """Record whom the message pings (Discord's `allowed_mentions` rules)."""
+        found = pings(msg.content, allowed)
+        msg.mention_users = [self.users[u].payload() for u in found.users if u in self.users]
+        msg.mention_roles = found.roles
+        msg.mention_everyone = found.everyone
 
     @staticmethod
     def check_nonce(payload: dict[str, Any]) -> str | None:

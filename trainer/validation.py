@@ -240,13 +240,21 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
         )
 
 
+VOTE_NUMBERS = 10
+"""Number reactions on the comparison grid (Discord's keycaps 1️⃣…🔟)."""
+
+
 def comparison_grid(
     paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = MIN_TILE
 ) -> Path:
     """One table to vote on: a row per prompt (first seed), the base model, then one column per
-    checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px."""
+    checkpoint numbered 1…N as the vote reactions are: the newest ten when there are more (the
+    reactions 1️⃣…🔟 count those; older ones are voted with 👍 on their own grid). Tiles are
+    shown at least `min_tile` px."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")
+    newest = sorted(zip(steps, paths, strict=True))[-VOTE_NUMBERS:]  # 1️⃣…🔟 count these
+    steps, paths = [s for s, _ in newest], [p for _, p in newest]
     base, labels = _read_strip(strip_path(Path(paths[0]).parent / "base.png"))
     columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
     rows = [[enlarge(column[row], min_tile) for column in columns] for row in range(len(labels))]

@@ -124,3 +124,23 @@ def test_comparison_grid_puts_base_and_numbered_checkpoints_side_by_side(tmp_pat
         assert _ink(image, (60, 30, 620, 330)) > 100  # the curve is drawn
     with pytest.raises(ValueError):
         comparison_grid([], [])
+
+
+def test_comparison_grid_numbers_the_newest_ten_as_the_reactions_do(tmp_path):
+    """With twelve checkpoints the grid shows the ten that 1️⃣…🔟 count, 1 = the oldest of those."""
+    labels = ["tkxw"]
+    save_strip([Image.new("RGB", (64, 64), (0, 0, 0))], tmp_path / "base.strip.png", labels)
+    steps = list(range(50, 650, 50))  # 12 checkpoints
+    grids = []
+    for index, step in enumerate(steps):
+        grid = tmp_path / f"step-{step:08d}.png"
+        save_png(Image.new("RGB", (300, 200)), grid)
+        save_strip([Image.new("RGB", (64, 64), (index * 20, 0, 0))], strip_path(grid), labels)
+        grids.append(grid)
+    out = comparison_grid(grids, steps, tmp_path / "comparison.png")
+    tile = 128
+    with Image.open(out) as image:
+        assert image.size[0] == _LABEL_W + 11 * tile  # base + ten
+        top = _TITLE_H + _HEADER_H
+        first = image.getpixel((_LABEL_W + tile + tile // 2, top + tile // 2))
+        assert first == (2 * 20, 0, 0)  # column 1 is step 150, the third checkpoint

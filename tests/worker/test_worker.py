@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from storage.datasets import record_dataset
 from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
-from storage.models import Checkpoint, Event, Job
+from storage.models import Checkpoint, Event, Job, utcnow
 from storage.settings import Settings, load_settings
 from storage.states import JobState
 from tests.datasets import write_dataset_zip
@@ -201,3 +202,37 @@ def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
             .order_by(col(Event.id).desc())
         ).first()
     assert resumed.payload["resumed_from"] == stopped_at
+
+
+def test_resumed_job_records_checkpoints_saved_but_never_recorded(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A worker dies after saving step 4's state and before recording it: the next worker
+    resumes and records step 4 (once), so the team can vote on it."""
+    job_id = _enqueue(settings, engine, tmp_path, steps=6, checkpoint_every=2)
+    assert Worker(settings, engine, "w-old").run_once()
+    with session_scope(engine) as session:
+        lost = session.exec(
+            select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == 4)
+        ).one()
+        for event in session.exec(select(Event).where(Event.job_id == job_id)).all():
+            if event.kind == "checkpoint_ready" and event.payload["step"] == 4:
+                session.delete(event)
+        session.delete(lost)
+        job = session.get(Job, job_id)
+        job.state, job.worker_id = JobState.TRAINING, "w-old"
+        job.heartbeat_at = utcnow() - timedelta(hours=1)
+    assert jobs.requeue_stale(engine, timedelta(seconds=30)) == [job_id]
+    assert Worker(settings, engine, "w-new").run_once()
+    with session_scope(engine) as session:
+        steps = [
+            c.step for c in session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id))
+        ]
+        ready = [
+            e.payload["step"]
+            for e in session.exec(select(Event).where(Event.job_id == job_id)).all()
+            if e.kind == "checkpoint_ready"
+        ]
+        assert session.get(Job, job_id).state == JobState.AWAITING_VOTE
+    assert sorted(steps) == [2, 4, 6]
+    assert sorted(ready) == [2, 4, 6]
