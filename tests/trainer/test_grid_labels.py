@@ -72,7 +72,8 @@ def test_comparison_grid_of_many_checkpoints_fits_its_labels(tmp_path: Path, dra
     out = comparison_grid(grids, steps, tmp_path / "comparison.png")
     assert problems(drawn_text) == []
     text = words_drawn(drawn_text)
-    assert "6000" in text and "12" in text
+    assert "6000" in text and "10" in text  # the newest ten, numbered as the reactions are
+    assert "1000" not in text
     with Image.open(out) as image:  # blocks of base + 5 checkpoints, stacked: each as wide
         assert {item.image_size[0] for item in drawn_text} == {image.width}
         assert image.width <= 6 * 128 + 16
