@@ -189,7 +189,7 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
 
 
 def demo_cli(argv: list[str]) -> int:
-    from atelier.cli import configure_logging
+    from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo"), help="where to write it")

@@ -2,7 +2,12 @@
 
 A crashed child is restarted with exponential backoff. SIGTERM / Ctrl-C stops the bot's intake
 and asks each worker to stop at its next step; a worker then puts its job back in the queue to
-resume from its newest checkpoint. A lock on the data folder refuses a second `serve`.
+resume from its newest checkpoint.
+
+Several hosts may share one database and one data folder: `serve --no-bot` runs workers only and
+takes no lock; each worker's id names its host, this process and its index, so no two workers
+anywhere share one. What must be single is the bot (one per data folder: its outbox, votes and
+link server), so `serve` with the bot holds `bot.lock` and a second one is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +36,7 @@ STOP_GRACE_SECONDS = 120.0
 
 
 class AlreadyServing(RuntimeError):
-    """Another `atelier serve` holds this data folder."""
+    """Another `atelier serve` runs the bot on this data folder."""
 
 
 @dataclass
@@ -57,15 +63,15 @@ class Child:
 
 
 def lock_data_folder(data_dir: Path) -> IO[str]:
-    """Hold an exclusive lock for as long as the returned file stays open."""
+    """Hold the data folder's bot lock for as long as the returned file stays open."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "serve.lock", "a+")  # noqa: SIM115 - held for the process's life
+    handle = open(data_dir / "bot.lock", "a+")  # noqa: SIM115 - held for the process's life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise AlreadyServing(
-            f"another `atelier serve` is already running on {data_dir.resolve()}"
+            f"another `atelier serve` is already running the bot on {data_dir.resolve()}"
         ) from None
     handle.seek(0)
     handle.truncate()
@@ -84,6 +90,11 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU")]
 
 
+def worker_id(index: int) -> str:
+    """Unique across hosts and processes: host name, this `serve`'s pid, the worker's index."""
+    return f"{socket.gethostname()}:{os.getpid()}-{index}"
+
+
 def plan_children(settings: Settings, with_bot: bool, workers: int | None) -> list[Child]:
     atelier = [sys.executable, "-m", "atelier.cli"]
     children = []
@@ -96,7 +107,7 @@ def plan_children(settings: Settings, with_bot: bool, workers: int | None) -> li
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         children.append(
-            Child(f"worker-{index}", [*atelier, "worker", "--id", f"serve-{index}"], env)
+            Child(f"worker-{index}", [*atelier, "worker", "--id", worker_id(index)], env)
         )
     return children
 
@@ -150,7 +161,7 @@ class Supervisor:
 
 
 def serve_cli(argv: list[str]) -> int:
-    from atelier.cli import configure_logging
+    from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier serve", description=__doc__)
     parser.add_argument("--no-bot", action="store_true", help="workers only (extra GPU hosts)")
@@ -166,7 +177,7 @@ def serve_cli(argv: list[str]) -> int:
         )
         return 2
     try:
-        lock = lock_data_folder(settings.data_dir)
+        lock = None if args.no_bot else lock_data_folder(settings.data_dir)
     except AlreadyServing as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -180,4 +191,5 @@ def serve_cli(argv: list[str]) -> int:
     try:
         return supervisor.run()
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()

@@ -12,6 +12,7 @@ import sys
 import discord
 
 from storage.db import make_engine
+from storage.logs import configure_logging
 from storage.migrate import SchemaMismatch
 from storage.settings import SettingsError, get_settings
 
@@ -26,9 +27,7 @@ async def _main() -> None:
     from bot.client import AtelierBot
 
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
     engine = make_engine(settings.db_url)

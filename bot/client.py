@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from bot.db import run_db
 from bot.errors import on_app_command_error
+from bot.ingesting import Ingests
 from bot.links import LinkServer, LinkSigner
 from bot.notifier import Notifier
 from bot.permissions import guild_allowed
@@ -54,6 +55,11 @@ class AtelierBot(commands.Bot):
             intents=intents,
             tree_cls=AtelierTree,
             help_command=None,
+            # members' text (prompts, names, reasons) is echoed: nothing pings unless a message
+            # names the member it addresses (`AllowedMentions(users=[member])` merges into this)
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, users=False, roles=False, replied_user=False
+            ),
         )
         self.settings = settings
         self.engine = engine
@@ -69,6 +75,7 @@ class AtelierBot(commands.Bot):
         self.links = LinkServer(self.signer, settings.discord.link_host, settings.discord.link_port)
         self.notifier = Notifier(self)
         self.voting = Voting(self)
+        self.ingests = Ingests(settings)
         self.synced = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -89,6 +96,7 @@ class AtelierBot(commands.Bot):
                 asyncio.create_task(self._after_ready()),
                 asyncio.create_task(self.notifier.run()),
                 asyncio.create_task(self.voting.run_deadlines()),
+                asyncio.create_task(self.ingests.sweep_forever(self.engine)),
             ]
 
     async def _after_ready(self) -> None:
@@ -100,6 +108,7 @@ class AtelierBot(commands.Bot):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.links.stop()
+        self.ingests.close()
         await super().close()
 
 

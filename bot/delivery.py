@@ -31,12 +31,57 @@ async def resolve_channel(bot: AtelierBot, channel_id: int) -> discord.abc.Messa
     return channel  # type: ignore[return-value]
 
 
+HISTORY_SCAN = 100
+"""How many recent messages of a channel to look through for an earlier copy of a post."""
+
+
 async def send(
-    channel: discord.abc.Messageable, nonce: str, content: str | None = None, **kwargs: Any
+    channel: discord.abc.Messageable,
+    nonce: str,
+    content: str | None = None,
+    *,
+    recheck: bool = False,
+    **kwargs: Any,
 ) -> discord.Message:
-    """Send with an enforced nonce: a retry after a crash returns the message Discord already
-    has instead of posting a second copy (discord.py sets `enforce_nonce` with `nonce`)."""
-    return await channel.send(content, nonce=nonce, **kwargs)
+    """Post once. The content ends with a small marker line naming `nonce`. With `recheck`
+    (an earlier try may have posted before a crash) the channel's recent history is searched
+    for the bot's own message with that marker first: Discord's enforced nonce returns the
+    earlier message only for a few minutes, so a bot that comes back later needs the marker."""
+    if recheck:
+        found = await find_posted(channel, nonce)
+        if found is not None:
+            return found
+    return await channel.send(with_marker(content, nonce), nonce=nonce, **kwargs)
+
+
+def marker(nonce: str) -> str:
+    return f"-# {nonce}"
+
+
+def with_marker(content: str | None, nonce: str) -> str:
+    """`content` (trimmed to leave room) and the marker line (Discord's small subtext)."""
+    line = marker(nonce)
+    if not content:
+        return line
+    return f"{render.truncate(content, render.CONTENT_LIMIT - len(line) - 1)}\n{line}"
+
+
+def carries_marker(message: discord.Message, nonce: str) -> bool:
+    line = marker(nonce)
+    return message.content == line or message.content.endswith(f"\n{line}")
+
+
+async def find_posted(channel: Any, nonce: str) -> discord.Message | None:
+    """The bot's own message with `nonce`'s marker among the channel's recent messages."""
+    guild = getattr(channel, "guild", None)
+    me = guild.me.id if guild is not None and guild.me is not None else None
+    try:
+        async for message in channel.history(limit=HISTORY_SCAN):
+            if (me is None or message.author.id == me) and carries_marker(message, nonce):
+                return message
+    except discord.Forbidden:  # no Read Message History: post; the nonce still helps
+        log.warning("cannot read the history of channel %s to avoid a repost", channel.id)
+    return None
 
 
 def file_of(path: str | Path, name: str | None = None) -> discord.File:
@@ -129,4 +174,35 @@ async def _maybe_channel(bot: AtelierBot, channel_id: int | None) -> Any:
     try:
         return await resolve_channel(bot, channel_id)
     except discord.HTTPException:
+        return None
+
+
+async def tell_somewhere(
+    bot: AtelierBot, channel_ids: list[int | None], text: str, nonce: str
+) -> bool:
+    """Post `text` in the first of the channels that takes it (no pings); False when none did
+    (the caller has logged it for the operator)."""
+    for channel_id in dict.fromkeys(c for c in channel_ids if c):
+        channel = await _maybe_channel(bot, int(channel_id))
+        if channel is None:
+            continue
+        try:
+            await send(
+                channel,
+                nonce,
+                text,
+                recheck=True,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+            return True
+        except discord.HTTPException:
+            continue
+    return False
+
+
+def link_if_possible(bot: AtelierBot, path: Path) -> str | None:
+    """A signed link to a kept file, or None (no file, no link secret, outside the data)."""
+    try:
+        return bot.signer.link(path)[0] if path.is_file() else None
+    except (ValueError, RuntimeError, TypeError):
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -19,6 +20,8 @@ from bot.errors import BadInput, LimitReached
 
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
+RunIO = Callable[..., Awaitable[Any]]
+"""Runs a blocking file call off the loop (default: `asyncio.to_thread`)."""
 TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=15, sock_read=60)
 
 
@@ -93,8 +96,11 @@ async def check_host(url: URL, allow_loopback: bool) -> None:
             raise BadInput("The dataset link points into a private network; I can't fetch it.")
 
 
-async def stream_to_file(response: aiohttp.ClientResponse, dest: Path, max_bytes: int) -> int:
+async def stream_to_file(
+    response: aiohttp.ClientResponse, dest: Path, max_bytes: int, run_io: RunIO | None = None
+) -> int:
     """Write the body to `dest`; stop (and delete) as soon as it exceeds `max_bytes`."""
+    run_io = run_io or asyncio.to_thread
     length = response.content_length
     if length is not None and length > max_bytes:
         raise LimitReached(_too_big(max_bytes))
@@ -104,7 +110,7 @@ async def stream_to_file(response: aiohttp.ClientResponse, dest: Path, max_bytes
             written += len(chunk)
             if written > max_bytes:
                 break
-            await asyncio.to_thread(out.write, chunk)
+            await run_io(out.write, chunk)
     if written > max_bytes:
         dest.unlink(missing_ok=True)
         raise LimitReached(_too_big(max_bytes))
@@ -116,7 +122,12 @@ def _too_big(max_bytes: int) -> str:
 
 
 async def download_url(
-    url: str, dest: Path, max_bytes: int, *, allow_insecure: bool = False
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    *,
+    allow_insecure: bool = False,
+    run_io: RunIO | None = None,
 ) -> int:
     """Fetch a member's dataset link to `dest`, following redirects by hand (each re-checked)."""
     current = URL(url)
@@ -133,13 +144,15 @@ async def download_url(
                         continue
                     if response.status != 200:
                         raise BadInput(f"The dataset link answered HTTP {response.status}.")
-                    return await stream_to_file(response, dest, max_bytes)
+                    return await stream_to_file(response, dest, max_bytes, run_io)
             except aiohttp.ClientError as error:
                 raise BadInput(f"The dataset link could not be fetched ({_why(error)}).") from None
     raise BadInput("The dataset link redirects too many times.")
 
 
-async def download_attachment(attachment: Any, dest: Path, max_bytes: int) -> int:
+async def download_attachment(
+    attachment: Any, dest: Path, max_bytes: int, *, run_io: RunIO | None = None
+) -> int:
     """Stream a Discord attachment (its CDN URL is Discord's own, so no address guard)."""
     if attachment.size > max_bytes:
         raise LimitReached(_too_big(max_bytes))
@@ -148,7 +161,7 @@ async def download_attachment(attachment: Any, dest: Path, max_bytes: int) -> in
             async with session.get(attachment.url) as response:
                 if response.status != 200:
                     raise BadInput(f"Discord's file server answered HTTP {response.status}.")
-                return await stream_to_file(response, dest, max_bytes)
+                return await stream_to_file(response, dest, max_bytes, run_io)
         except aiohttp.ClientError as error:
             raise BadInput(f"The attachment could not be downloaded ({_why(error)}).") from None
 

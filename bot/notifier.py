@@ -3,7 +3,10 @@
 Each event is marked attempted, posted with its own nonce (so a retry after a crash returns the
 message Discord already has), then marked delivered with the message id. Progress events are
 coalesced (only the newest pending one is rendered) and edits of the progress message are
-throttled. A Discord refusal is explained to the job's owner and retried with backoff.
+throttled. Any failure of one event (a Discord refusal or a bug) is retried with that event's
+own backoff, so it never holds back another job; after `max_tries` the job's thread (or else the
+operator's log) is told what could not be posted and why. Every post carries a marker, so a
+bot that comes back after Discord's nonce window finds its earlier post instead of repeating it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ import discord
 from bot import delivery, queries, render
 from bot.db import run_db
 from bot.render import NUMBER_EMOJI, VOTE_EMOJI
-from storage.events import EventKind, event_nonce, mark_attempted, mark_delivered, pending
+from bot.retries import Retries, deliver_loose, describe_error
+from storage.events import (
+    EventKind,
+    event_nonce,
+    mark_attempted,
+    mark_delivered,
+    pending,
+    posted_ids,
+    record_posted,
+)
 from storage.models import Event, Job
 
 if TYPE_CHECKING:
@@ -45,17 +57,14 @@ class Notifier:
     """Polls the outbox and says each event in the job's thread."""
 
     poll_seconds = 1.0
-    retry_base_seconds = 5.0
-    max_tries = 8
 
     def __init__(self, bot: AtelierBot) -> None:
         self.bot = bot
         self.engine = bot.engine
+        self.retries = Retries(base_seconds=5.0, max_tries=8)
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_edit: dict[int, float] = {}
         self._progress: dict[int, dict[str, Any]] = {}
-        self._tries: dict[int, int] = defaultdict(int)
-        self._retry_at: dict[int, float] = {}
         self._explained: set[tuple[int, str]] = set()
         self.handlers: dict[str, Handler] = {
             EventKind.QUEUED: self._queued,
@@ -68,6 +77,22 @@ class Notifier:
             EventKind.REQUEUED: self._plain,
             EventKind.FINALIZED: self._finalized,
         }
+
+    @property
+    def retry_base_seconds(self) -> float:
+        return self.retries.base_seconds
+
+    @retry_base_seconds.setter
+    def retry_base_seconds(self, value: float) -> None:
+        self.retries.base_seconds = value
+
+    @property
+    def max_tries(self) -> int:
+        return self.retries.max_tries
+
+    @max_tries.setter
+    def max_tries(self, value: int) -> None:
+        self.retries.max_tries = value
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -83,7 +108,10 @@ class Notifier:
         events = await run_db(pending, self.engine, 500)
         from bot.exts import iterate  # /iterate and /compare events carry no job
 
-        await iterate.deliver(self, [e for e in events if iterate.is_iteration_event(e)])
+        try:
+            await iterate.deliver(self, [e for e in events if iterate.is_iteration_event(e)])
+        except Exception:
+            log.exception("iteration events: delivery failed; retried next tick")
         events = [e for e in events if not iterate.is_iteration_event(e)]
         await self._generations([e for e in events if is_generation(e)])
         by_job: dict[int | None, list[Event]] = defaultdict(list)
@@ -95,7 +123,10 @@ class Notifier:
                 for event in job_events:
                     await run_db(mark_delivered, self.engine, event.id, None)  # type: ignore[arg-type]
             else:
-                await self.process(job_id, job_events)
+                try:
+                    await self.process(job_id, job_events)
+                except Exception:  # isolated: the next job's events still go out
+                    log.exception("job %s: delivering its events failed; retried", job_id)
 
     async def process_job(self, job_id: int) -> bool:
         """Deliver a job's pending events now (used by /train and /job finalize). False when
@@ -126,41 +157,53 @@ class Notifier:
     # --- one event -----------------------------------------------------------------------
 
     async def deliver(self, job: Job, event: Event) -> bool:
+        """Say one event; False while it waits for a retry (later events of the job wait)."""
         assert event.id is not None
-        if self._retry_at.get(event.id, 0.0) > time.monotonic():
+        if not self.retries.ready(event.id):
             return False
         handler = self.handlers.get(event.kind)
         await run_db(mark_attempted, self.engine, event.id)
         try:
             message_id = await handler(job, event) if handler else None
-        except discord.HTTPException as error:
-            return await self._refused(job, event, error)
+        except Exception as error:  # any failure: this event alone backs off
+            return await self._failed(job, event, error)
         await run_db(mark_delivered, self.engine, event.id, message_id)
-        self._tries.pop(event.id, None)
-        self._retry_at.pop(event.id, None)
+        self.retries.done(event.id)
         return True
 
-    async def _refused(self, job: Job, event: Event, error: discord.HTTPException) -> bool:
+    async def _failed(self, job: Job, event: Event, error: Exception) -> bool:
+        """Count the failure; after `max_tries`, say in the thread what was not posted."""
         assert event.id is not None
-        tries = self._tries[event.id] = self._tries[event.id] + 1
+        tries = self.retries.failed(event.id)
         log.warning(
-            "job %s: event %s (%s) refused by Discord (%s %s), try %s",
+            "job %s: event %s (%s) failed (try %s): %s",
             job.id,
             event.id,
             event.kind,
-            error.status,
-            error.code,
             tries,
+            describe_error(error),
+            exc_info=not isinstance(error, discord.HTTPException),
         )
         if isinstance(error, discord.Forbidden):
             await self._explain(job, event)
-        if tries >= self.max_tries:
-            log.error("job %s: giving up on event %s after %s tries", job.id, event.id, tries)
-            await run_db(mark_delivered, self.engine, event.id, None)
-            return True
-        delay = min(self.retry_base_seconds * 2 ** (tries - 1), 300.0)
-        self._retry_at[event.id] = time.monotonic() + delay
-        return False
+        if not self.retries.exhausted(event.id):
+            return False
+        await self._give_up(job, event, error, tries)
+        await run_db(mark_delivered, self.engine, event.id, None)
+        self.retries.done(event.id)
+        return True
+
+    async def _give_up(self, job: Job, event: Event, error: Exception, tries: int) -> None:
+        """Nothing is dropped silently: the thread (or channel, or the log) hears what."""
+        what = WHAT.get(event.kind, "an update")
+        kept = None
+        if event.kind == EventKind.FINALIZED and event.payload.get("file"):
+            kept = delivery.link_if_possible(self.bot, Path(str(event.payload["file"])))
+        text = render.undeliverable_text(job.id, what, describe_error(error), tries, kept)
+        log.error("job %s: giving up on event %s (%s): %s", job.id, event.id, event.kind, text)
+        await delivery.tell_somewhere(
+            self.bot, [job.thread_id, job.channel_id], text, f"{event_nonce(event)}-x"
+        )
 
     async def _explain(self, job: Job, event: Event) -> None:
         target = await self._target(job)
@@ -192,17 +235,35 @@ class Notifier:
     async def _send(
         self, target: Any, event: Event, content: str | None = None, **kwargs: Any
     ) -> discord.Message:
-        """Post an event's main message once: the nonce makes Discord return an earlier copy,
-        and the id recorded right after posting lets a retry reuse it where nonces are not
-        enforced."""
+        """Post an event's main message once: the id recorded right after posting lets a retry
+        reuse it; when a crash came between posting and recording, the marker finds it."""
         if event.message_id:
             try:
                 return await target.fetch_message(event.message_id)
             except discord.NotFound:
                 pass
-        message = await delivery.send(target, event_nonce(event), content, **kwargs)
+        message = await delivery.send(
+            target, event_nonce(event), content, recheck=event.attempted_at is not None, **kwargs
+        )
         await run_db(queries.set_event_message, self.engine, event.id, message.id)
         event.message_id = message.id
+        return message
+
+    async def _secondary(
+        self, target: Any, event: Event, suffix: str, content: str | None = None, **kwargs: Any
+    ) -> discord.Message:
+        """An event's further message (report, announcement): posted once, its id recorded."""
+        known = posted_ids(event).get(suffix)
+        if known:
+            try:
+                return await target.fetch_message(known)
+            except discord.NotFound:
+                pass
+        nonce = f"{event_nonce(event)}-{suffix}"
+        message = await delivery.send(
+            target, nonce, content, recheck=event.attempted_at is not None, **kwargs
+        )
+        await run_db(record_posted, self.engine, event.id, suffix, message.id)  # type: ignore[arg-type]
         return message
 
     # --- handlers ------------------------------------------------------------------------
@@ -217,13 +278,22 @@ class Notifier:
             render.job_card_text(job.id, job.name, job.owner_id, job.method, job.base_model),
             allowed_mentions=discord.AllowedMentions.none(),
         )
-        thread_id = job.thread_id or await self._open_thread(channel, card, job)
+        if isinstance(channel, discord.Thread):  # started in a thread: threads hold no threads
+            thread_id = channel.id
+        else:
+            thread_id = job.thread_id or await self._open_thread(channel, card, job)
         await run_db(queries.set_job_fields, self.engine, job.id, thread_id=thread_id)
         thread = await delivery.resolve_channel(self.bot, thread_id)
-        report = await run_db(queries.dataset_report, self.engine, job.dataset_id)
+        report = await run_db(
+            queries.dataset_report,
+            self.engine,
+            job.dataset_id,
+            int(job.config.get("resolution") or 512),
+            job.base_model,
+        )
         new = await run_db(self._position, job)
         embed = render.qa_report_embed(report, new[0], new[1], str(job.config.get("trigger", "")))
-        await delivery.send(thread, f"{event_nonce(event)}-r", embed=embed)
+        await self._secondary(thread, event, "r", embed=embed)
         return card.id
 
     def _position(self, job: Job) -> tuple[int, float | None]:
@@ -343,12 +413,8 @@ class Notifier:
         )
         if job.thread_id:
             text = render.truncate(f"{text}\nThread: <#{job.thread_id}>")
-        await delivery.send(
-            channel,
-            f"{event_nonce(event)}-a",
-            text,
-            files=files,
-            allowed_mentions=discord.AllowedMentions.none(),
+        await self._secondary(
+            channel, event, "a", text, files=files, allowed_mentions=discord.AllowedMentions.none()
         )
 
     # --- the progress message ------------------------------------------------------------
@@ -386,7 +452,7 @@ class Notifier:
                 return job.status_message_id
             except discord.NotFound:
                 pass  # deleted by someone: post a new one
-        message = await delivery.send(target, nonce, text)
+        message = await delivery.send(target, nonce, text, recheck=True)
         await run_db(queries.set_job_fields, self.engine, job.id, status_message_id=message.id)
         return message.id
 
@@ -405,13 +471,7 @@ class Notifier:
     async def _generations(self, events: list[Event]) -> None:
         """`/generate` results: the image (or why there is none) in the member's channel."""
         for event in events:
-            await run_db(mark_attempted, self.engine, event.id)  # type: ignore[arg-type]
-            try:
-                message_id = await self._generation(event)
-            except discord.HTTPException as error:
-                log.warning("generation event %s refused (%s)", event.id, error.status)
-                continue
-            await run_db(mark_delivered, self.engine, event.id, message_id)  # type: ignore[arg-type]
+            await deliver_loose(self, event, self._generation, "an image", "/generate")
 
     async def _generation(self, event: Event) -> int:
         p = event.payload
@@ -420,11 +480,18 @@ class Notifier:
         mentions = discord.AllowedMentions(users=[discord.Object(user_id)])
         if event.kind == EventKind.GENERATED:
             files = await delivery.read_files([p.get("image_path")])
-            text = render.generated_text(user_id, str(p.get("prompt", "")))
+            text = render.generated_text(
+                user_id, str(p.get("prompt", "")), p.get("weight"), p.get("seed")
+            )
         else:
             files, text = [], render.generation_failed_text(user_id, str(p.get("reason", "")))
         message = await delivery.send(
-            channel, event_nonce(event), text, files=files, allowed_mentions=mentions
+            channel,
+            event_nonce(event),
+            text,
+            recheck=event.attempted_at is not None,
+            files=files,
+            allowed_mentions=mentions,
         )
         return message.id
 

@@ -56,6 +56,9 @@ def require_job_manager(
         )
 
 
-def require_manager(member: discord.abc.User, guild: GuildSettings | None) -> None:
-    if not member_is_manager(member, guild):
-        raise NotAllowed("Changing Atelier's settings needs Manage Server or the manager role.")
+def require_manage_server(member: discord.abc.User) -> None:
+    """Atelier's settings (who trains, who manages): Manage Server alone, so the manager role
+    can never widen itself (e.g. re-point itself to @everyone)."""
+    perms = getattr(member, "guild_permissions", None)
+    if not (perms and perms.manage_guild):
+        raise NotAllowed("Changing Atelier's settings needs the Manage Server permission.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -30,13 +31,17 @@ def guild_settings(engine: Engine, guild_id: int | None) -> GuildSettings | None
         return session.get(GuildSettings, guild_id)
 
 
-def update_guild_settings(engine: Engine, guild_id: int, **fields: Any) -> GuildSettings:
-    """Set the given fields (None values are left alone)."""
+def update_guild_settings(
+    engine: Engine, guild_id: int, clear: tuple[str, ...] = (), **fields: Any
+) -> GuildSettings:
+    """Set the given fields (None values are left alone) and unset the `clear` ones."""
     with session_scope(engine) as session:
         row = session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
         for key, value in fields.items():
             if value is not None:
                 setattr(row, key, value)
+        for key in clear:
+            setattr(row, key, None)
         row.updated_at = utcnow()
         session.add(row)
         session.flush()
@@ -74,6 +79,23 @@ def create_job(engine: Engine, ingest: Any, job: Job, limit: int) -> NewJob:
         return NewJob(job, position, eta)
 
 
+def member_limit(guild: GuildSettings | None, default: int) -> int:
+    """Queued + running jobs a member may have: the guild's setting, else the operator's."""
+    return guild.jobs_per_member if guild and guild.jobs_per_member else default
+
+
+def retry_job(engine: Engine, job_id: int, by_user: int, limit: int) -> Job:
+    """Queue a failed job again if its owner is under their `jobs_per_member` limit."""
+    with session_scope(engine) as session:
+        job = jobs.get_job(session, job_id)
+        if jobs.active_jobs_of(session, job.guild_id, job.owner_id) >= limit:
+            raise LimitReached(
+                f"<@{job.owner_id}> already has {limit} job(s) queued or running; retry job "
+                f"#{job_id} when one of them is done."
+            )
+    return jobs.retry(engine, job_id, by_user)
+
+
 def start_estimate(session: Session, job: Job) -> float | None:
     """Seconds until `job` starts: the running jobs' ETA plus the queued jobs ahead of it."""
     running = session.exec(
@@ -97,10 +119,20 @@ def _recent_speed(session: Session) -> float:
     return speed if speed > 0 else DEFAULT_STEPS_PER_SECOND
 
 
-def dataset_report(engine: Engine, dataset_id: str) -> dict[str, Any]:
+def dataset_report(
+    engine: Engine, dataset_id: str, resolution: int | None = None, base_model: str = ""
+) -> dict[str, Any]:
+    """The stored QA report; with `resolution`, judged at that size and base model (a job's)."""
+    from storage.ingest.judged import judge_folder
+
     with session_scope(engine) as session:
         dataset = session.get(Dataset, dataset_id)
-        return dict(dataset.report) if dataset else {}
+        if dataset is None:
+            return {}
+        report, folder = dict(dataset.report), Path(dataset.path)
+    if resolution is None:
+        return report
+    return judge_folder(report, folder, resolution, base_model)
 
 
 def set_job_fields(engine: Engine, job_id: int, **fields: Any) -> None:

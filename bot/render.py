@@ -95,6 +95,7 @@ def qa_report_embed(
         " (same dataset as before, reused)" if report.get("reused") else ""
     )
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    embed.add_field(name="Judged at", value=judged_at_text(report))
     buckets = report.get("buckets") or {}
     if buckets:
         text = ", ".join(f"{k} ({n})" for k, n in list(buckets.items())[:6])
@@ -110,6 +111,16 @@ def qa_report_embed(
         name="Queue", value=f"{place} · starts in about {duration(eta_seconds)}", inline=False
     )
     return embed
+
+
+def judged_at_text(report: dict[str, Any]) -> str:
+    """Which size (and base model) the report's buckets and size advice assume."""
+    judged = report.get("judged_at") or {}
+    if judged:
+        base = f" on `{judged['base_model']}`" if judged.get("base_model") else ""
+        return f"{judged['resolution']} px{base} (this job's size and base model)"
+    size = report.get("resolution") or 512
+    return f"{size} px, as stored; each job's report re-checks at its own size and base model"
 
 
 def _list_field(embed: discord.Embed, name: str, items: Sequence[str], most: int = 5) -> None:
@@ -196,8 +207,32 @@ def resumed_text(step: int) -> str:
     return f"▶️ Training resumed from the checkpoint at step {step}."
 
 
-def generated_text(user_id: int, prompt: str) -> str:
-    return truncate(f"🖌️ <@{user_id}>: {prompt}")
+def generated_text(
+    user_id: int, prompt: str, weight: float | None = None, seed: int | None = None
+) -> str:
+    """A `/generate` result: who asked, the prompt, and what reproduces it."""
+    settings = [
+        f"weight {weight:g}" if weight is not None else "",
+        f"seed {seed}" if seed is not None else "",
+    ]
+    shown = ", ".join(s for s in settings if s)
+    return truncate(f"🖌️ <@{user_id}>: {prompt}" + (f" ({shown})" if shown else ""))
+
+
+def generate_queued_text(numbers: list[int], weights: list[float], seed: int) -> str:
+    """The reply to `/generate`: what was queued and the seed that reproduces it."""
+    again = f"`seed:{seed}` with the same prompt and weight draws the same image again."
+    if len(numbers) == 1:
+        return (
+            f"Queued image #{numbers[0]} (weight {weights[0]:g}, seed {seed}); it appears in "
+            f"this channel when a worker renders it. {again}"
+        )
+    listed = ", ".join(f"{w:g}" for w in weights)
+    return (
+        f"Queued images #{numbers[0]}–#{numbers[-1]}: weights {listed}, all with seed {seed}, "
+        f"so they differ only by the weight; they appear in this channel when a worker "
+        f"renders them."
+    )
 
 
 def generation_failed_text(user_id: int, reason: str) -> str:
@@ -231,6 +266,19 @@ def announcement_text(
     )
     if link:
         text += f"\nDownload: {link}"
+    return truncate(text)
+
+
+def undeliverable_text(
+    job_id: int | None, what: str, reason: str, tries: int, kept_link: str | None = None
+) -> str:
+    """Said when the outbox gives up on a message: what, why, and where the file still is."""
+    whose = f" of job #{job_id}" if job_id else ""
+    text = f"⚠️ I could not post {what}{whose} after {tries} tries: {reason}."
+    if kept_link:
+        text += f" The model file is kept; download it here (the link expires): {kept_link}"
+    elif what == "the model file":
+        text += " The model file is kept on the server; ask an operator for it."
     return truncate(text)
 
 
@@ -312,6 +360,7 @@ def dataset_embed(
     embed.description = truncate("\n".join(lines), 4000)
     trigger = str(report.get("trigger") or "")
     embed.add_field(name="Trigger", value=f"`{trigger}`" if trigger else "—")
+    embed.add_field(name="Judged at", value=judged_at_text(report))
     buckets = report.get("buckets") or {}
     if buckets:
         embed.add_field(

@@ -450,6 +450,7 @@ class Rest:
         att = self.world.cdn.get(aid)
         if att is None:
             return web.Response(status=404, text="Not Found")
+        self.world.cdn_fetches[aid] += 1
         return web.Response(
             body=att.data, content_type=att.content_type or "application/octet-stream"
         )

@@ -169,6 +169,15 @@ class ScriptingMixin:
             setattr(guild, key, value)
         self.world.dispatch("GUILD_UPDATE", guild.payload())
 
+    def create_thread(self, user: UserRef, channel: ChannelRef, name: str) -> Channel:
+        """A member opens a public thread in `channel` (members then use commands in it)."""
+        return self.world.create_thread(_uid(user), _cid(channel), name, check_perms=False)
+
+    def expire_nonces(self) -> None:
+        """Forget every enforced nonce, as Discord does after a few minutes: a client that
+        comes back later (a late restart) gets a new message for a repeated nonce."""
+        self.world.nonces.clear()
+
     # --- acting as members ---------------------------------------------------------------
     def post_message(
         self,

@@ -322,6 +322,9 @@ class Message:
     deleted: bool = False
     interaction_id: int | None = None
     nonce: str | None = None
+    mention_users: list[dict[str, Any]] = field(default_factory=list)
+    mention_roles: list[int] = field(default_factory=list)
+    mention_everyone: bool = False
 
     @property
     def ephemeral(self) -> bool:
@@ -337,9 +340,9 @@ class Message:
             "timestamp": iso(self.created_at),
             "edited_timestamp": iso(self.edited_at),
             "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
+            "mention_everyone": self.mention_everyone,
+            "mentions": self.mention_users,
+            "mention_roles": [str(r) for r in self.mention_roles],
             "attachments": [a.payload() for a in self.attachments],
             "embeds": self.embeds,
             "components": self.components,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from . import errors as E
+from .mentions import pings
 from .state import (
     MIB,
     Attachment,
@@ -49,6 +51,7 @@ class World:
         self.guilds: dict[int, Guild] = {}
         self.messages: dict[int, Message] = {}
         self.cdn: dict[int, Attachment] = {}
+        self.cdn_fetches: Counter[int] = Counter()  # attachment id -> downloads served
         self.nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
         self.nonce_seconds = NONCE_SECONDS
         self.bot = self.add_user("Atelier", bot=True)
@@ -198,6 +201,7 @@ class World:
             reference_id=int(ref) if ref else None,
             nonce=nonce,
         )
+        self.set_pings(msg, payload.get("allowed_mentions"))
         self.messages[msg.id] = msg
         if nonce is not None:
             self.nonces[(author.id, channel_id, nonce)] = (msg.id, self.clock())
@@ -210,6 +214,13 @@ class World:
         if dispatch and not msg.ephemeral:
             self.dispatch("MESSAGE_CREATE", self.message_event(msg))
         return msg
+
+    def set_pings(self, msg: Message, allowed: dict[str, Any] | None) -> None:
+        """Record whom the message pings (Discord's `allowed_mentions` rules)."""
+        found = pings(msg.content, allowed)
+        msg.mention_users = [self.users[u].payload() for u in found.users if u in self.users]
+        msg.mention_roles = found.roles
+        msg.mention_everyone = found.everyone
 
     @staticmethod
     def check_nonce(payload: dict[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # Python 3.11 from Ubuntu 22.04 (jammy-updates) in a virtual environment.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && pip install --no-cache-dir --upgrade "pip==25.2"

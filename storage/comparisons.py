@@ -166,3 +166,22 @@ def comparison_tally(engine: Engine, comparison_id: int) -> dict[str, int]:
         ).all()
         tally = Counter(rows)
         return {"a": tally.get("a", 0), "b": tally.get("b", 0)}
+
+
+def get_comparison(engine: Engine, comparison_id: int) -> Comparison:
+    with session_scope(engine) as session:
+        comparison = session.get(Comparison, comparison_id)
+        assert comparison is not None
+        return comparison
+
+
+def comparison_nonce(engine: Engine, comparison_id: int) -> str | None:
+    """The outbox nonce of the event that posted the comparison (its message's marker)."""
+    from storage.events import event_nonce
+    from storage.models import Event
+
+    with session_scope(engine) as session:
+        for event in session.exec(select(Event).where(Event.kind == COMPARISON_RENDERED)):
+            if int(event.payload.get("comparison_id") or 0) == comparison_id:
+                return event_nonce(event)
+    return None

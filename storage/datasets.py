@@ -23,7 +23,6 @@ DESCRIPTION_MAX = 500
 SHEET_MOST = 48
 SHEET_THUMB = 96
 SHEET_COLUMNS = 8
-SHEET_LABEL = 14  # pixels under each thumbnail for its file index
 SHEET_PAD = 2
 
 
@@ -224,17 +223,27 @@ def sheet_layout(count: int, thumb: int = SHEET_THUMB, columns: int = SHEET_COLU
     """The contact sheet's grid for `count` thumbnails (at least one cell)."""
     count = max(count, 1)
     cols = min(count, columns)
+    cell_width = thumb + 2 * SHEET_PAD
+    from storage.drawing import line_height
+
+    label = line_height(sheet_font(cols * cell_width))
     return SheetLayout(
-        count,
-        cols,
-        math.ceil(count / cols),
-        thumb + 2 * SHEET_PAD,
-        thumb + SHEET_LABEL + 2 * SHEET_PAD,
+        count, cols, math.ceil(count / cols), cell_width, thumb + label + 2 * SHEET_PAD
     )
 
 
+def sheet_font(width: int) -> Any:
+    """The file-index font of a sheet `width` px wide: readable once a phone scales it down."""
+    from storage.drawing import font, legible_size
+
+    return font(legible_size(width))
+
+
 def dataset_images(folder: Path) -> list[Path]:
-    return sorted((Path(folder) / "images").glob("*.png"))
+    from storage.ingest.stored import STORED_SUFFIXES
+
+    images = (Path(folder) / "images").glob("*")
+    return sorted(p for p in images if p.suffix.lower() in STORED_SUFFIXES)
 
 
 def contact_sheet(
@@ -248,6 +257,7 @@ def contact_sheet(
     layout = sheet_layout(len(files), thumb)
     sheet = Image.new("RGB", layout.size, (32, 34, 37))
     draw = ImageDraw.Draw(sheet)
+    face = sheet_font(layout.size[0])
     for index, file in enumerate(files):
         x = (index % layout.columns) * layout.cell_width + SHEET_PAD
         y = (index // layout.columns) * layout.cell_height + SHEET_PAD
@@ -255,7 +265,7 @@ def contact_sheet(
             image.thumbnail((thumb, thumb))
             tile = image.convert("RGB")
         sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
-        draw.text((x + 2, y + thumb + 1), file.stem, fill=(220, 221, 222))
+        draw.text((x + 2, y + thumb), file.stem, fill=(220, 221, 222), font=face)
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=True)
     return buf.getvalue(), len(files)

@@ -66,3 +66,22 @@ def mark_delivered(engine: Engine, event_id: int, message_id: int | None) -> Non
 def event_nonce(event: Event) -> str:
     """A Discord message nonce (≤ 25 chars) unique to this event."""
     return f"atelier-ev-{event.id}"
+
+
+POSTED = "posted"
+"""Payload key: the ids of an event's secondary messages (report, announcement, pages), by
+suffix, so a retry after a crash reuses them instead of posting again."""
+
+
+def posted_ids(event: Event) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (event.payload.get(POSTED) or {}).items()}
+
+
+def record_posted(engine: Engine, event_id: int, suffix: str, message_id: int) -> None:
+    """Remember that the event's secondary message `suffix` is `message_id`."""
+    with session_scope(engine) as session:
+        event = session.get(Event, event_id)
+        if event is not None:
+            ids = {**(event.payload.get(POSTED) or {}), suffix: message_id}
+            event.payload = {**event.payload, POSTED: ids}  # a new dict: JSON columns
+            session.add(event)

@@ -64,6 +64,7 @@ def complete_generation(engine: Engine, generation_id: int, image_path: str) -> 
             user_id=generation.user_id,
             prompt=generation.prompt,
             weight=generation.weight,
+            seed=generation.seed,
         )
 
 

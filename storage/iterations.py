@@ -303,9 +303,10 @@ def finish_iteration(
             assert back is not None
             back.state = "voting"
         raise
+    files = _last_files(Path(result.path), len(kept)) if result is not None else []
     added = [
         {
-            "file": f"images/{parent.images + i:04d}.png",
+            "file": files[i - 1] if i <= len(files) else f"images/{parent.images + i:04d}",
             "prompt": c.prompt,
             "context": c.context,
             "style": c.style,
@@ -397,7 +398,8 @@ def build_version(
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for index, row in enumerate(rows, start=1):
             folder = folders.get((row.get("concept"), row.get("repeats", 1)), "")
-            zf.writestr(f"{folder}a{index:04d}.png", (parent_dir / row["file"]).read_bytes())
+            suffix = Path(row["file"]).suffix or ".png"  # stored as uploaded: .jpg/.png/.webp
+            zf.writestr(f"{folder}a{index:04d}{suffix}", (parent_dir / row["file"]).read_bytes())
             zf.writestr(f"{folder}a{index:04d}.txt", row.get("text", ""))
         if folders:
             zf.writestr("concepts.json", json.dumps(concepts_file(folders)))
@@ -415,3 +417,11 @@ def build_version(
             resolution=int(options.get("resolution", 512)),
         )
         return ingest_zip(Path(handle.name), datasets_dir, ingest, limits)
+
+
+def _last_files(folder: Path, count: int) -> list[str]:
+    """The stored names of a version's last `count` images (the kept candidates: their zip
+    names sort after the parent's), as ingest wrote them (suffix included)."""
+    lines = (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [str(row["file"]) for row in rows[-count:]] if count else []

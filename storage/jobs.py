@@ -207,6 +207,13 @@ def checkpoints_of(
     return list(session.exec(query).all())
 
 
+def checkpoint_steps(engine: Engine, job_id: int) -> set[int]:
+    """Steps of the checkpoints recorded for a job (deleted ones included)."""
+    with session_scope(engine) as session:
+        rows = session.exec(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
+        return {int(step) for step in rows}
+
+
 # --- what a worker reports (each checks the worker still holds the job) ---------------------
 
 

@@ -58,6 +58,18 @@ class Limits(BaseModel):
     min_image_side: int = Field(64, gt=0, description="Smaller images are skipped.")
     max_images: int = Field(1000, gt=0, description="Most images in a dataset.")
     jobs_per_member: int = Field(2, ge=1, description="Queued + running jobs per member.")
+    uploads_per_member: int = Field(1, ge=1, description="Dataset uploads in progress at once.")
+    member_storage_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Dataset bytes one member's uploads may keep (per guild)."
+    )
+    guild_storage_bytes: int = Field(
+        20 * 1024**3, gt=0, description="Dataset bytes one guild's uploads may keep."
+    )
+    concurrent_ingests: int = Field(4, ge=1, description="Uploads the bot ingests at once.")
+    ingest_processes: int = Field(0, ge=0, description="Image-decoding processes; 0: one a core.")
+    ingest_process_memory_bytes: int = Field(
+        1536 * 1024**2, ge=0, description="Address-space limit of each decoding process; 0: none."
+    )
 
 
 class DiscordSettings(BaseModel):

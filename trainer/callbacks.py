@@ -113,6 +113,10 @@ class TrainCallbacks:
     def on_start(self, step: int, total: int) -> None:
         """Training begins at `step` (0, or the resumed checkpoint's step)."""
 
+    def on_resumed(self, checkpoints: list[CheckpointInfo]) -> None:
+        """After a resume, every checkpoint the saved state holds: a crash may have come
+        between saving one and `on_checkpoint`, so the receiver records any it lacks."""
+
     def on_progress(self, progress: Progress) -> None:
         """After each optimizer step."""
 

@@ -139,16 +139,15 @@ def render_iteration(worker: Worker, iteration_id: int) -> list[dict[str, Any]]:
 
 
 def comparison_label(job: Job, diff: dict[str, list[Any]], side: int) -> str:
-    """`A #3 name: rank=4` — the settings that differ (at most three)."""
+    """`A (left): #3 name — rank=4`: the side, the job, the settings that differ (at most
+    three)."""
     settings = ", ".join(f"{k}={v[side]}" for k, v in list(diff.items())[:3])
-    letter = "AB"[side]
-    return f"{letter} #{job.id} {job.name}" + (f": {settings}" if settings else ": same settings")
+    letter = ("A (left)", "B (right)")[side]
+    return f"{letter}: #{job.id} {job.name} — {settings or 'same settings'}"
 
 
 def render_comparison(worker: Worker, comparison_id: int) -> Path:
     """Same prompts and seeds for both winners, side by side (A left, B right), labelled."""
-    from PIL import Image, ImageDraw
-
     comparison, sides = comparisons.comparison_inputs(worker.engine, comparison_id)
     config_a = TrainConfig.model_validate(sides[0][0].config)
     trigger = config_a.trigger or "the character"
@@ -170,22 +169,42 @@ def render_comparison(worker: Worker, comparison_id: int) -> Path:
                 for s in seeds
             ]
         )
-    side = max(im.width for col in columns for im in col)
-    header, gap = 28, 4
     labels = [comparison_label(job, comparison.diff, i) for i, (job, _) in enumerate(sides)]
-    width = max(2 * side + gap, 8 * max(len(label) for label in labels) // 2 + 16)
-    cell = (width - gap) // 2
-    grid = Image.new("RGB", (width, header + len(columns[0]) * (side + gap)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, label in enumerate(labels):
-        draw.text((4, 2 + 13 * i), label, fill="black")
-    for c, column in enumerate(columns):
-        for r, image in enumerate(column):
-            grid.paste(image.resize((side, side)), (c * (cell + gap), header + r * (side + gap)))
+    grid = comparison_image(columns, labels)
     path = worker.settings.data_dir / "comparisons" / f"{comparison_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+def comparison_image(columns: list[list[Image.Image]], labels: list[str]) -> Image.Image:
+    """Two columns of tiles (A left, B right) under both labels, each wrapped across the whole
+    width and measured; small renders are enlarged so the labels stay readable on a phone."""
+    from PIL import Image, ImageDraw
+
+    from storage.drawing import block_height, draw_lines, font, legible_size, wrap
+    from trainer.grids import BAND, BG, FG
+    from trainer.validation import enlarge
+
+    columns = [[enlarge(image) for image in column] for column in columns]
+    side = max(image.width for column in columns for image in column)
+    gap = max(4, side // 32)
+    width = 2 * side + gap
+    face = font(legible_size(width))
+    pad = max(4, face.size // 3)
+    wrapped = [wrap(label, face, width - 2 * pad) for label in labels]
+    header = sum(block_height(len(lines), face) for lines in wrapped) + 2 * pad
+    rows = len(columns[0])
+    grid = Image.new("RGB", (width, header + rows * (side + gap)), BG)
+    draw = ImageDraw.Draw(grid)
+    draw.rectangle((0, 0, width - 1, header - 1), fill=BAND)
+    y = pad
+    for lines in wrapped:
+        y += draw_lines(draw, (pad, y), lines, face, FG)
+    for c, column in enumerate(columns):
+        for r, image in enumerate(column):
+            grid.paste(image.resize((side, side)), (c * (side + gap), header + r * (side + gap)))
+    return grid
 
 
 def run_pending(worker: Worker) -> bool:

@@ -143,6 +143,8 @@ def train(
     prepare_pipeline(model, config)
     base_column: list = []
     callbacks.on_start(state.step, config.steps)
+    if resumed_from is not None:
+        callbacks.on_resumed(list(checkpoints))
 
     # 7. the loop
     trainables = [

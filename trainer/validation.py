@@ -7,7 +7,8 @@ what was trained. For LoRA/DoRA that is the adapter layers switched off; for an 
 the prompt with the learned token replaced by its initializer word (what the base model draws
 for the class the token started from). The base column is rendered once per job and reused.
 
-Drawing uses Pillow only (default font), so the worker needs no plotting library.
+Drawing uses Pillow only (its built-in scalable font, `storage.drawing`), so the worker needs
+no plotting library; the grid's layout is `trainer.grids`.
 """
 
 from __future__ import annotations
@@ -15,23 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from storage.drawing import Font, font, legible_size, line_height, text_width
 from trainer.config import TrainConfig
+from trainer.grids import BG as _BG
+from trainer.grids import FG as _FG
+from trainer.grids import draw_blocks, draw_grid
 
 MAX_GRID_BYTES = 10 * 1024 * 1024
-MAX_TILE = 512
-_LABEL_W = 180
-_HEADER_H = 18
-_TITLE_H = 24
-_BG, _FG = (255, 255, 255), (20, 20, 20)
+BASE_HEADER = "base model"
 
 
 @dataclass
@@ -167,7 +167,7 @@ def validation_grid(
         ]
         for row, prompt in enumerate(plan.prompts)
     ]
-    headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
+    headers = [BASE_HEADER, *(f"seed {seed}" for seed in plan.seeds)]
     shown = [[enlarge(image) for image in row] for row in rows]
     grid = draw_grid(shown, plan.labels, headers, title=f"step {step}")
     save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), plan.labels)
@@ -217,37 +217,6 @@ def _read_strip(path: Path) -> tuple[list[Image.Image], list[str]]:
 # ---------------------------------------------------------------- drawing
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
-
-
-def draw_grid(
-    rows: list[list[Image.Image]], row_labels: list[str], headers: list[str], title: str
-) -> Image.Image:
-    """A title bar, column headers, and one row per prompt with the prompt wrapped on the left."""
-    tile_w = min(MAX_TILE, max(image.width for row in rows for image in row))
-    tile_h = min(MAX_TILE, max(image.height for row in rows for image in row))
-    wrapped = [textwrap.wrap(label, width=28)[:8] or [""] for label in row_labels]
-    row_h = [max(tile_h, 14 * len(lines) + 8) for lines in wrapped]
-    width = _LABEL_W + tile_w * len(headers)
-    height = _TITLE_H + _HEADER_H + sum(row_h)
-    grid = Image.new("RGB", (width, height), _BG)
-    draw = ImageDraw.Draw(grid)
-    font = _font()
-    draw.text((6, 5), title, fill=_FG, font=font)
-    for column, header in enumerate(headers):
-        draw.text((_LABEL_W + column * tile_w + 4, _TITLE_H + 2), header, fill=_FG, font=font)
-    y = _TITLE_H + _HEADER_H
-    for images, lines, h in zip(rows, wrapped, row_h, strict=True):
-        draw.multiline_text((6, y + 4), "\n".join(lines), fill=_FG, font=font, spacing=2)
-        for column, image in enumerate(images):
-            grid.paste(
-                image.convert("RGB").resize((tile_w, tile_h)), (_LABEL_W + column * tile_w, y)
-            )
-        y += h
-    return grid
-
-
 def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) -> Path:
     """Save as PNG, scaling down until the file is under `max_bytes` (Discord's upload limit)."""
     path = Path(path)
@@ -261,18 +230,26 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
         )
 
 
+VOTE_NUMBERS = 10
+"""Number reactions on the comparison grid (Discord's keycaps 1️⃣…🔟)."""
+
+
 def comparison_grid(
     paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = MIN_TILE
 ) -> Path:
     """One table to vote on: a row per prompt (first seed), the base model, then one column per
-    checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px."""
+    checkpoint numbered 1…N as the vote reactions are: the newest ten when there are more (the
+    reactions 1️⃣…🔟 count those; older ones are voted with 👍 on their own grid). Tiles are
+    shown at least `min_tile` px."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")
+    newest = sorted(zip(steps, paths, strict=True))[-VOTE_NUMBERS:]  # 1️⃣…🔟 count these
+    steps, paths = [s for s, _ in newest], [p for _, p in newest]
     base, labels = _read_strip(strip_path(Path(paths[0]).parent / "base.png"))
     columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
     rows = [[enlarge(column[row], min_tile) for column in columns] for row in range(len(labels))]
-    headers = ["base", *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
-    grid = draw_grid(rows, labels, headers, title="Vote for the best checkpoint")
+    headers = [BASE_HEADER, *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
+    grid = draw_blocks(rows, labels, headers, title="Vote for the best checkpoint")
     return save_png(grid, out or Path(paths[0]).parent / "comparison.png")
 
 
@@ -292,23 +269,19 @@ def loss_curve(
     rather than their levels.
     """
     width, height = size
-    left, right, top, bottom = 56, 16, 24, 28
+    face = font(legible_size(width))
+    pad, line = max(4, face.size // 3), line_height(face)
+    held = [(s, v) for s, v in (heldout or []) if v is not None and math.isfinite(v)]
+    finite = [value for value in losses if math.isfinite(value)] + [v for _, v in held]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    ticks = [f"{high:.3g}", f"{low:.3g}"]
+    left = max(text_width(tick, face) for tick in ticks) + 2 * pad
+    right, top, bottom = pad * 2, line + 2 * pad, line + pad
     image = Image.new("RGB", size, _BG)
     draw = ImageDraw.Draw(image)
-    font = _font()
-    held = [(s, v) for s, v in (heldout or []) if v is not None and math.isfinite(v)]
-    if held:
-        draw.line((left, 12, left + 16, 12), fill=_TRAIN_COLOUR, width=2)
-        draw.text((left + 20, 5), "training loss", fill=_FG, font=font)
-        draw.line((left + 120, 12, left + 136, 12), fill=_HELDOUT_COLOUR, width=2)
-        draw.ellipse((left + 125, 9, left + 131, 15), fill=_HELDOUT_COLOUR)
-        draw.text((left + 140, 5), "held-out loss (checkpoints)", fill=_FG, font=font)
-    else:
-        draw.text((left, 5), "training loss", fill=_FG, font=font)
-    finite = [value for value in losses if math.isfinite(value)] + [v for _, v in held]
+    _legend(draw, (left, pad), face, with_heldout=bool(held))
     draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
     if len(finite) >= 1:
-        low, high = min(finite), max(finite)
         span = (high - low) or 1.0
         n = max(1, len(losses) - 1)
 
@@ -332,8 +305,27 @@ def loss_curve(
             draw.line(marks, fill=_HELDOUT_COLOUR, width=2)
         for x, y in marks:
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_HELDOUT_COLOUR)
-        draw.text((4, top - 4), f"{high:.3g}", fill=_FG, font=font)
-        draw.text((4, height - bottom - 8), f"{low:.3g}", fill=_FG, font=font)
-        draw.text((left, height - bottom + 6), "1", fill=_FG, font=font)
-        draw.text((width - right - 40, height - bottom + 6), f"{len(losses)}", fill=_FG, font=font)
+        draw.text((pad, top), ticks[0], fill=_FG, font=face)
+        draw.text((pad, height - bottom - line), ticks[1], fill=_FG, font=face)
+        draw.text((left, height - bottom + pad // 2), "1", fill=_FG, font=face)
+        last = f"{len(losses)}"
+        at = width - right - text_width(last, face)
+        draw.text((at, height - bottom + pad // 2), last, fill=_FG, font=face)
     return save_png(image, path)
+
+
+def _legend(draw: ImageDraw.ImageDraw, xy: tuple[int, int], face: Font, with_heldout: bool) -> None:
+    """A colour swatch and name per line: the training loss, and the held-out loss if any."""
+    x, y = xy
+    middle = y + line_height(face) // 2
+    entries = [("training loss", _TRAIN_COLOUR)]
+    if with_heldout:
+        entries.append(("held-out loss (checkpoints)", _HELDOUT_COLOUR))
+    swatch = face.size if hasattr(face, "size") else 16
+    for name, colour in entries:
+        draw.line((x, middle, x + swatch, middle), fill=colour, width=2)
+        if colour == _HELDOUT_COLOUR:
+            half = swatch // 2
+            draw.ellipse((x + half - 3, middle - 3, x + half + 3, middle + 3), fill=colour)
+        draw.text((x + swatch + 4, y), name, fill=_FG, font=face)
+        x += swatch + 4 + text_width(name, face) + 2 * swatch

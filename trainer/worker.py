@@ -67,6 +67,13 @@ class DatabaseCallbacks(TrainCallbacks):
         )
         log.info("job %s: training from step %s of %s", self.job_id, step, total)
 
+    def on_resumed(self, checkpoints: list[CheckpointInfo]) -> None:
+        recorded = jobs.checkpoint_steps(self.engine, self.job_id)
+        for info in checkpoints:
+            if info.step not in recorded and info.file.is_file():
+                log.warning("job %s: recording checkpoint %s found on disk", self.job_id, info.step)
+                self.on_checkpoint(info)
+
     def on_progress(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last_progress < self.every and progress.step < progress.total:
@@ -375,7 +382,7 @@ def resolve_device(setting: str) -> str:
 
 def worker_cli(argv: list[str]) -> int:
     """`atelier worker [--once] [--id NAME]`."""
-    from atelier.cli import configure_logging
+    from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier worker", description="Run one trainer worker.")
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")

@@ -9,7 +9,7 @@ from discord.ext import commands
 from bot import queries
 from bot.db import run_db
 from bot.exts._common import atelier
-from bot.permissions import require_manager
+from bot.permissions import require_manage_server
 from storage.models import GuildSettings
 
 
@@ -50,10 +50,13 @@ class Admin(commands.Cog):
         results_channel="Where finalized models are announced",
         vote_window_hours="Hours a vote stays open",
         keep="Checkpoints kept after the vote",
-        jobs_per_member="Queued + running jobs per member",
+        jobs_per_member="Queued + running jobs and renders per member",
         trainer_role="Add a role allowed to train (none set: everyone may)",
+        remove_trainer_role="Remove one trainer role",
         clear_trainer_roles="Let everyone train again",
-        manager_role="Role that manages jobs",
+        manager_role="Role that manages jobs (cancel, finalize, retry); not settings",
+        clear_manager_role="No manager role: Manage Server only",
+        clear_results_channel="Announce in each job's own channel again",
     )
     async def settings(
         self,
@@ -63,21 +66,35 @@ class Admin(commands.Cog):
         keep: app_commands.Range[int, 1, 10] | None = None,
         jobs_per_member: app_commands.Range[int, 1, 50] | None = None,
         trainer_role: discord.Role | None = None,
+        remove_trainer_role: discord.Role | None = None,
         clear_trainer_roles: bool = False,
         manager_role: discord.Role | None = None,
+        clear_manager_role: bool = False,
+        clear_results_channel: bool = False,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
+        require_manage_server(interaction.user)  # Discord's default is only a display hint
         bot = atelier(interaction)
         guild_id = interaction.guild_id or 0
         row = await run_db(queries.guild_settings, bot.engine, guild_id)
-        require_manager(interaction.user, row)
         roles = [] if clear_trainer_roles else list(row.trainer_role_ids if row else [])
         if trainer_role is not None and trainer_role.id not in roles:
             roles.append(trainer_role.id)
+        if remove_trainer_role is not None:
+            roles = [r for r in roles if r != remove_trainer_role.id]
+        clear = tuple(
+            field
+            for field, wanted in (
+                ("manager_role_id", clear_manager_role),
+                ("results_channel_id", clear_results_channel),
+            )
+            if wanted
+        )
         row = await run_db(
             queries.update_guild_settings,
             bot.engine,
             guild_id,
+            clear,
             results_channel_id=results_channel.id if results_channel else None,
             vote_window_hours=vote_window_hours,
             keep_checkpoints=keep,

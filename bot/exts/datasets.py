@@ -18,7 +18,7 @@ from bot.db import run_db
 from bot.errors import BadInput, NotAllowed, NotFound
 from bot.exts._common import atelier
 from bot.permissions import member_is_manager, require_trainer
-from bot.uploads import ingest_upload, require_one_source
+from bot.uploads import discard_new, ingest_upload, require_one_source
 from storage import datasets as store
 from storage.db import session_scope
 from storage.ingest import IngestOptions
@@ -164,16 +164,22 @@ class Datasets(commands.Cog):
                 f"There is already a dataset named `{cleaned}`; pick another name."
             )
         options = IngestOptions(trigger=trigger or "", caption_prefix=caption_prefix or "")
-        result = await ingest_upload(bot.settings, dataset, dataset_url, options)
-        row = await run_db(
-            _add,
-            bot.engine,
-            result,
-            guild_id=interaction.guild_id,
-            name=cleaned,
-            created_by=interaction.user.id,
-            description=description,
+        result = await ingest_upload(
+            bot.settings, dataset, dataset_url, options, interaction=interaction
         )
+        try:
+            row = await run_db(
+                _add,
+                bot.engine,
+                result,
+                guild_id=interaction.guild_id,
+                name=cleaned,
+                created_by=interaction.user.id,
+                description=description,
+            )
+        except DatasetProblem:
+            await discard_new(bot.engine, result)  # a refused upload leaves nothing behind
+            raise
         embed = render.dataset_embed(
             row.name or cleaned, row.description, row.report, row.created_by
         )

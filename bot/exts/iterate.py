@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import discord
@@ -35,13 +35,14 @@ from bot.exts._common import atelier, job_choices
 from bot.exts.models import model_choices
 from bot.permissions import member_is_manager, require_trainer
 from bot.render import NUMBER_EMOJI
-from bot.voting import plain
+from bot.retries import deliver_loose
+from bot.voting import CountUnreadable, plain
 from storage import comparisons, lineage
 from storage import iterations as it
 from storage.db import session_scope
-from storage.events import event_nonce, mark_attempted, mark_delivered, pending
+from storage.events import event_nonce, pending
 from storage.models import Event, Job
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, TrainOverrides
 from trainer.presets import explain_validation_error
 
 log = logging.getLogger(__name__)
@@ -49,29 +50,33 @@ log = logging.getLogger(__name__)
 KEEP_HINT = "React with an image's number to **keep** it"
 DISCARD_HINT = "React with an image's number to **discard** it"
 A_EMOJI, B_EMOJI = "🅰️", "🅱️"
-FIXED = frozenset({"dataset", "output_dir", "method"})
+CHANGEABLE = frozenset({"steps", "rank", "learning_rate", "resolution", "base_model"})
+"""What `change:` may set: the settings `/train` offers members, checked by the same limits
+(`TrainOverrides`) and, for `base_model`, the operator's catalogue."""
 
 
 # --- /train lora from: ----------------------------------------------------------------------
 
 
 def parse_change(
-    change: str | None, config: dict[str, Any]
+    change: str | None, config: dict[str, Any], catalogue: Collection[str] = ("tiny",)
 ) -> tuple[str | None, Any, Any, dict[str, Any]]:
-    """`rank=16` → (key, old, new, new config), validated against TrainConfig; at most one."""
+    """`rank=16` → (key, old, new, new config): one allowed key, within the member limits of
+    `/train` and the base-model catalogue, then validated against TrainConfig."""
     if not change or not change.strip():
         return None, None, None, dict(config)
     parts = [p for p in change.replace(",", " ").split() if p]
     if len(parts) != 1 or parts[0].count("=") != 1:
         raise BadInput("Change exactly one setting, as `key=value` (e.g. `rank=16`).")
     key, raw = (s.strip() for s in parts[0].split("="))
-    head = key.split(".")[0]
-    if head not in TrainConfig.model_fields or head in FIXED or not raw:
-        raise BadInput(f"`{key}` is not a setting that can be changed.")
+    if key not in CHANGEABLE or not raw:
+        allowed = ", ".join(sorted(CHANGEABLE))
+        raise BadInput(f"`{key}` is not a setting that can be changed (only {allowed}).")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    _check_member_limits(key, value, catalogue)
     updated = json.loads(json.dumps(config))
     target = updated
     *path, leaf = key.split(".")
@@ -93,6 +98,18 @@ def parse_change(
     return key, old, new, validated
 
 
+def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:
+    """The same bounds `/train`'s options have; a base model from the catalogue only."""
+    if key == "base_model":
+        if value not in catalogue:
+            raise BadInput(f"Unknown base model `{value}`; pick one from the catalogue.")
+        return
+    try:
+        TrainOverrides.model_validate({key: value})
+    except ValidationError as error:
+        raise BadInput(explain_validation_error(error)) from None
+
+
 def _child_job(
     engine: Any,
     parent_id: int,
@@ -102,6 +119,7 @@ def _child_job(
     name: str | None,
     change: str | None,
     limit: int,
+    catalogue: Collection[str],
 ) -> Job:
     from storage import jobs
 
@@ -109,12 +127,16 @@ def _child_job(
         parent = session.get(Job, parent_id)
         if parent is None or (guild_id is not None and parent.guild_id not in (None, guild_id)):
             raise NotFound(f"There is no job #{parent_id}.")
+        if parent.state == "cancelled":
+            raise BadInput(f"Job #{parent_id} was cancelled; retrain from a job that finished.")
         if jobs.active_jobs_of(session, guild_id, owner_id) >= limit:
             raise BadInput(
                 f"You already have {limit} job(s) queued or running; wait for one to finish."
             )
         dataset = lineage.newest_dataset(session, parent.dataset_id)
-        key, old, new, config = parse_change(change, {**parent.config, "dataset": dataset.path})
+        key, old, new, config = parse_change(
+            change, {**parent.config, "dataset": dataset.path}, catalogue
+        )
         version = lineage.dataset_version(session, dataset.id)
         child = Job(
             guild_id=guild_id,
@@ -152,6 +174,7 @@ async def train_from(
         name,
         change,
         limit,
+        list(bot.settings.base_models),
     )
     await bot.notifier.process_job(child.id)  # type: ignore[arg-type]
     info = await run_db(lineage.lineage, bot.engine, child.id)
@@ -175,17 +198,13 @@ async def deliver(notifier: Any, events: Sequence[Event]) -> None:
     from posting the same event together)."""
     lock = notifier.__dict__.setdefault("_iterate_lock", asyncio.Lock())
     async with lock:
-        fresh = {e.id for e in await run_db(pending, notifier.engine, 500)}
+        fresh = {e.id: e for e in await run_db(pending, notifier.engine, 500)}
         for event in events:
             if event.id not in fresh:
                 continue
-            await run_db(mark_attempted, notifier.engine, event.id)  # type: ignore[arg-type]
-            try:
-                message_id = await _say(notifier.bot, event)
-            except discord.HTTPException as error:
-                log.warning("iteration event %s refused (%s)", event.id, error.status)
-                continue
-            await run_db(mark_delivered, notifier.engine, event.id, message_id)  # type: ignore[arg-type]
+            await deliver_loose(
+                notifier, fresh[event.id], lambda e: _say(notifier.bot, e), "an update", event.kind
+            )
 
 
 async def deliver_pending(bot: Any) -> None:
@@ -209,6 +228,7 @@ async def _say(bot: Any, event: Event) -> int | None:
         channel,
         event_nonce(event),
         render.truncate(f"<@{user}> the {what} could not be rendered: {p.get('reason', '')}"),
+        recheck=event.attempted_at is not None,
         allowed_mentions=mentions,
     )
     return message.id
@@ -222,6 +242,7 @@ async def _post_pages(bot: Any, event: Event) -> int:
     cands = await run_db(it.candidates, bot.engine, iteration.id)  # type: ignore[arg-type]
     channel = await delivery.resolve_channel(bot, iteration.channel_id)
     deadline = render.timestamp(iteration.deadline) if iteration.deadline else "soon"
+    again = event.attempted_at is not None
     head = await delivery.send(
         channel,
         event_nonce(event),
@@ -229,9 +250,13 @@ async def _post_pages(bot: Any, event: Event) -> int:
         f"by <@{iteration.user_id}>. On each page, {KEEP_HINT.lower()}; on the message below "
         f"it, {DISCARD_HINT.lower()}. Kept images join the next dataset version when the vote "
         f"closes {deadline} (or `/iterate finish`).",
+        recheck=again,
         allowed_mentions=discord.AllowedMentions.none(),
     )
     thread_id = iteration.thread_id
+    if thread_id is None and isinstance(channel, discord.Thread):
+        thread_id = channel.id  # asked in a thread: threads hold no threads
+        await run_db(it.set_iteration_thread, bot.engine, iteration.id, thread_id)  # type: ignore[arg-type]
     if thread_id is None:
         try:
             thread = await channel.create_thread(  # type: ignore[attr-defined]
@@ -256,10 +281,14 @@ async def _post_pages(bot: Any, event: Event) -> int:
             thread,
             f"{event_nonce(event)}-p{number}",
             render.truncate(f"**Page {number}/{len(pages)}** — {KEEP_HINT}.\n" + "\n".join(lines)),
+            recheck=again,
             files=files,
         )
         discard = await delivery.send(
-            thread, f"{event_nonce(event)}-d{number}", f"Page {number}: ❌ {DISCARD_HINT}."
+            thread,
+            f"{event_nonce(event)}-d{number}",
+            f"Page {number}: ❌ {DISCARD_HINT}.",
+            recheck=again,
         )
         await run_db(it.set_page_messages, bot.engine, [c.id for c in page], keep.id, discard.id)  # type: ignore[misc]
         numbers = list(NUMBER_EMOJI[: len(page)])
@@ -297,30 +326,27 @@ async def _post_finished(bot: Any, event: Event) -> int:
         value=render.truncate(_spread_text(p.get("spread") or {}), 1000),
         inline=False,
     )
+    if report:
+        embed.add_field(name="Judged at", value=render.judged_at_text(report), inline=False)
     warnings = list(report.get("warnings") or [])[:3]
     if warnings:
         embed.add_field(name="Warnings", value=render.truncate("\n".join(warnings), 1000))
-    message = await delivery.send(target, event_nonce(event), text, embed=embed)
+    message = await delivery.send(
+        target, event_nonce(event), text, recheck=event.attempted_at is not None, embed=embed
+    )
     return message.id
 
 
 async def _post_comparison(bot: Any, event: Event) -> int:
     p = event.payload
     channel = await delivery.resolve_channel(bot, int(p["channel_id"]))
-    a = await run_db(queries.get_job, bot.engine, int(p["job_a"]))
-    b = await run_db(queries.get_job, bot.engine, int(p["job_b"]))
-    diff = p.get("diff") or {}
-    differs = ", ".join(f"**{k}** {v[0]} vs {v[1]}" for k, v in diff.items()) or "nothing"
+    text = await _comparison_text(bot, int(p["comparison_id"]))
     files = await delivery.read_files([p.get("grid_path")])
     message = await delivery.send(
         channel,
         event_nonce(event),
-        render.truncate(
-            f"🆚 Comparison #{p['comparison_id']}: {A_EMOJI} #{a.id} {a.name} "
-            f"(left) vs {B_EMOJI} #{b.id} {b.name} (right); same prompts and "
-            f"seeds. Differs in: {differs}. React {A_EMOJI} or {B_EMOJI} for the "
-            "better one."
-        ),
+        text,
+        recheck=event.attempted_at is not None,
         files=files,
     )
     await run_db(
@@ -328,6 +354,42 @@ async def _post_comparison(bot: Any, event: Event) -> int:
     )
     await delivery.add_reactions(message, [A_EMOJI, B_EMOJI])
     return message.id
+
+
+async def _comparison_text(bot: Any, comparison_id: int) -> str:
+    """The comparison grid's caption, with the members' 🅰️/🅱️ tally once anyone voted."""
+    row = await run_db(comparisons.get_comparison, bot.engine, comparison_id)
+    a = await run_db(queries.get_job, bot.engine, row.job_a)
+    b = await run_db(queries.get_job, bot.engine, row.job_b)
+    differs = ", ".join(f"**{k}** {v[0]} vs {v[1]}" for k, v in row.diff.items()) or "nothing"
+    text = (
+        f"🆚 Comparison #{comparison_id}: {A_EMOJI} #{a.id} {a.name} (left) vs {B_EMOJI} "
+        f"#{b.id} {b.name} (right); same prompts and seeds. Differs in: {differs}. React "
+        f"{A_EMOJI} or {B_EMOJI} for the better one."
+    )
+    tally = await run_db(comparisons.comparison_tally, bot.engine, comparison_id)
+    if tally["a"] or tally["b"]:
+        lead = (
+            "tied"
+            if tally["a"] == tally["b"]
+            else (f"{A_EMOJI} leads" if tally["a"] > tally["b"] else f"{B_EMOJI} leads")
+        )
+        text += f"\n**Votes:** {A_EMOJI} {tally['a']} · {B_EMOJI} {tally['b']} ({lead})"
+    return render.truncate(text)
+
+
+async def show_comparison_tally(
+    bot: Any, comparison_id: int, channel_id: int, message_id: int
+) -> None:
+    """Edit the comparison message so it shows the current tally (keeping its marker)."""
+    channel = await delivery.resolve_channel(bot, channel_id)
+    message = channel.get_partial_message(message_id)  # type: ignore[attr-defined]
+    text = await _comparison_text(bot, comparison_id)
+    nonce = await run_db(comparisons.comparison_nonce, bot.engine, comparison_id)
+    try:
+        await message.edit(content=delivery.with_marker(text, nonce) if nonce else text)
+    except discord.HTTPException as error:
+        log.warning("comparison %s: tally not shown (%s)", comparison_id, error.status)
 
 
 # --- votes -----------------------------------------------------------------------------------
@@ -353,14 +415,16 @@ async def recount(bot: Any, iteration_id: int) -> None:
             if message_id not in cache:
                 try:
                     cache[message_id] = await thread.fetch_message(message_id)  # type: ignore[attr-defined]
-                except discord.HTTPException:
+                except discord.NotFound:
                     cache[message_id] = None
+                except discord.HTTPException as error:  # stored votes stay; close later
+                    raise CountUnreadable(f"page {message_id}: {error.status}") from error
             message = cache[message_id]
             emoji = plain(NUMBER_EMOJI[index % it.PAGE_SIZE])
             users: set[int] = set()
             for reaction in message.reactions if message else []:
                 if plain(str(reaction.emoji)) == emoji:
-                    users = {u.id async for u in reaction.users() if u.id != bot_id}
+                    users = {u.id async for u in reaction.users() if u.id != bot_id and not u.bot}
             votes[(cand.id, value)] = users  # type: ignore[index]
     await run_db(_store_recount, bot.engine, votes)
 
@@ -489,6 +553,10 @@ class Iterate(commands.Cog):
             raise BadInput(
                 f"Iteration #{iteration} is {found.state}, not waiting for votes."
             ) from None
+        except CountUnreadable:
+            raise BadInput(
+                "Discord did not give me the votes just now; nothing was closed. Try again soon."
+            ) from None
         text = (
             f"Iteration #{iteration} finished: dataset `{dataset.id[:12]}` "
             f"({dataset.images} images)."
@@ -537,6 +605,8 @@ class Iterate(commands.Cog):
         bot: Any = self.bot
         if bot.user is not None and payload.user_id == bot.user.id:
             return
+        if payload.member is not None and payload.member.bot:
+            return  # only members vote
         emoji = plain(str(payload.emoji))
         comparison = await run_db(comparisons.comparison_of_message, bot.engine, payload.message_id)
         if comparison is not None:
@@ -550,6 +620,7 @@ class Iterate(commands.Cog):
                     choice,
                     on,
                 )
+                await show_comparison_tally(bot, comparison, payload.channel_id, payload.message_id)
             return
         page = await run_db(it.page_of_message, bot.engine, payload.message_id)
         numbers = [plain(n) for n in NUMBER_EMOJI]

@@ -11,6 +11,7 @@ from bot.db import run_db
 from bot.errors import BadInput
 from bot.exts._common import atelier, job_choices
 from bot.permissions import require_job_manager
+from bot.voting import CountUnreadable
 from storage import jobs as job_ops
 from storage.finalize import NothingToFinalize
 from storage.models import Job
@@ -83,6 +84,11 @@ class Jobs(commands.Cog):
             outcome = await atelier(interaction).voting.close(found, interaction.user.id)
         except NothingToFinalize:
             raise BadInput(f"Job #{job} is {found.state}, not waiting for a vote.") from None
+        except CountUnreadable:
+            raise BadInput(
+                f"Discord did not give me job #{job}'s votes just now; nothing was closed or "
+                "deleted. Try again in a minute."
+            ) from None
         await interaction.followup.send(
             f"Job #{job} finalized: step {outcome.winner.step} kept ({outcome.reason}).",
             ephemeral=True,
@@ -95,7 +101,10 @@ class Jobs(commands.Cog):
         found = await self._managed(interaction, job, "retry")
         if found.state != JobState.FAILED:
             raise BadInput(f"Only failed jobs can be retried; job #{job} is {found.state}.")
-        await run_db(job_ops.retry, atelier(interaction).engine, job, interaction.user.id)
+        bot = atelier(interaction)
+        guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
+        limit = queries.member_limit(guild, bot.settings.limits.jobs_per_member)
+        await run_db(queries.retry_job, bot.engine, job, interaction.user.id, limit)
         await interaction.followup.send(f"Job #{job} is back in the queue.", ephemeral=True)
 
     @status.autocomplete("job")

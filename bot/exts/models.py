@@ -32,9 +32,40 @@ async def model_choices(
     ][:25]
 
 
-def _request(engine: object, **fields: object) -> int:
+MAX_SEED = 2**31 - 1
+MAX_COMPARED_WEIGHTS = 4
+
+
+def parse_weights(text: str) -> list[float]:
+    """`0.5, 1 1.5` → [0.5, 1.0, 1.5]: 1–4 weights from 0 to 2, or one clear `BadInput`."""
+    parts = text.replace(",", " ").split()
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        bad = next(p for p in parts if not _is_number(p))
+        raise BadInput(f"`weights`: `{bad}` is not a number; give e.g. `0.5, 1, 1.5`.") from None
+    if not 1 <= len(values) <= MAX_COMPARED_WEIGHTS or not all(0 <= v <= 2 for v in values):
+        raise BadInput(
+            f"`weights`: give 1 to {MAX_COMPARED_WEIGHTS} weights from 0 to 2, e.g. `0.5, 1, 1.5`."
+        )
+    return values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _request(engine: object, weights: list[float], **fields: object) -> list[int]:
+    """One request per weight, all in one transaction (all queued or none)."""
     with session_scope(engine) as session:  # type: ignore[arg-type]
-        return request_generation(session, **fields).id  # type: ignore[arg-type,return-value]
+        return [
+            request_generation(session, weight=weight, **fields).id  # type: ignore[arg-type,misc]
+            for weight in weights
+        ]
 
 
 class Models(commands.Cog):
@@ -93,7 +124,11 @@ class Models(commands.Cog):
     @app_commands.command(name="generate", description="Render a prompt with a trained model")
     @app_commands.guild_only()
     @app_commands.describe(
-        prompt="What to draw", model="The model", weight="How strongly the model applies"
+        prompt="What to draw",
+        model="The model",
+        weight="How strongly the model applies",
+        seed="The same seed, prompt and weight give the same image (random when left out)",
+        weights="Or several weights to compare, e.g. 0.5, 1, 1.5 (one image each, same seed)",
     )
     @app_commands.autocomplete(model=model_choices)
     async def generate(
@@ -102,27 +137,30 @@ class Models(commands.Cog):
         prompt: app_commands.Range[str, 1, 1000],
         model: int,
         weight: app_commands.Range[float, 0.0, 2.0] = 1.0,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        weights: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
+        chosen = parse_weights(weights) if weights else [weight]
+        seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
         try:
-            generation = await run_db(
+            numbers = await run_db(
                 _request,
                 bot.engine,
+                chosen,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,
                 checkpoint_id=job.winner_checkpoint_id or 0,
                 prompt=prompt,
-                weight=weight,
-                seed=random.randrange(2**31),
+                seed=seed,
             )
         except UnknownModel:
             raise BadInput(f"Model #{model} is not finalized or its file is gone.") from None
         await interaction.followup.send(
-            f"Queued image #{generation}; it appears in this channel when a worker renders it.",
-            ephemeral=True,
+            render.generate_queued_text(numbers, chosen, seed), ephemeral=True
         )
 
 

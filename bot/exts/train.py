@@ -14,7 +14,7 @@ from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
 from bot.permissions import require_trainer
-from bot.uploads import ingest_upload, require_one_source
+from bot.uploads import discard_new, ingest_upload, require_one_source
 from storage.ingest import IngestOptions, IngestResult
 from storage.models import Job
 from trainer.config import ARCHITECTURES, TrainConfig, TrainOverrides
@@ -267,7 +267,7 @@ class Train(commands.Cog):
             result = await stored_dataset(bot, interaction.guild_id, dataset_name, config)
         else:
             require_one_source(dataset, dataset_url)
-            result = await self._ingest(bot, dataset, dataset_url, config)
+            result = await self._ingest(bot, dataset, dataset_url, config, interaction, limit)
         job = Job(
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
@@ -278,7 +278,11 @@ class Train(commands.Cog):
             dataset_id=result.dataset_id,
             config=config.model_copy(update={"dataset": str(result.path)}).model_dump(mode="json"),
         )
-        new = await run_db(queries.create_job, bot.engine, result, job, limit)
+        try:
+            new = await run_db(queries.create_job, bot.engine, result, job, limit)
+        except LimitReached:
+            await discard_new(bot.engine, result)  # a refused upload leaves nothing behind
+            raise
         await bot.notifier.process_job(new.job.id)  # type: ignore[arg-type]
         current = await run_db(queries.get_job, bot.engine, new.job.id)  # type: ignore[arg-type]
         where = f"<#{current.thread_id}>" if current.thread_id else "the channel"
@@ -293,6 +297,8 @@ class Train(commands.Cog):
         dataset: discord.Attachment | None,
         url: str | None,
         config: TrainConfig,
+        interaction: discord.Interaction | None = None,
+        job_limit: int | None = None,
     ) -> IngestResult:
         options = IngestOptions(
             trigger=config.trigger,
@@ -300,7 +306,9 @@ class Train(commands.Cog):
             method=config.method,
             resolution=ingest_resolution(config.resolution),
         )
-        return await ingest_upload(bot.settings, dataset, url, options)
+        return await ingest_upload(
+            bot.settings, dataset, url, options, interaction=interaction, job_limit=job_limit
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

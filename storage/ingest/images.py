@@ -1,21 +1,20 @@
 """Decoding an uploaded image into the one form the trainer sees: 8-bit sRGB, upright.
 
-Storage format: PNG. It is lossless, so normalization adds no compression artifacts of its
-own (a LoRA learns JPEG blocking as readily as it learns a face), every library the trainer
-might use reads it, and re-encoding is deterministic, which keeps the content hash stable.
-It costs disk (2-3x a good JPEG); that cost is bounded by the downscale below and is small
-next to the checkpoints a job writes. Level 1 with zlib's RLE strategy is used: on a
-1024x768 photo it is ~4x faster than the default level 6 (~70 vs ~300 ms) for files only
-5-10% larger, and ingest shares a small machine with the bot.
+Most uploads are already in that form and are stored as they came (see `stored.py`); this
+module checks them and normalizes the rest. Pixels are checked from the header before
+anything is decoded (a 1 KB PNG can claim 100,000 x 100,000 pixels), and only the formats
+listed in `READ_FORMATS` are tried, so Pillow never hands a file to an external program (EPS
+would run Ghostscript).
 
 Downscale: images are stored with their longest side at most `MAX_STORED_SIDE` (2048), about
 twice the largest training resolution (SDXL's 1024). Bucketing never needs more than that,
 crops and flips keep enough detail, and a 6000-px phone photo would otherwise cost ~18x the
 decode time and disk of every epoch's read for no training benefit.
 
-Pixels are checked from the header before anything is decoded (a 1 KB PNG can claim
-100,000 x 100,000 pixels), and only the formats listed in `READ_FORMATS` are tried, so
-Pillow never hands a file to an external program (EPS would run Ghostscript).
+Memory: everything happens while the decoded file is open, without copies of the full-size
+image: a large image is reduced (integer box filter, then Lanczos) before its colours are
+converted, so the peak is about twice the decoded buffer (a 64-Mpx RGB PNG: ~192 MiB decoded).
+JPEGs that will be shrunk anyway are decoded at 1/2..1/8 scale by libjpeg (`draft`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageCms, UnidentifiedImageError, features
 
 from storage.ingest.errors import SkipFile
 from storage.settings import Limits
@@ -79,23 +78,69 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
     """Open, check, decode and normalize one image; `SkipFile` says why one is unusable."""
     if not data:
         raise SkipFile("the file is empty (0 bytes)")
-    image = _open(data, limits)
-    with image:
+    with open_checked(data, limits) as image:
         size = image.size
-        _check_size(size, limits)
         animated = bool(getattr(image, "is_animated", False))
         source_format = image.format or "?"
-        _draft(image)
-        try:
-            image.load()
-            rgb = to_rgb(image)
-        except SkipFile:
-            raise
-        except Exception:  # Pillow raises many types on damaged data
-            raise SkipFile("the image is damaged or truncated") from None
-    rgb = downscale(rgb)
+        draft_to_stored_size(image)
+        rgb = normalize_loaded(image)
     rgb.info = {}  # the pixels are sRGB now; no profile, EXIF or GPS is carried over
     return DecodedImage(rgb, size, source_format, animated)
+
+
+def open_checked(data: bytes, limits: Limits) -> Image.Image:
+    """The opened (not yet decoded) image, its pixel count and sides checked from the header."""
+    if not data:
+        raise SkipFile("the file is empty (0 bytes)")
+    image = _open(data, limits)
+    try:
+        _check_size(image.size, limits)
+    except SkipFile:
+        image.close()
+        raise
+    return image
+
+
+def load_checked(image: Image.Image) -> None:
+    """Decode the pixels; damaged data, and too little memory for them, skip the file."""
+    try:
+        image.load()
+    except MemoryError:
+        raise SkipFile("it is too large to decode within this server's memory limit") from None
+    except Exception:  # Pillow raises many types on damaged data
+        raise SkipFile("the image is damaged or truncated") from None
+
+
+def normalize_loaded(image: Image.Image) -> Image.Image:
+    """Decode (if needed) and normalize an open image; returns a new, independent image."""
+    load_checked(image)
+    try:
+        result = downscale_first(image)
+        return result if result is not image else image.copy()
+    except SkipFile:
+        raise
+    except MemoryError:
+        raise SkipFile("it is too large to decode within this server's memory limit") from None
+    except Exception:
+        raise SkipFile("the image is damaged or truncated") from None
+
+
+def downscale_first(image: Image.Image) -> Image.Image:
+    """Eight-bit, shrunk to `MAX_STORED_SIDE`, then upright sRGB RGB (see the module doc)."""
+    icc = image.info.get("icc_profile")
+    orientation = orientation_of(image)
+    image = _eight_bit(image)
+    image = downscale(image)
+    return to_rgb(image, icc=icc, orientation=orientation)
+
+
+def orientation_of(image: Image.Image) -> int:
+    """The EXIF orientation (1..8); 1 when absent or unreadable."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    except Exception:  # malformed EXIF: keep the pixels as stored
+        return 1
 
 
 def _open(data: bytes, limits: Limits) -> Image.Image:
@@ -135,7 +180,7 @@ def _check_size(size: tuple[int, int], limits: Limits) -> None:
         )
 
 
-def _draft(image: Image.Image) -> None:
+def draft_to_stored_size(image: Image.Image) -> None:
     """Let the JPEG decoder shrink by 1/2..1/8 for free when we would downscale anyway."""
     if image.format not in ("JPEG", "MPO") or max(image.size) <= MAX_STORED_SIDE:
         return
@@ -143,10 +188,12 @@ def _draft(image: Image.Image) -> None:
     image.draft(image.mode, (round(image.width * scale), round(image.height * scale)))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright, 8-bit, sRGB, RGB; transparent pixels become white."""
-    icc = image.info.get("icc_profile")
-    image = _upright(image)
+def to_rgb(
+    image: Image.Image, *, icc: bytes | None = None, orientation: int | None = None
+) -> Image.Image:
+    """Upright, 8-bit, sRGB, RGB; transparent pixels become white. May return `image`."""
+    icc = image.info.get("icc_profile") if icc is None else icc
+    image = _upright(image, orientation_of(image) if orientation is None else orientation)
     image = _eight_bit(image)
     alpha = None
     if image.mode in _ALPHA_MODES:
@@ -163,12 +210,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """A rotated copy (always a copy: the opened file is closed after decoding)."""
-    try:
-        return ImageOps.exif_transpose(image) or image.copy()
-    except Exception:  # malformed EXIF: keep the pixels as stored
-        return image.copy()
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation (a new image), or return `image` when it is upright."""
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -220,12 +276,14 @@ def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
 
 
 def downscale(image: Image.Image) -> Image.Image:
-    """Longest side at most `MAX_STORED_SIDE`; never upscales."""
+    """Longest side at most `MAX_STORED_SIDE`; never upscales. May return `image`."""
     longest = max(image.size)
     if longest <= MAX_STORED_SIDE:
         return image
     scale = MAX_STORED_SIDE / longest
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if image.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "I", "F"):
+        image = _convert(image, "RGBA" if "A" in image.mode else "RGB")
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 

@@ -1,12 +1,15 @@
 """zip -> validated, content-addressed dataset folder + QA report.
 
-One synchronous call, no global state: the bot runs it in `asyncio.to_thread`, the CLI calls
-it directly. The dataset is built in `datasets_dir/.tmp-*` and renamed into place only when
+One synchronous call: the bot runs it in a thread of its own, the CLI calls it directly. The
+images are checked (and, where needed, re-encoded) in the shared decoding pool (pool.py), a
+few at a time, in parallel; this thread reads the captions and collects the results in zip
+order. The dataset is built in `datasets_dir/.tmp-*` and renamed into place only when
 complete, so a reader never sees half a dataset and a refusal leaves nothing behind.
 
 Layout of `datasets_dir/<dataset_id>/`:
-    images/0001.png ...   normalized images (see images.py for why PNG)
-    captions.jsonl        {"file": "images/0001.png", "text": ..., "source": ...,
+    images/0001.jpg ...   the uploaded images: as uploaded where they are already fine, else
+                          normalized and re-encoded (see stored.py); .jpg, .png or .webp
+    captions.jsonl        {"file": "images/0001.jpg", "text": ..., "source": ...,
                            "split": "train" | "heldout"} per image, plus "concept" (its
                            trigger) and "repeats" when the zip defines concepts
     report.json           the QA report
@@ -23,6 +26,11 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,9 +39,9 @@ from storage.ingest import captions as cap
 from storage.ingest import split as heldout
 from storage.ingest.concepts import Concept, ConceptIndex, is_concepts_file
 from storage.ingest.errors import IngestError, SkipFile
-from storage.ingest.images import MAX_STORED_SIDE, decode_image, save_png
+from storage.ingest.images import MAX_STORED_SIDE
 from storage.ingest.options import IngestOptions
-from storage.ingest.phash import dhash
+from storage.ingest.pool import Outcome, image_pool, pool_size, result_of, store_entry
 from storage.ingest.report import ImageRecord, QAReport, Skipped, build_report
 from storage.ingest.unpack import (
     ByteBudget,
@@ -47,11 +55,17 @@ from storage.settings import Limits
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: images are stored as uploaded where possible, and the id hashes the stored bytes."""
 ID_CHARS = 24
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 24 * 3600
-_ZIP_MAGIC = b"PK\x03\x04"
+IN_FLIGHT_PER_PROCESS = 2
+"""Entries one ingest has queued in the pool per worker: keeps every worker busy without
+reading far ahead (a queued entry is only a name; the worker reads the bytes)."""
+
+Progress = Callable[[int, int], None]
+"""Called with (images done, images in the zip) from the ingest thread."""
 
 
 @dataclass
@@ -62,6 +76,7 @@ class IngestResult:
     path: Path
     report: QAReport
     reused: bool
+    stored_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The report's fields plus identity: dataset_id, path, reused, images, skipped..."""
@@ -69,6 +84,7 @@ class IngestResult:
             "dataset_id": self.dataset_id,
             "path": str(self.path),
             "reused": self.reused,
+            "stored_bytes": self.stored_bytes,
             **self.report.to_dict(),
         }
 
@@ -80,6 +96,8 @@ class _Pending:
     size: tuple[int, int]
     dhash: int
     digest: str
+    kept: bool
+    stored_bytes: int
 
 
 @dataclass
@@ -94,17 +112,23 @@ class _Build:
     pending: list[_Pending] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    progress: Progress | None = None
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append(Skipped(display_name(name), reason))
 
 
 def ingest_zip(
-    zip_path: Path, datasets_dir: Path, options: IngestOptions, limits: Limits
+    zip_path: Path,
+    datasets_dir: Path,
+    options: IngestOptions,
+    limits: Limits,
+    progress: Progress | None = None,
 ) -> IngestResult:
-    """Unpack, check and normalize an uploaded zip into a dataset folder.
+    """Unpack, check and store an uploaded zip as a dataset folder.
 
     Raises `IngestError` (and only that) when the upload is refused; nothing is left behind.
+    `progress(done, total)` is called as images are checked.
     """
     options.validate()
     options = options.normalized()
@@ -115,9 +139,10 @@ def ingest_zip(
     except OSError as exc:
         raise IngestError(f"the dataset folder is not writable ({exc.strerror})") from exc
     try:
-        build = _Build(temp, options, limits)
+        build = _Build(temp, options, limits, progress=progress)
         dataset_id, report = _build_folder(Path(zip_path), build)
-        return _publish(temp, datasets_dir / dataset_id, dataset_id, report)
+        stored = sum(item.stored_bytes for item in build.pending)
+        return _publish(temp, datasets_dir / dataset_id, dataset_id, report, stored)
     except IngestError:
         raise
     except Exception as exc:  # the contract: callers only ever see IngestError
@@ -136,7 +161,7 @@ def _build_folder(zip_path: Path, build: _Build) -> tuple[str, QAReport]:
         check_archive_size(fp, build.limits)
         with _open_zip(fp) as zf:
             plan = plan_zip(zf, fp, build.limits)
-            _read_entries(zf, plan, build)
+            _read_entries(zf, plan, build, zip_path)
     if not build.pending:
         raise IngestError(_no_images_message(build))
     return _finish(build, plan)
@@ -149,52 +174,100 @@ def _open_zip(fp: BinaryIO) -> zipfile.ZipFile:
         raise IngestError("the upload is not a readable zip file") from None
 
 
-def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build) -> None:
-    """Captions first (small), then images one at a time, so memory stays flat."""
+def _read_entries(zf: zipfile.ZipFile, plan: ZipPlan, build: _Build, zip_path: Path) -> None:
+    """Captions first (small, read here), then the images in the decoding pool."""
     budget = ByteBudget(build.limits.max_uncompressed_bytes)
-    is_text = [
-        cap.is_caption_file(i.filename)
-        or cap.is_metadata_file(i.filename)
-        or is_concepts_file(i.filename)
-        for i in plan.files
-    ]
-    ordered = [i for i, t in zip(plan.files, is_text, strict=True) if t] + [
-        i for i, t in zip(plan.files, is_text, strict=True) if not t
-    ]
-    for info in ordered:
+    images: list[zipfile.ZipInfo] = []
+    for info in plan.files:
+        name = info.filename
+        if not (cap.is_caption_file(name) or cap.is_metadata_file(name) or is_concepts_file(name)):
+            images.append(info)
+            continue
         try:
-            data = read_entry(zf, info, build.limits, budget)
-            _accept(info.filename, data, build)
+            _accept_text(name, read_entry(zf, info, build.limits, budget), build)
         except SkipFile as skip:
-            build.skip(info.filename, skip.reason)
+            build.skip(name, skip.reason)
+    _store_images(zip_path, images, build, budget)
 
 
-def _accept(name: str, data: bytes, build: _Build) -> None:
+def _accept_text(name: str, data: bytes, build: _Build) -> None:
     if is_concepts_file(name):
         build.concepts.add_file(name, data)
     elif cap.is_metadata_file(name):
         build.index.add_metadata(name, data)
-    elif cap.is_caption_file(name):
-        build.index.add_sidecar(name, data)
-    elif name.casefold().endswith(".zip") or data.startswith(_ZIP_MAGIC):
-        raise SkipFile("a zip inside the zip is not unpacked")
     else:
-        _add_image(name, data, build)
+        build.index.add_sidecar(name, data)
 
 
-def _add_image(name: str, data: bytes, build: _Build) -> None:
-    decoded = decode_image(data, build.limits)
+def _store_images(
+    zip_path: Path, infos: list[zipfile.ZipInfo], build: _Build, budget: ByteBudget
+) -> None:
+    """Submit a bounded window of entries to the pool; collect the outcomes in zip order."""
+    target = build.root / "images"
+    target.mkdir(exist_ok=True)
+    window = IN_FLIGHT_PER_PROCESS * pool_size(build.limits)
+    queued: deque[tuple[zipfile.ZipInfo, Future[Outcome]]] = deque()
+    try:
+        for number, info in enumerate(infos):
+            if info.filename.casefold().endswith(".zip"):
+                build.skip(info.filename, "a zip inside the zip is not unpacked")
+                continue
+            if len(queued) >= window:
+                _collect(*queued.popleft(), build, budget, len(infos))
+            future = _submit(zip_path, info, build, target, f"e{number:05d}")
+            queued.append((info, future))
+        while queued:
+            _collect(*queued.popleft(), build, budget, len(infos))
+    finally:
+        for _info, future in queued:
+            future.cancel()
+        wait_futures([future for _info, future in queued])  # nothing writes into a removed folder
+
+
+def _submit(
+    zip_path: Path, info: zipfile.ZipInfo, build: _Build, target: Path, stem: str
+) -> Future[Outcome]:
+    try:
+        pool = image_pool(build.limits)
+        return pool.submit(store_entry, str(zip_path), info, build.limits, str(target), stem)
+    except (BrokenProcessPool, RuntimeError):
+        raise IngestError("the image decoder is restarting; try again in a minute") from None
+
+
+def _collect(
+    info: zipfile.ZipInfo, future: Future[Outcome], build: _Build, budget: ByteBudget, total: int
+) -> None:
+    outcome = result_of(future)
+    budget.spend(outcome.bytes_read)
+    if outcome.error:
+        raise IngestError(outcome.error)
+    if outcome.skip:
+        build.skip(info.filename, outcome.skip)
+    else:
+        _add_image(info.filename, outcome, build)
+    if build.progress is not None:
+        build.progress(len(build.pending) + len(build.skipped), total)
+
+
+def _add_image(name: str, outcome: Outcome, build: _Build) -> None:
     if len(build.pending) >= build.limits.max_images:
         limit = build.limits.max_images
         raise IngestError(f"the zip holds more than {limit:,} images; the limit is {limit:,}")
-    image = decoded.image
-    file = f"images/{len(build.pending) + 1:04d}.png"
-    (build.root / "images").mkdir(exist_ok=True)
-    save_png(image, build.root / file)
-    digest = hashlib.sha256(f"{image.width}x{image.height}\n".encode())
-    digest.update(image.tobytes())
-    build.pending.append(_Pending(name, file, image.size, dhash(image), digest.hexdigest()))
-    if decoded.animated:
+    suffix = Path(outcome.file).suffix
+    file = f"images/{len(build.pending) + 1:04d}{suffix}"
+    os.replace(build.root / "images" / outcome.file, build.root / file)
+    build.pending.append(
+        _Pending(
+            name,
+            file,
+            outcome.size,
+            outcome.dhash,
+            outcome.digest,
+            outcome.kept,
+            outcome.stored_bytes,
+        )
+    )
+    if outcome.animated:
         build.warnings.append(f"{display_name(name)} is animated; only its first frame is used")
 
 
@@ -227,7 +300,9 @@ def _finish(build: _Build, plan: ZipPlan) -> tuple[str, QAReport]:
             "format": FORMAT_VERSION,
             "dataset_id": dataset_id,
             "images": len(rows),
-            "image_format": "png",
+            "image_formats": dict(sorted(Counter(Path(r["file"]).suffix for r in rows).items())),
+            "kept_as_uploaded": sum(item.kept for item in build.pending),
+            "stored_bytes": sum(item.stored_bytes for item in build.pending),
             "max_side": MAX_STORED_SIDE,
             "captions": "captions.jsonl",
             "options": build.options.to_dict(),
@@ -294,8 +369,8 @@ def _assign_split(
 
 
 def _dataset_id(build: _Build, rows: list[dict[str, Any]]) -> str:
-    """sha256 over format, options, and each image's pixels and caption (and concept, when the
-    zip defines concepts), in stored order. The held-out split follows from the id."""
+    """sha256 over format, options, and each image's stored bytes and caption (and concept,
+    when the zip defines concepts), in stored order. The held-out split follows from the id."""
     digest = hashlib.sha256(f"atelier-dataset-v{FORMAT_VERSION}\n".encode())
     digest.update(json.dumps(build.options.to_dict(), sort_keys=True).encode())
     for item, row in zip(build.pending, rows, strict=True):
@@ -305,17 +380,19 @@ def _dataset_id(build: _Build, rows: list[dict[str, Any]]) -> str:
     return digest.hexdigest()[:ID_CHARS]
 
 
-def _publish(temp: Path, final: Path, dataset_id: str, report: QAReport) -> IngestResult:
+def _publish(
+    temp: Path, final: Path, dataset_id: str, report: QAReport, stored: int
+) -> IngestResult:
     """Atomic rename; an existing folder with this id already holds the same content."""
     if final.exists():
-        return IngestResult(dataset_id, final, report, reused=True)
+        return IngestResult(dataset_id, final, report, reused=True, stored_bytes=stored)
     try:
         os.rename(temp, final)
     except OSError:
         if not final.exists():
             raise
-        return IngestResult(dataset_id, final, report, reused=True)  # lost a race: same content
-    return IngestResult(dataset_id, final, report, reused=False)
+        return IngestResult(dataset_id, final, report, True, stored)  # lost a race: same content
+    return IngestResult(dataset_id, final, report, reused=False, stored_bytes=stored)
 
 
 def _sweep_stale_temps(datasets_dir: Path) -> None:

@@ -114,6 +114,46 @@ async def test_generate_posts_the_image_or_says_why_not(
     assert "no job #999" in refused.content
 
 
+async def test_generate_seed_is_shown_and_shared_by_compared_weights(
+    emu, atelier, bot_engine, dataset_zip, tmp_path
+) -> None:
+    d = emu.default
+    job_id, _ = await train(emu, d.alice, dataset_zip)
+    train_to_vote(bot_engine, tmp_path, job_id)
+    await command(emu, d.alice, "job finalize", {"job": job_id})
+    given = await command(
+        emu, d.bob, "generate", {"prompt": "ohwx, red", "model": job_id, "seed": 1234}
+    )
+    assert "seed 1234" in given.content, given.content
+    drawn = await command(emu, d.bob, "generate", {"prompt": "ohwx, blue", "model": job_id})
+    shown = re.search(r"seed (\d+)", drawn.content)
+    assert shown, drawn.content
+    compared = await command(
+        emu,
+        d.bob,
+        "generate",
+        {"prompt": "ohwx, green", "model": job_id, "weights": "0.5, 1, 1.5"},
+    )
+    with session_scope(bot_engine) as session:
+        rows = session.exec(select(Generation).order_by(Generation.id)).all()
+    by_prompt = {}
+    for row in rows:
+        by_prompt.setdefault(row.prompt, []).append((row.weight, row.seed))
+    assert by_prompt["ohwx, red"] == [(1.0, 1234)]
+    assert by_prompt["ohwx, blue"] == [(1.0, int(shown.group(1)))]
+    green = by_prompt["ohwx, green"]
+    assert [w for w, _ in green] == [0.5, 1.0, 1.5] and len({s for _, s in green}) == 1
+    assert f"seed {green[0][1]}" in compared.content and "0.5, 1, 1.5" in compared.content
+    first = next(r for r in rows if r.prompt == "ohwx, green")
+    complete_generation(bot_engine, first.id, str(png(tmp_path / "g.png", 5)))
+    posted = await emu.wait_for_message(d.channel, "ohwx, green", timeout=10)
+    assert f"seed {green[0][1]}" in posted.content and "weight 0.5" in posted.content
+    bad = await command(
+        emu, d.bob, "generate", {"prompt": "x", "model": job_id, "weights": "0.5, lots"}
+    )
+    assert "weights" in bad.content and "lots" in bad.content, bad.content
+
+
 async def test_jobs_lists_queue_and_retry_requeues_failed_job(
     emu, atelier, bot_engine, dataset_zip
 ) -> None:

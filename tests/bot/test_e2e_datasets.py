@@ -68,6 +68,9 @@ async def test_dataset_add_list_show_train_and_remove(
     fields = {f["name"]: f["value"] for f in embed.get("fields", [])}
     assert "a red figure number 0" in fields["Caption samples"]
     assert "Held out" in fields
+    # a stored dataset says which size it was judged at (the default: nobody asked for one)
+    assert "512 px" in fields["Judged at"] and "each job" in fields["Judged at"]
+    assert "512x512 (6)" in fields["Buckets"]
 
     choices = await (
         await emu.run_autocomplete(d.alice, d.channel, "train lora", "dataset_name", "ca")
@@ -90,6 +93,12 @@ async def test_dataset_add_list_show_train_and_remove(
     assert match, reply.content
     job = job_row(bot_engine, int(match.group(1)))
     assert job.dataset_id == row.id and job.config["dataset"] == row.path
+    # the job's thread judges the 96-px images at the job's 64 px on `tiny`, not at 512
+    report = emu.timeline(job.thread_id)[0].embeds[0]
+    assert report["title"] == "Dataset report"
+    judged = {f["name"]: f["value"] for f in report.get("fields", [])}
+    assert "64 px" in judged["Judged at"] and "`tiny`" in judged["Judged at"]
+    assert "64x64 (6)" in judged["Buckets"] and "512" not in str(report)
     assert len(dataset_rows(bot_engine)) == 1  # no new dataset row
 
     refused = await command(emu, d.bob, "dataset remove", {"name": "cats"})

@@ -30,8 +30,10 @@ from storage.models import (
     utcnow,
 )
 from tests.bot.e2e_jobs import WORKER, command, job_row, png, train
+from tests.drawing_spy import drawn_text, problems, words_drawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+__all__ = ["drawn_text"]
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -92,7 +94,7 @@ async def work_once(settings, engine) -> None:
 
 
 async def test_iterate_curate_retrain_compare(
-    emu, atelier, settings, bot_engine, dataset_zip, tmp_path, lora_file
+    emu, atelier, settings, bot_engine, dataset_zip, tmp_path, lora_file, drawn_text
 ) -> None:
     d = emu.default
     job_id, _ = await train(emu, d.alice, dataset_zip, name="hero")
@@ -147,6 +149,8 @@ async def test_iterate_curate_retrain_compare(
     report = await emu.wait_for_message(thread, "Iteration #1 closed", timeout=15)
     assert "2 image(s) kept" in report.content and "**v2**" in report.content
     assert any("at a café" in str(e) for e in report.embeds)
+    judged = {f["name"]: f["value"] for f in report.embeds[0].get("fields", [])}
+    assert "px, as stored" in judged["Judged at"]  # the version's own size, said so
 
     with session_scope(bot_engine) as session:
         lineage = session.exec(select(DatasetLineage)).one()
@@ -175,7 +179,10 @@ async def test_iterate_curate_retrain_compare(
     # 4. side by side, labelled with the setting that differs; 🅰️/🅱️ votes recorded
     reply = await command(emu, d.bob, "compare", {"a": job_id, "b": child.id})
     assert "Comparison #1 queued" in reply.content, reply.content
+    drawn_text.clear()
     await work_once(settings, bot_engine)
+    assert drawn_text and problems(drawn_text) == []  # every label whole, inside, readable
+    assert "rank=8" in words_drawn(drawn_text) and "dataset=v2" in words_drawn(drawn_text)
     grid = await emu.wait_for_message(d.channel, "Comparison #1", timeout=15)
     assert "**rank** 4 vs 8" in grid.content and "dataset" in grid.content
     assert f"#{job_id} hero" in grid.content and f"#{child.id} " in grid.content

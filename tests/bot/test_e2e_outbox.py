@@ -1,5 +1,6 @@
-"""The outbox survives a crash between posting a message and marking its event delivered: the
-retry posts with the same nonce, so Discord returns the message it already has."""
+"""The outbox survives a crash between posting a message and marking its event delivered: within
+Discord's nonce window the retry gets the message Discord already has; later (a late restart)
+the bot finds its own earlier post by the marker it carries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bot import notifier
+from bot import notifier, queries
+from tests.bot.conftest import start_bot, stop_bot
 from tests.bot.e2e_jobs import command, texts, train, train_to_vote, undelivered
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -59,3 +61,59 @@ async def test_announcement_posted_once_after_crash(
     thread_id = texts(emu, d.channel, f"Job #{job_id}")[0].id
     assert len(texts(emu, thread_id, "The team chose")) == 1
     assert len(texts(emu, d.channel, "New model")) == 1
+
+
+# --- beyond Discord's nonce window --------------------------------------------------------------
+
+
+async def test_card_found_by_its_marker_after_the_nonce_window(
+    emu, atelier, bot_engine, dataset_zip, monkeypatch
+) -> None:
+    """A crash between posting the job card and recording its id, and the retry comes after
+    Discord forgot the nonce: the bot finds its card in the channel instead of posting again."""
+    real = queries.set_event_message
+    crashed: list[int] = []
+
+    def flaky(engine: Any, event_id: int | None, message_id: int) -> None:
+        if not crashed:
+            crashed.append(message_id)
+            emu.expire_nonces()  # the retry comes "late"
+            raise RuntimeError("simulated crash after posting")
+        real(engine, event_id, message_id)
+
+    monkeypatch.setattr(queries, "set_event_message", flaky)
+    d = emu.default
+    job_id, reply = await train(emu, d.alice, dataset_zip, name="late")
+    assert job_id, reply.content
+    await emu.wait_until(lambda: not undelivered(bot_engine, job_id), 10)
+    assert crashed
+    cards = texts(emu, d.channel, f"Job #{job_id}")
+    assert [c.id for c in cards] == crashed
+    assert len(emu.threads_of(d.channel)) == 1
+    assert len(texts(emu, cards[0].id, "Dataset report")) == 1
+
+
+async def test_report_posted_once_after_a_late_restart(
+    emu, settings, bot_engine, dataset_zip, monkeypatch
+) -> None:
+    """The bot dies after posting the card and the report, and comes back after the nonce
+    window: the report (a secondary post) is not posted twice."""
+    d = emu.default
+    bot = await start_bot(emu, settings, bot_engine)
+    try:
+        crashed = crash_once(monkeypatch)
+        job_id, _ = await train(emu, d.alice, dataset_zip, name="restart")
+        await emu.wait_until(lambda: bool(crashed), 10)
+    finally:
+        await stop_bot(bot)
+    monkeypatch.undo()
+    emu.expire_nonces()
+    bot = await start_bot(emu, settings, bot_engine)
+    try:
+        await emu.wait_until(lambda: not undelivered(bot_engine, job_id), 10)
+    finally:
+        await stop_bot(bot)
+    assert len(texts(emu, d.channel, f"Job #{job_id}")) == 1
+    thread = emu.threads_of(d.channel)
+    assert len(thread) == 1
+    assert len(texts(emu, thread[0].id, "Dataset report")) == 1

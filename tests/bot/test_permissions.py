@@ -40,7 +40,9 @@ def test_job_owner_or_manager() -> None:
         p.require_job_manager(member(2), job, guild, "cancel")
 
 
-def test_settings_need_manager() -> None:
+def test_settings_need_manage_server_not_the_manager_role() -> None:
     with pytest.raises(NotAllowed):
-        p.require_manager(member(2), None)
-    p.require_manager(member(2, [5]), GuildSettings(guild_id=1, manager_role_id=5))
+        p.require_manage_server(member(2))
+    with pytest.raises(NotAllowed):  # the manager role cannot edit settings (nor widen itself)
+        p.require_manage_server(member(2, [5]))
+    p.require_manage_server(member(2, manage=True))

@@ -27,7 +27,10 @@ from storage.db import session_scope
 from storage.ingest import IngestOptions
 from storage.models import Dataset, Job
 from storage.states import JobState
+from tests.drawing_spy import drawn_text, problems, words_drawn
 from tests.storage.ingest_support import ingest, png
+
+__all__ = ["drawn_text"]
 
 GUILD = 11
 
@@ -124,6 +127,15 @@ def test_contact_sheet_size_follows_thumbnail_count(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(data)).size == layout.size
     small, count = contact_sheet(result.path, most=3, thumb=32)  # type: ignore[attr-defined]
     assert count == 3 and Image.open(io.BytesIO(small)).size == sheet_layout(3, 32).size
+
+
+def test_contact_sheet_labels_fit_and_read_on_a_phone(tmp_path: Path, drawn_text) -> None:
+    result = _result(tmp_path, count=12)
+    data, _ = contact_sheet(result.path)  # type: ignore[attr-defined]
+    size = Image.open(io.BytesIO(data)).size
+    assert len(drawn_text) == 12 and {item.image_size for item in drawn_text} == {size}
+    assert problems(drawn_text) == []
+    assert words_drawn(drawn_text).split() == [f"{i:04d}" for i in range(1, 13)]
 
 
 def test_caption_samples_spread_over_concepts(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from tests.storage.ingest_support import encode, ingest, noise_image, png
 
 
 def stored(result, index: int = 1) -> Image.Image:
-    image = Image.open(result.path / "images" / f"{index:04d}.png")
+    (path,) = (result.path / "images").glob(f"{index:04d}.*")
+    image = Image.open(path)
     image.load()
     return image
 
@@ -136,7 +137,7 @@ def test_rgba_transparent_becomes_white(tmp_path: Path) -> None:
     assert out.getpixel((80, 10)) == (255, 0, 0)
 
 
-@pytest.mark.parametrize("mode", ["LA", "P", "1", "L"])
+@pytest.mark.parametrize("mode", ["LA", "P", "1"])
 def test_other_modes_become_rgb(tmp_path: Path, mode: str) -> None:
     image = noise_image(3).convert(mode)
     params = {"transparency": 0} if mode == "P" else {}
@@ -158,12 +159,19 @@ def test_common_formats(tmp_path: Path, fmt: str) -> None:
     assert result.report.images == 1 and stored(result).mode == "RGB"
 
 
-def test_icc_profile_is_applied(tmp_path: Path) -> None:
-    """An sRGB-tagged image passes through the colour transform essentially unchanged."""
+def test_srgb_tagged_image_is_kept_as_uploaded(tmp_path: Path) -> None:
+    """An sRGB profile needs no colour conversion: the upload is stored byte for byte."""
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    image = Image.new("RGB", (96, 96), (200, 100, 50))
-    out = stored(ingest(tmp_path, [("icc.png", encode(image, icc_profile=icc))]))
-    assert all(abs(a - b) <= 2 for a, b in zip(out.getpixel((5, 5)), (200, 100, 50), strict=True))
+    data = encode(Image.new("RGB", (96, 96), (200, 100, 50)), icc_profile=icc)
+    result = ingest(tmp_path, [("icc.png", data)])
+    assert (result.path / "images" / "0001.png").read_bytes() == data
+
+
+def test_cmyk_profile_is_applied_and_dropped(tmp_path: Path) -> None:
+    """A CMYK JPEG with a profile is converted to sRGB RGB; the profile is not carried over."""
+    image = Image.new("CMYK", (96, 96), (0, 0, 0, 0))
+    out = stored(ingest(tmp_path, [("c.jpg", encode(image, "JPEG", quality=95))]))
+    assert out.mode == "RGB" and min(out.getpixel((5, 5))) > 240
     assert "icc_profile" not in out.info
 
 

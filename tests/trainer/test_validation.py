@@ -8,10 +8,8 @@ from PIL import Image
 
 from tests.trainer.train_helpers import _one_thread, model_cache, tiny_config
 from trainer import adapters, loop
+from trainer.grids import grid_layout
 from trainer.validation import (
-    _HEADER_H,
-    _LABEL_W,
-    _TITLE_H,
     adapter_disabled,
     comparison_grid,
     default_prompts,
@@ -42,11 +40,16 @@ def _ink(image: Image.Image, box: tuple[int, int, int, int]) -> int:
 
 def test_draw_grid_layout_and_labels():
     tiles = [[Image.new("RGB", (64, 64), (0, 0, 200)) for _ in range(3)] for _ in range(2)]
-    grid = draw_grid(tiles, ["ohwx", "a painting of ohwx"], ["base", "seed 1", "seed 2"], "step 20")
-    assert grid.size == (_LABEL_W + 3 * 64, _TITLE_H + 18 + 2 * 64)
-    assert _ink(grid, (0, 0, 80, _TITLE_H)) > 0  # title
-    assert _ink(grid, (0, _TITLE_H + 18, _LABEL_W, _TITLE_H + 18 + 64)) > 0  # first prompt
-    assert grid.getpixel((_LABEL_W + 2 * 64 + 10, _TITLE_H + 18 + 70)) == (0, 0, 200)
+    labels, headers = ["ohwx", "a painting of ohwx"], ["base", "seed 1", "seed 2"]
+    grid = draw_grid(tiles, labels, headers, "step 20")
+    layout = grid_layout((64, 64), labels, headers, "step 20")
+    assert grid.size == (layout.width, layout.height)
+    assert layout.width == 3 * 64 + layout.separator
+    assert _ink(grid, (0, 0, 80, layout.title_h)) > 0  # title
+    top = layout.row_top(0)
+    assert _ink(grid, (0, top, layout.width, top + layout.band_h(0))) > 0  # first prompt
+    x0, y0, x1, y1 = layout.tile_box(1, 2)
+    assert grid.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == (0, 0, 200)
 
 
 def test_default_prompts_come_from_the_trigger():
@@ -80,7 +83,9 @@ def test_base_column_is_the_model_without_the_adapter(method, tmp_path, model_ca
     path = validation_grid(model, config, plan, base, 20, tmp_path / "grid.png")
     with Image.open(path) as grid:
         tile = 128  # 32-px renders are shown 4× (nearest), at least 128 px
-        assert grid.size == (_LABEL_W + 3 * tile, _TITLE_H + 18 + len(plan.prompts) * tile)
+        headers = ["base model", "seed 1", "seed 2"]
+        layout = grid_layout((tile, tile), plan.labels, headers, "step 20")
+        assert grid.size == (layout.width, layout.height)
     assert path.stat().st_size < 10 * 1024 * 1024
 
 
@@ -107,14 +112,35 @@ def test_comparison_grid_puts_base_and_numbered_checkpoints_side_by_side(tmp_pat
     out = comparison_grid(grids, [10, 20], tmp_path / "comparison.png")
     with Image.open(out) as image:
         tile = 128  # 64-px tiles are shown at least 128 px wide
-        assert image.size[0] == _LABEL_W + 3 * tile
-        top = _TITLE_H + _HEADER_H
+        headers = ["base model", "1: step 10", "2: step 20"]
+        layout = grid_layout((tile, tile), labels, headers, "Vote for the best checkpoint")
+        assert image.size == (layout.width, layout.height)
         for column, key in enumerate(["base", 10, 20]):
-            center = (_LABEL_W + column * tile + tile // 2, top + tile // 2)
-            assert image.getpixel(center) == colors[key]
+            x0, y0, x1, y1 = layout.tile_box(0, column)
+            assert image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == colors[key]
     curve = loss_curve([1.0, 0.8, float("nan"), 0.5, 0.4], tmp_path / "loss.png")
     with Image.open(curve) as image:
         assert image.size == (640, 360)
         assert _ink(image, (60, 30, 620, 330)) > 100  # the curve is drawn
     with pytest.raises(ValueError):
         comparison_grid([], [])
+
+
+def test_comparison_grid_numbers_the_newest_ten_as_the_reactions_do(tmp_path):
+    """With twelve checkpoints the grid shows the ten that 1️⃣…🔟 count, 1 = the oldest of those."""
+    labels = ["tkxw"]
+    save_strip([Image.new("RGB", (64, 64), (0, 0, 0))], tmp_path / "base.strip.png", labels)
+    steps = list(range(50, 650, 50))  # 12 checkpoints
+    grids = []
+    for index, step in enumerate(steps):
+        grid = tmp_path / f"step-{step:08d}.png"
+        save_png(Image.new("RGB", (300, 200)), grid)
+        save_strip([Image.new("RGB", (64, 64), (index * 20, 0, 0))], strip_path(grid), labels)
+        grids.append(grid)
+    out = comparison_grid(grids, steps, tmp_path / "comparison.png")
+    tile = 128
+    with Image.open(out) as image:
+        assert image.size[0] == _LABEL_W + 11 * tile  # base + ten
+        top = _TITLE_H + _HEADER_H
+        first = image.getpixel((_LABEL_W + tile + tile // 2, top + tile // 2))
+        assert first == (2 * 20, 0, 0)  # column 1 is step 150, the third checkpoint

@@ -93,3 +93,48 @@ def test_two_worker_processes_share_the_queue(postgres_url: str, tmp_path: Path)
     assert set(per_worker) == {"host-a", "host-b"}, per_worker
     assert states == {"awaiting_vote"}
     engine.dispose()
+
+
+def test_two_serve_hosts_share_one_database_and_one_folder(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The README's scale-out recipe: two `atelier serve --no-bot` on one Postgres and one
+    shared data folder both run, and their workers have different ids."""
+    import signal
+    import time
+
+    data_dir = tmp_path / "data"
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    ids = _enqueue(engine, data_dir, tmp_path, count=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
+    env.update(
+        ATELIER_DATA_DIR=str(data_dir),
+        ATELIER_DATABASE_URL=postgres_url,
+        ATELIER_WORKER__DEVICE="cpu",
+        ATELIER_WORKER__POLL_SECONDS="0.2",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    env.pop("DISCORD_TOKEN", None)
+    command = [sys.executable, "-m", "atelier.cli", "serve", "--no-bot", "--workers", "1"]
+    hosts = [subprocess.Popen(command, env=env) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with session_scope(engine) as session:
+                claimed = [j.worker_id for j in session.exec(select(Job)).all() if j.worker_id]
+            if len(claimed) == 2 or all(h.poll() is not None for h in hosts):
+                break
+            time.sleep(0.2)
+        assert all(h.poll() is None for h in hosts), "a serve host was refused"
+        assert len(set(claimed)) == 2, claimed  # one job each, different worker ids
+        pids = {str(h.pid) for h in hosts}
+        assert {w.rsplit(":", 1)[1].split("-")[0] for w in claimed} == pids
+    finally:
+        for host in hosts:
+            host.send_signal(signal.SIGTERM)
+        for host in hosts:
+            host.wait(timeout=120)
+    with session_scope(engine) as session:
+        assert {j.id for j in session.exec(select(Job)).all()} == set(ids)
+    engine.dispose()

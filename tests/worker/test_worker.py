@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from storage.datasets import record_dataset
 from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
-from storage.models import Checkpoint, Event, Job
+from storage.models import Checkpoint, Event, Job, utcnow
 from storage.settings import Settings, load_settings
 from storage.states import JobState
 from tests.datasets import write_dataset_zip
@@ -146,11 +147,22 @@ def test_generation_request_is_rendered_with_the_trained_model(
             weight=0.8,
             seed=4,
         )
-    assert worker.run_once()
+        again = [
+            request_generation(
+                session, guild_id=1, channel_id=2, user_id=3, checkpoint_id=checkpoint.id,
+                prompt="tkxw on a beach", weight=0.8, seed=seed,
+            )
+            for seed in (4, 5)
+        ]  # fmt: skip
+    for _ in range(3):
+        assert worker.run_once()
     with session_scope(engine) as session:
-        done = session.get(type(request), request.id)
-        assert done.state == "done"
-        assert Image.open(done.image_path).size == (64, 64)
+        done = [session.get(type(request), r.id) for r in (request, *again)]
+        assert [d.state for d in done] == ["done"] * 3
+        images = [Image.open(d.image_path).convert("RGB") for d in done]
+        assert images[0].size == (64, 64)
+    # the request's seed decides the image: same seed, same pixels; another seed, others
+    assert images[0].tobytes() == images[1].tobytes() != images[2].tobytes()
     assert _kinds(engine, job_id)[-1] == "generated"
 
 
@@ -190,3 +202,37 @@ def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
             .order_by(col(Event.id).desc())
         ).first()
     assert resumed.payload["resumed_from"] == stopped_at
+
+
+def test_resumed_job_records_checkpoints_saved_but_never_recorded(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A worker dies after saving step 4's state and before recording it: the next worker
+    resumes and records step 4 (once), so the team can vote on it."""
+    job_id = _enqueue(settings, engine, tmp_path, steps=6, checkpoint_every=2)
+    assert Worker(settings, engine, "w-old").run_once()
+    with session_scope(engine) as session:
+        lost = session.exec(
+            select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == 4)
+        ).one()
+        for event in session.exec(select(Event).where(Event.job_id == job_id)).all():
+            if event.kind == "checkpoint_ready" and event.payload["step"] == 4:
+                session.delete(event)
+        session.delete(lost)
+        job = session.get(Job, job_id)
+        job.state, job.worker_id = JobState.TRAINING, "w-old"
+        job.heartbeat_at = utcnow() - timedelta(hours=1)
+    assert jobs.requeue_stale(engine, timedelta(seconds=30)) == [job_id]
+    assert Worker(settings, engine, "w-new").run_once()
+    with session_scope(engine) as session:
+        steps = [
+            c.step for c in session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id))
+        ]
+        ready = [
+            e.payload["step"]
+            for e in session.exec(select(Event).where(Event.job_id == job_id)).all()
+            if e.kind == "checkpoint_ready"
+        ]
+        assert session.get(Job, job_id).state == JobState.AWAITING_VOTE
+    assert sorted(steps) == [2, 4, 6]
+    assert sorted(ready) == [2, 4, 6]

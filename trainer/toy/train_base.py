@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from storage.drawing import draw_lines, font, wrap
 from trainer.tiny_model import (
     _BOS,
     _COMMON_WORDS,
@@ -335,6 +336,10 @@ SAMPLE_PROMPTS = [
 ]
 
 
+DOC_FONT_PX = 14
+"""The docs' images are read full size on a page, not in a phone's chat preview."""
+
+
 def sample_grid(folder: Path, out: Path, seeds: tuple[int, ...] = (1, 2, 3, 4)) -> None:
     """Rows: SAMPLE_PROMPTS; columns: seeds (20 DPM++ steps, guidance 5), upscaled 2×."""
     from diffusers import StableDiffusionPipeline
@@ -348,8 +353,9 @@ def sample_grid(folder: Path, out: Path, seeds: tuple[int, ...] = (1, 2, 3, 4)) 
     cell, label = 128, 330
     grid = Image.new("RGB", (label + cell * len(seeds), cell * len(SAMPLE_PROMPTS)), "white")
     draw = ImageDraw.Draw(grid)
+    face = font(DOC_FONT_PX)
     for row, prompt in enumerate(SAMPLE_PROMPTS):
-        draw.text((4, row * cell + cell // 2 - 6), prompt, fill="black")
+        draw_lines(draw, (6, row * cell + 6), wrap(prompt, face, label - 12, 5), face, "black")
         for col, seed in enumerate(seeds):
             image = render(pipe, prompt, seed=seed, steps=20, guidance=5.0, width=64, height=64)
             grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST),
@@ -362,9 +368,10 @@ def loss_curve_png(
     vae_log: list[dict[str, float]], unet_log: list[dict[str, float]], out: Path
 ) -> None:
     """Two panels drawn with PIL: VAE reconstruction MSE and denoiser ε-MSE (moving average)."""
-    width, height, pad = 900, 340, 50
+    width, height, pad = 900, 340, 70
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    face = font(DOC_FONT_PX)
     panels = [
         ("VAE reconstruction MSE", [r["mse"] for r in vae_log], 0),
         ("UNet + text encoder: noise MSE (avg of 100)", [r["loss"] for r in unet_log], 1),
@@ -381,10 +388,11 @@ def loss_curve_png(
         f = (lambda v: math.log10(max(v, 1e-9))) if log_scale else (lambda v: v)
         flo, fhi = f(lo), f(hi)
         draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, 10), title + (" (log)" if log_scale else ""), fill="black")
-        draw.text((x0 - 45, y0 - 5), f"{hi:.3g}", fill="black")
-        draw.text((x0 - 45, y1 - 10), f"{lo:.3g}", fill="black")
-        draw.text((x1 - 60, y1 + 5), f"step {len(values)}", fill="black")
+        heading = wrap(title + (" (log)" if log_scale else ""), face, x1 - x0, 1)[0]
+        draw.text((x0, 10), heading, fill="black", font=face)
+        for text, y, anchor in ((f"{hi:.3g}", y0, "rt"), (f"{lo:.3g}", y1, "rb")):
+            draw.text((x0 - 4, y), text, fill="black", font=face, anchor=anchor)
+        draw.text((x1, y1 + 5), f"step {len(values)}", fill="black", font=face, anchor="rt")
         points = [
             (x0 + (x1 - x0) * j / max(1, len(smooth) - 1),
              y1 - (y1 - y0) * (f(float(v)) - flo) / max(fhi - flo, 1e-9))
