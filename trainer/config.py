@@ -180,6 +180,9 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
 `multiple`: the pixel step of training sizes (FLUX.1 packs 2×2 latents of an 8× VAE)."""
 
 
+_PLURAL = {"lora": "LoRAs", "dora": "DoRAs", "embedding": "embeddings"}
+
+
 def check_architecture(config: TrainConfig, architecture: str) -> None:
     """Refuse, with one line, what `architecture` cannot do (the bot and the worker both call
     this: the member hears it at /train time, and a stale job fails with the same sentence)."""
@@ -189,7 +192,9 @@ def check_architecture(config: TrainConfig, architecture: str) -> None:
     label = caps["label"]
     if config.method not in caps["methods"]:  # type: ignore[operator]
         can = " or ".join(caps["methods"])  # type: ignore[arg-type]
-        raise ArchitectureMismatch(f"{label} models cannot train a {config.method}; use {can}")
+        raise ArchitectureMismatch(
+            f"{label} models cannot train {_PLURAL[config.method]}; train a {can} instead"
+        )
     multiple = int(caps["multiple"])  # type: ignore[call-overload]
     if config.resolution % multiple:
         raise ArchitectureMismatch(

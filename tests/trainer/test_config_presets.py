@@ -90,6 +90,10 @@ def test_mixed_precision_on_cpu_is_refused_and_auto_is_fp32():
         (["--dataset", "{data}", "--method", "embedding"], "an embedding needs a trigger"),
         (["{yaml}"], "is not valid YAML"),
         (["--dataset", "{data}", "--trigger", "t", "--steps", "0"], "steps: Input should be"),
+        (
+            ["--dataset", "{data}", "--trigger", "t", "--method", "embedding", "--base-model", "x"],
+            "FLUX.1 models cannot train embeddings",
+        ),
     ],
 )
 def test_cli_refusals_exit_2_with_one_error_line(argv, message, tmp_path, capsys, monkeypatch):
@@ -98,6 +102,7 @@ def test_cli_refusals_exit_2_with_one_error_line(argv, message, tmp_path, capsys
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: [1,\n")
     argv = [a.format(data=data, yaml=bad) for a in argv]
+    argv = ["tiny-flux" if a == "x" else a for a in argv]
     assert train_cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -117,3 +122,23 @@ def test_cli_unknown_base_model_is_a_refusal(tmp_path, capsys, monkeypatch):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: unknown base model 'nowhere'")
+
+
+def test_presets_follow_the_architecture() -> None:
+    """FLUX.1: rank 16, lr 1e-4, 1024 px, 1500 steps, every 250, flow-matching settings; the
+    preset's own character (no flips, shuffled tags) is kept; SD presets are unchanged."""
+    flux = apply_preset("character", "lora", "flux1", trigger="ohwx")
+    assert (flux.rank, flux.alpha, flux.learning_rate, flux.resolution) == (16, 16.0, 1e-4, 1024)
+    assert (flux.steps, flux.checkpoint_every, flux.batch_size) == (1500, 250, 1)
+    assert flux.min_snr_gamma is None and flux.validation.scheduler == "euler"
+    assert flux.validation.guidance == 3.5 and not flux.flip
+    style = apply_preset("style", "dora", "flux1", trigger="ohwx")
+    assert style.shuffle_captions and style.rank == 16 and style.method == "dora"
+    quick = apply_preset("quick-test", "lora", "flux1", trigger="ohwx", base_model="tiny-flux")
+    assert quick.resolution == 64 and quick.steps == 60 and quick.min_snr_gamma is None
+    sd = apply_preset("character", "lora", "sd1", trigger="ohwx")
+    assert sd.min_snr_gamma == 5.0 and sd.validation.scheduler == "dpm++" and sd.steps == 2000
+    with pytest.raises(PresetError, match="steps of 16 px"):
+        apply_preset("character", "lora", "flux1", trigger="ohwx", resolution=1000)
+    with pytest.raises(PresetError, match="cannot train embeddings"):
+        apply_preset("character", "embedding", "flux1", trigger="ohwx")

@@ -246,7 +246,7 @@ def test_flux_refuses_what_it_cannot_do_in_one_line() -> None:
     ok = config()
     check_architecture(ok, "flux1")
     cases = {
-        "embedding": config(method="embedding"),
+        "cannot train embeddings": config(method="embedding"),
         "steps of 16": config(resolution=40),
         "train_text_encoder": config(train_text_encoder=True),
         "min_snr_gamma": config(min_snr_gamma=5.0),
@@ -257,3 +257,27 @@ def test_flux_refuses_what_it_cannot_do_in_one_line() -> None:
             check_architecture(cfg, "flux1")
         assert "\n" not in str(refused.value)
     check_architecture(config(method="embedding", min_snr_gamma=5.0), "sd1")
+
+
+def test_train_and_generate_clis_on_tiny_flux(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    """`atelier train --base-model tiny-flux` then `atelier generate --base tiny-flux`."""
+    from PIL import Image
+
+    from trainer.generate import generate_cli
+    from trainer.train_cli import train_cli
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
+    data = make_dataset(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "out"
+    argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-flux",
+            "--preset", "quick-test", "--steps", "2", "--out", str(out),
+            "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
+    assert train_cli(argv) == 0
+    files = sorted((out / "checkpoints").glob("*.safetensors"))
+    assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "flux1"
+    png = tmp_path / "x.png"
+    argv = ["--model", str(files[-1]), "--prompt", "ohwx", "--base", "tiny-flux",
+            "--cache-dir", str(cache), "--steps", "2", "--out", str(png)]  # fmt: skip
+    assert generate_cli(argv) == 0
+    with Image.open(png) as image:
+        assert image.size == (64, 64)
