@@ -63,7 +63,9 @@ def load_for_generation(
     elif kind == "dora":
         base.arch.apply_kohya_dora(base, tensors, weight)
     else:
-        pipe.load_lora_weights(str(model_file), adapter_name=ADAPTER)
+        converted = base.arch.diffusers_lora(base, tensors)
+        source = converted if converted is not None else str(model_file)
+        pipe.load_lora_weights(source, adapter_name=ADAPTER)
         pipe.set_adapters([ADAPTER], adapter_weights=[weight])
     return pipe
 

@@ -163,6 +163,11 @@ def test_lora_file_reloads_in_diffusers(cache: Path, tmp_path: Path, monkeypatch
         other.pipeline.set_adapters(["atelier"], adapter_weights=[0.0])
         torch.testing.assert_close(transformer_out(other), base, atol=1e-6, rtol=0)
     assert not torch.allclose(want, base, atol=1e-3)  # the adapter does change the output
+    ours = fresh(cache)  # `atelier generate`: our exact split, no width patch needed
+    monkeypatch.undo()
+    load_for_generation(ours, files.primary, 1.0)
+    assert lora_layers(ours.denoiser, "atelier") == trained
+    torch.testing.assert_close(transformer_out(ours), want, atol=2e-5, rtol=1e-4)
 
 
 def test_kohya_keys_fuse_qkv_and_match_comfyui_and_invokeai(cache: Path, tmp_path: Path) -> None:

@@ -180,6 +180,13 @@ class Architecture(ABC):
 
         apply_dora_layers(model, self.kohya_to_peft(model, tensors), weight)
 
+    def diffusers_lora(
+        self, model: LoadedModel, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor] | None:
+        """A kohya LoRA file as the state dict `load_lora_weights` gets, or None to hand
+        diffusers the file itself (its own kohya converter)."""
+        return None
+
     def file_matches(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
         """Whether a downloaded file was trained on this architecture (by metadata or keys)."""
         return metadata.get("ss_base_model_version") == self.base_version

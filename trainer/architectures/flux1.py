@@ -258,6 +258,24 @@ class Flux1(Architecture):
                 state[f"{member}.alpha"] = torch.tensor(alpha / len(members))
         return {self.denoiser_name: state}
 
+    def diffusers_lora(
+        self, model: Any, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor] | None:
+        """diffusers' kohya FLUX converter hard-codes FLUX.1's `linear1` widths, so a file for
+        any other width (the tiny model) fails there; the exact split of `kohya_to_peft`, with
+        alpha / rank folded into B, loads on every width (and equals diffusers' own result on
+        FLUX.1)."""
+        state = self.kohya_to_peft(model, tensors)[self.denoiser_name]
+        out: dict[str, torch.Tensor] = {}
+        for key in state:
+            if key.endswith(".lora_A.weight"):
+                path = key.removesuffix(".lora_A.weight")
+                down = state[key]
+                scale = float(state[f"{path}.alpha"]) / down.shape[0]
+                out[f"transformer.{path}.lora_A.weight"] = down
+                out[f"transformer.{path}.lora_B.weight"] = state[f"{path}.lora_B.weight"] * scale
+        return out
+
     @torch.no_grad()
     def apply_kohya_dora(self, model: Any, tensors: dict[str, torch.Tensor], weight: float) -> None:
         groups = names.groups(*self.block_counts(model.denoiser))
