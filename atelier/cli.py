@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from storage.settings import SettingsError
+from storage.settings import Settings, SettingsError, get_settings
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "run the bot and one worker per GPU, supervised",
@@ -120,6 +120,16 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in ("discord.gateway", "discord.client", "discord.http", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    from storage import redact
+
+    redact.install(_settings_or_none())
+
+
+def _settings_or_none() -> Settings | None:
+    try:
+        return get_settings()
+    except SettingsError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # the traceback, with passwords and tokens masked
+        from storage.redact import describe_crash
+
+        print(describe_crash(error, _settings_or_none()), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings
+from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings, mask_url
 
 MIN_FREE_DISK_BYTES = 10 * 1024**3
 DISCORD_TIMEOUT_SECONDS = 30.0
@@ -62,7 +62,7 @@ def check_database(settings: Settings) -> Check:
         return Check(
             "database",
             "fail",
-            f"cannot open it: {type(error).__name__}: {error}".splitlines()[0],
+            mask_url(f"cannot open it: {type(error).__name__}: {error}".splitlines()[0]),
             "check ATELIER_DATABASE_URL and that the server is running",
         )
     head = head_revision()
@@ -201,6 +201,13 @@ async def discord_checks(token: str, timeout: float = DISCORD_TIMEOUT_SECONDS) -
     return [Check("discord login", "ok", f"logged in as {client.user}"), *checks]
 
 
+def link_checks(settings: Settings) -> list[Check]:
+    from atelier.doctor_links import check_compose, check_public_url
+
+    compose = check_compose(settings)
+    return [check_public_url(settings), *([compose] if compose else [])]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_token(settings),
@@ -212,7 +219,7 @@ def run_checks(settings: Settings) -> list[Check]:
         check_gpu,
         lambda: check_disk(settings),
     ]
-    return [check() for check in checks]
+    return [check() for check in checks] + link_checks(settings)
 
 
 def render_table(checks: list[Check]) -> str:

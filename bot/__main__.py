@@ -11,6 +11,7 @@ import sys
 
 import discord
 
+from storage import redact
 from storage.db import make_engine
 from storage.migrate import SchemaMismatch
 from storage.settings import SettingsError, get_settings
@@ -29,6 +30,7 @@ async def _main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact.install(settings)  # token, link secret, database password: never in a log line
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
     engine = make_engine(settings.db_url)
