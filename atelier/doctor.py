@@ -80,32 +80,23 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_base_model(name: str, entry: BaseModelEntry) -> Check:
+    """The same resolver and file rules as the worker's loader (`storage.base_models`)."""
+    from storage.base_models import ResolvedModel, problem
+
     label = f"base model {name}"
-    if entry.path.startswith("builtin:"):
+    model = ResolvedModel(name, entry.path, entry.architecture)
+    if model.is_builtin:
         return Check(label, "ok", f"built-in ({entry.path}), built on first use")
-    path = Path(entry.path).expanduser()
-    if not path.exists():
+    why = problem(model)
+    if why is not None:
         return Check(
             label,
             "fail",
-            f"{path} does not exist",
-            f"fix base_models.{name}.path in atelier.toml, or copy the model there",
+            why,
+            f"fix base_models.{name}.path in atelier.toml: a diffusers folder, or a "
+            ".safetensors/.ckpt file with its config folder beside it",
         )
-    if path.is_dir() and not (path / "model_index.json").exists():
-        return Check(
-            label,
-            "fail",
-            f"{path} is a folder without model_index.json",
-            "point it at a diffusers folder (with model_index.json) or a .safetensors file",
-        )
-    if path.is_file() and path.suffix != ".safetensors":
-        return Check(
-            label,
-            "fail",
-            f"{path.name} is not a .safetensors file",
-            "convert the checkpoint to .safetensors",
-        )
-    return Check(label, "ok", f"{path} ({entry.architecture})")
+    return Check(label, "ok", f"{Path(entry.path).expanduser()} ({entry.architecture})")
 
 
 def check_gpu() -> Check:

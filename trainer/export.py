@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from storage.base_models import fingerprint, public_name
 from storage.fsutil import TEMP_MARK, atomic_path, durable_replace
 from trainer.adapters import (
     ADAPTER_NAME,
@@ -172,13 +173,14 @@ def kohya_metadata(
 def _modelspec(
     model: LoadedModel, config: TrainConfig, title: str, kind: str, resolution: str
 ) -> dict[str, str]:
+    base_name = public_name(config.base_model)
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{SPEC_ARCH[model.architecture]}/{kind}",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
         if model.architecture == "sdxl" else "diffusers",
         "modelspec.title": title,
-        "modelspec.description": f"{config.method} trained with Atelier on {config.base_model}",
+        "modelspec.description": f"{config.method} trained with Atelier on {base_name}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
         "modelspec.resolution": resolution,
         "modelspec.prediction_type": model.prediction_type,
@@ -186,7 +188,8 @@ def _modelspec(
     trigger = config.token if kind == "textual-inversion" else config.trigger
     if trigger:
         spec["modelspec.trigger_phrase"] = trigger
-    return spec
+    # the base model by catalogue name and a hash of its weights, never a host path
+    return spec | {"ss_sd_model_name": base_name, "ss_sd_model_hash": fingerprint(model.source)}
 
 
 def save_diffusers_lora(model: LoadedModel, config: TrainConfig, folder: Path) -> None:

@@ -260,12 +260,11 @@ class Worker:
             log.info("job %s: worker done after %.1f s", job.id, time.monotonic() - started)
 
     def _train(self, job: Job, control: JobControl) -> TrainResult:
-        from trainer.base_models import resolve_base_model  # torch loads here, not at import
-        from trainer.loop import train
+        from trainer.loop import train  # torch loads here, not at import
 
+        # base_model stays the catalogue name: the loop resolves it with these settings (the
+        # configured architecture kept), and the delivered files name it, never a host path
         config, dataset_dir = self._job_inputs(job)
-        path, _architecture = resolve_base_model(config.base_model, self.settings)
-        config = config.model_copy(update={"base_model": path})
         callbacks = DatabaseCallbacks(
             self.engine,
             job.id,
@@ -281,6 +280,7 @@ class Worker:
             resume=True,
             device=resolve_device(self.settings.worker.device),
             cache_dir=self.settings.cache_dir,
+            settings=self.settings,
         )
 
     def _job_inputs(self, job: Job) -> tuple[TrainConfig, Path]:
