@@ -13,8 +13,9 @@ import discord
 
 from bot import downloads
 from bot.db import run_db
-from bot.errors import BadInput, DatasetRefused
+from bot.errors import BadInput, DatasetRefused, LimitReached
 from storage.ingest import IngestError, IngestOptions, IngestResult, ingest_zip
+from storage.retention import DiskFull, require_free_space
 
 
 def require_one_source(dataset: discord.Attachment | None, url: str | None) -> None:
@@ -22,10 +23,19 @@ def require_one_source(dataset: discord.Attachment | None, url: str | None) -> N
         raise BadInput("Give exactly one of `dataset` (a zip) or `dataset_url` (a link).")
 
 
+async def require_disk_space(settings: Any) -> None:
+    """New work is refused with one clear line while the data folder is nearly full."""
+    try:
+        await run_db(require_free_space, settings)
+    except DiskFull as error:
+        raise LimitReached(str(error)) from None
+
+
 async def ingest_upload(
     settings: Any, dataset: discord.Attachment | None, url: str | None, options: IngestOptions
 ) -> IngestResult:
     """Download to `data_dir/incoming` (size-capped), ingest in a thread, remove the zip."""
+    await require_disk_space(settings)
     incoming = settings.data_dir / "incoming"
     await run_db(incoming.mkdir, parents=True, exist_ok=True)
     path = incoming / f"{uuid.uuid4().hex}.zip"

@@ -60,6 +60,12 @@ class Limits(BaseModel):
     min_image_side: int = Field(64, gt=0, description="Smaller images are skipped.")
     max_images: int = Field(1000, gt=0, description="Most images in a dataset.")
     jobs_per_member: int = Field(2, ge=1, description="Queued + running jobs per member.")
+    min_free_disk_gb: float = Field(
+        5.0, ge=0, description="New work is refused while the data folder has less free space."
+    )
+    failed_job_days: float = Field(
+        7.0, ge=0, description="A failed job's files are kept this long for /job retry."
+    )
 
 
 class DiscordSettings(BaseModel):

@@ -160,6 +160,7 @@ class Worker:
         self.engine = engine
         self.worker_id = worker_id or default_worker_id()
         self.shutdown = threading.Event()
+        self._last_sweep = -math.inf
 
     def requeue_stale(self) -> None:
         stale = timedelta(seconds=self.settings.worker.stale_after_seconds)
@@ -170,6 +171,8 @@ class Worker:
         """Render one waiting `/generate` request, or claim and run one training job; False
         when there was nothing to do. Generations go first: they take seconds, jobs hours."""
         self.requeue_stale()
+        if not self.maintain():
+            return False
         if self.run_generation():
             return True
         from trainer.iterate import run_pending  # /iterate candidates and /compare grids
@@ -181,6 +184,27 @@ class Worker:
             return False
         log.info("job %s: claimed by %s (attempt %s)", job.id, self.worker_id, job.attempts)
         self.run_job(job)
+        return True
+
+    def maintain(self) -> bool:
+        """The retention sweep (at start, then hourly) and the disk guard: False while the disk
+        is too full to take new work (logged once per hour, nothing claimed)."""
+        from storage import retention
+
+        now = time.monotonic()
+        due = now - self._last_sweep >= retention.SWEEP_EVERY_SECONDS
+        if due:
+            self._last_sweep = now
+            try:
+                retention.sweep(self.engine, self.settings)
+            except Exception:  # never stop training over housekeeping
+                log.warning("retention sweep failed", exc_info=True)
+        try:
+            retention.require_free_space(self.settings)
+        except retention.DiskFull as error:
+            if due:
+                log.error("not claiming work: %s", error)
+            return False
         return True
 
     def run_generation(self) -> bool:

@@ -14,7 +14,7 @@ from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
 from bot.permissions import require_trainer
-from bot.uploads import ingest_upload, require_one_source
+from bot.uploads import ingest_upload, require_disk_space, require_one_source
 from storage.base_models import UnknownBaseModel
 from storage.base_models import resolve as resolve_base_model
 from storage.ingest import IngestOptions, IngestResult
@@ -261,6 +261,7 @@ class Train(commands.Cog):
                 raise BadInput("Give one of `dataset`, `dataset_url` or `dataset_name`.")
             from bot.exts.datasets import stored_dataset
 
+            await require_disk_space(settings)
             result = await stored_dataset(bot, interaction.guild_id, dataset_name, config)
         else:
             require_one_source(dataset, dataset_url)
