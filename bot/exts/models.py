@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -13,6 +14,7 @@ from bot import delivery, queries, render
 from bot.db import run_db
 from bot.errors import BadInput, NotFound
 from bot.exts._common import atelier
+from bot.visibility import member_can_view, require_visible
 from storage.db import session_scope
 from storage.generations import UnknownModel, request_generation
 
@@ -23,6 +25,7 @@ async def model_choices(
     rows = await run_db(
         queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
     )
+    rows = visible_rows(interaction, rows)
     return [
         app_commands.Choice(
             name=f"{job.name} (#{job.id}, {job.base_model})"[:100], value=job.id or 0
@@ -30,6 +33,15 @@ async def model_choices(
         for job, _ in rows
         if current.lower() in job.name.lower()
     ][:25]
+
+
+def visible_rows(interaction: discord.Interaction, rows: list[Any]) -> list[Any]:
+    """Only the models whose job channel the member can see."""
+    return [
+        row
+        for row in rows
+        if member_can_view(interaction.guild, interaction.user, row[0].channel_id)
+    ]
 
 
 def _request(engine: object, **fields: object) -> int:
@@ -51,6 +63,7 @@ class Models(commands.Cog):
         rows = await run_db(
             queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
         )
+        rows = visible_rows(interaction, rows)
         if not rows:
             await interaction.followup.send("No finalized models yet.", ephemeral=True)
             return
@@ -78,6 +91,7 @@ class Models(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         ckpt = await run_db(queries.get_checkpoint, bot.engine, job.winner_checkpoint_id or 0)
         if ckpt is None or not Path(ckpt.path).is_file():
             raise NotFound(f"Job #{model} has no model file to deliver.")
@@ -106,6 +120,7 @@ class Models(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         try:
             generation = await run_db(
                 _request,
