@@ -167,6 +167,7 @@ class Worker:
         self.engine = engine
         self.worker_id = worker_id or default_worker_id()
         self.shutdown = threading.Event()
+        self._last_sweep = -math.inf
 
     def requeue_stale(self) -> None:
         stale = timedelta(seconds=self.settings.worker.stale_after_seconds)
@@ -177,6 +178,8 @@ class Worker:
         """Render one waiting `/generate` request, or claim and run one training job; False
         when there was nothing to do. Generations go first: they take seconds, jobs hours."""
         self.requeue_stale()
+        if not self.maintain():
+            return False
         if self.run_generation():
             return True
         from trainer.iterate import run_pending  # /iterate candidates and /compare grids
@@ -188,6 +191,27 @@ class Worker:
             return False
         log.info("job %s: claimed by %s (attempt %s)", job.id, self.worker_id, job.attempts)
         self.run_job(job)
+        return True
+
+    def maintain(self) -> bool:
+        """The retention sweep (at start, then hourly) and the disk guard: False while the disk
+        is too full to take new work (logged once per hour, nothing claimed)."""
+        from storage import retention
+
+        now = time.monotonic()
+        due = now - self._last_sweep >= retention.SWEEP_EVERY_SECONDS
+        if due:
+            self._last_sweep = now
+            try:
+                retention.sweep(self.engine, self.settings)
+            except Exception:  # never stop training over housekeeping
+                log.warning("retention sweep failed", exc_info=True)
+        try:
+            retention.require_free_space(self.settings)
+        except retention.DiskFull as error:
+            if due:
+                log.error("not claiming work: %s", error)
+            return False
         return True
 
     def run_generation(self) -> bool:
@@ -267,12 +291,11 @@ class Worker:
             log.info("job %s: worker done after %.1f s", job.id, time.monotonic() - started)
 
     def _train(self, job: Job, control: JobControl) -> TrainResult:
-        from trainer.base_models import resolve_base_model  # torch loads here, not at import
-        from trainer.loop import train
+        from trainer.loop import train  # torch loads here, not at import
 
+        # base_model stays the catalogue name: the loop resolves it with these settings (the
+        # configured architecture kept), and the delivered files name it, never a host path
         config, dataset_dir = self._job_inputs(job)
-        path, _architecture = resolve_base_model(config.base_model, self.settings)
-        config = config.model_copy(update={"base_model": path})
         callbacks = DatabaseCallbacks(
             self.engine,
             job.id,
@@ -288,6 +311,7 @@ class Worker:
             resume=True,
             device=resolve_device(self.settings.worker.device),
             cache_dir=self.settings.cache_dir,
+            settings=self.settings,
         )
 
     def _job_inputs(self, job: Job) -> tuple[TrainConfig, Path]:
@@ -390,7 +414,7 @@ def worker_cli(argv: list[str]) -> int:
     parser.add_argument("--id", default=None, help="worker name (default host:pid)")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings=settings)
     engine = make_engine(settings.db_url)
     ensure_schema(engine)
     worker = Worker(settings, engine, args.id)

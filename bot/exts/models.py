@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -13,6 +14,7 @@ from bot import delivery, queries, render
 from bot.db import run_db
 from bot.errors import BadInput, NotFound
 from bot.exts._common import atelier
+from bot.visibility import member_can_view, require_visible
 from storage.db import session_scope
 from storage.generations import UnknownModel, request_generation
 
@@ -23,6 +25,7 @@ async def model_choices(
     rows = await run_db(
         queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
     )
+    rows = visible_rows(interaction, rows)
     return [
         app_commands.Choice(
             name=f"{job.name} (#{job.id}, {job.base_model})"[:100], value=job.id or 0
@@ -59,6 +62,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def visible_rows(interaction: discord.Interaction, rows: list[Any]) -> list[Any]:
+    """Only the models whose job channel the member can see."""
+    return [
+        row
+        for row in rows
+        if member_can_view(interaction.guild, interaction.user, row[0].channel_id)
+    ]
+
+
 def _request(engine: object, weights: list[float], **fields: object) -> list[int]:
     """One request per weight, all in one transaction (all queued or none)."""
     with session_scope(engine) as session:  # type: ignore[arg-type]
@@ -82,6 +94,7 @@ class Models(commands.Cog):
         rows = await run_db(
             queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
         )
+        rows = visible_rows(interaction, rows)
         if not rows:
             await interaction.followup.send("No finalized models yet.", ephemeral=True)
             return
@@ -109,6 +122,7 @@ class Models(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         ckpt = await run_db(queries.get_checkpoint, bot.engine, job.winner_checkpoint_id or 0)
         if ckpt is None or not Path(ckpt.path).is_file():
             raise NotFound(f"Job #{model} has no model file to deliver.")
@@ -145,6 +159,7 @@ class Models(commands.Cog):
         seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         try:
             numbers = await run_db(
                 _request,
