@@ -94,7 +94,13 @@ def check_base_model(name: str, entry: BaseModelEntry) -> Check:
             "fail",
             why,
             f"fix base_models.{name}.path in atelier.toml: a diffusers folder, or a "
-            ".safetensors/.ckpt file with its config folder beside it",
+            ".safetensors/.ckpt file with its config folder beside it"
+            + (
+                " (for FLUX.1 the transformer file, and a diffusers FLUX.1 folder with the VAE "
+                "and text encoders)"
+                if entry.architecture == "flux1"
+                else ""
+            ),
         )
     path = Path(entry.path).expanduser()
     incomplete = model_folder_problem(path, entry.architecture)
