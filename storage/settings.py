@@ -57,7 +57,7 @@ class Limits(BaseModel):
     max_images: int = Field(1000, gt=0, description="Most images in a dataset.")
     jobs_per_member: int = Field(2, ge=1, description="Queued + running jobs per member.")
     renders_per_member: int = Field(
-        4,
+        8,
         ge=1,
         description="Queued + running render requests per member (each /generate image, "
         "/iterate start, /compare); they wait in the same fair order as training.",
