@@ -1,4 +1,5 @@
-"""`/generate` requests: the bot asks, a worker renders between training jobs, the outbox tells."""
+"""`/generate` requests: the bot asks, a worker renders it in its turn (`storage.fair`), the
+outbox tells."""
 
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ prompt that made them) plus the original images become the next dataset version;
 trains on it with the same settings or exactly one setting changed; `/compare` renders both
 models side by side.
 
-Like `/generate`, the bot asks (a row), a worker renders between training jobs (claim with a
-conditional update, complete with an outbox event in the same transaction), and the bot says it.
+Like `/generate`, the bot asks (a row), a worker renders it in its turn in the fair order with
+training jobs (`storage.fair`; a lease with a heartbeat, `storage.requests`), completes it with an
+outbox event in the same transaction, and the bot says it.
 Events here carry no `job_id`, so the notifier routes them by kind (see ITERATION_KINDS).
 """
 

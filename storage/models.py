@@ -131,7 +131,7 @@ class Event(SQLModel, table=True):
 
 
 class Generation(SQLModel, table=True):
-    """A `/generate` request: the worker renders it between training jobs."""
+    """A `/generate` request: a worker renders it in its turn (`storage.fair`)."""
 
     id: int | None = Field(default=None, primary_key=True)
     guild_id: int | None = _snowflake(default=None, nullable=True)

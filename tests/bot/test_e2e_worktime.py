@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from bot import queries
+from bot import notifier, queries
+from bot.retries import Retries
 from storage.db import session_scope
 from storage.events import EventKind, emit
 from storage.generations import complete_generation
@@ -101,7 +102,7 @@ async def test_a_render_whose_worker_keeps_dying_is_requeued_then_said_failed(
 
 
 async def test_outbox_tries_survive_a_restart(
-    emu, atelier, settings, bot_engine, dataset_zip, caplog
+    emu, atelier, settings, bot_engine, dataset_zip, caplog, monkeypatch
 ) -> None:
     """An event that keeps failing gets `max_tries` in all, not a fresh round per restart."""
     d = emu.default
@@ -123,8 +124,9 @@ async def test_outbox_tries_survive_a_restart(
     assert tries() == 2 and undelivered(bot_engine, job_id)
     caplog.clear()
     caplog.set_level(logging.WARNING, logger="bot.notifier")
+    # the same bound from the new bot's first tick (start_bot sets its timings only after)
+    monkeypatch.setattr(notifier, "Retries", lambda **_: Retries(base_seconds=0.3, max_tries=3))
     bot = await start_bot(emu, settings, bot_engine)
-    bot.notifier.max_tries = 3
     try:
         thread = job_row(bot_engine, job_id).thread_id
         told = await emu.wait_for_message(thread, "could not post", timeout=15)
