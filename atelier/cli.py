@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from storage.settings import SettingsError
+from storage.settings import Settings, SettingsError, get_settings
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "run the bot and one worker per GPU, supervised",
@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings_or_none() -> Settings | None:
+    try:
+        return get_settings()
+    except SettingsError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -125,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # the traceback, with passwords and tokens masked
+        from storage.redact import describe_crash
+
+        print(describe_crash(error, _settings_or_none()), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings
+from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings, mask_url
 
 MIN_FREE_DISK_BYTES = 10 * 1024**3
 DISCORD_TIMEOUT_SECONDS = 30.0
@@ -62,7 +62,7 @@ def check_database(settings: Settings) -> Check:
         return Check(
             "database",
             "fail",
-            f"cannot open it: {type(error).__name__}: {error}".splitlines()[0],
+            mask_url(f"cannot open it: {type(error).__name__}: {error}".splitlines()[0]),
             "check ATELIER_DATABASE_URL and that the server is running",
         )
     head = head_revision()
@@ -80,32 +80,23 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_base_model(name: str, entry: BaseModelEntry) -> Check:
+    """The same resolver and file rules as the worker's loader (`storage.base_models`)."""
+    from storage.base_models import ResolvedModel, problem
+
     label = f"base model {name}"
-    if entry.path.startswith("builtin:"):
+    model = ResolvedModel(name, entry.path, entry.architecture)
+    if model.is_builtin:
         return Check(label, "ok", f"built-in ({entry.path}), built on first use")
-    path = Path(entry.path).expanduser()
-    if not path.exists():
+    why = problem(model)
+    if why is not None:
         return Check(
             label,
             "fail",
-            f"{path} does not exist",
-            f"fix base_models.{name}.path in atelier.toml, or copy the model there",
+            why,
+            f"fix base_models.{name}.path in atelier.toml: a diffusers folder, or a "
+            ".safetensors/.ckpt file with its config folder beside it",
         )
-    if path.is_dir() and not (path / "model_index.json").exists():
-        return Check(
-            label,
-            "fail",
-            f"{path} is a folder without model_index.json",
-            "point it at a diffusers folder (with model_index.json) or a .safetensors file",
-        )
-    if path.is_file() and path.suffix != ".safetensors":
-        return Check(
-            label,
-            "fail",
-            f"{path.name} is not a .safetensors file",
-            "convert the checkpoint to .safetensors",
-        )
-    return Check(label, "ok", f"{path} ({entry.architecture})")
+    return Check(label, "ok", f"{Path(entry.path).expanduser()} ({entry.architecture})")
 
 
 def check_gpu() -> Check:
@@ -201,6 +192,13 @@ async def discord_checks(token: str, timeout: float = DISCORD_TIMEOUT_SECONDS) -
     return [Check("discord login", "ok", f"logged in as {client.user}"), *checks]
 
 
+def link_checks(settings: Settings) -> list[Check]:
+    from atelier.doctor_links import check_compose, check_public_url
+
+    compose = check_compose(settings)
+    return [check_public_url(settings), *([compose] if compose else [])]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_token(settings),
@@ -212,7 +210,7 @@ def run_checks(settings: Settings) -> list[Check]:
         check_gpu,
         lambda: check_disk(settings),
     ]
-    return [check() for check in checks]
+    return [check() for check in checks] + link_checks(settings)
 
 
 def render_table(checks: list[Check]) -> str:

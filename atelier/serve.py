@@ -168,7 +168,7 @@ def serve_cli(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="default: one per GPU")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings=settings)
     if not args.no_bot and settings.discord_token is None:
         print(
             "error: DISCORD_TOKEN is not set; set it, or try everything offline with "

@@ -222,7 +222,7 @@ async def bot_child(config: dict[str, Any]) -> None:
 def bench_settings(data_dir: Path, token: str) -> Settings:
     settings = load_settings(
         data_dir=data_dir,
-        link_secret="bench",
+        link_secret="bench-secret-of-at-least-32-characters",
         discord={"link_port": 0},
         limits={"jobs_per_member": 10},
     )

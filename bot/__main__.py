@@ -27,7 +27,7 @@ async def _main() -> None:
     from bot.client import AtelierBot
 
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings=settings)
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
     engine = make_engine(settings.db_url)

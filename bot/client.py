@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from bot.db import run_db
 from bot.errors import on_app_command_error
 from bot.ingesting import Ingests
-from bot.links import LinkServer, LinkSigner
+from bot.links import LinkServer, LinkSigner, stored_link_secret
 from bot.notifier import Notifier
 from bot.permissions import guild_allowed
 from bot.sync import sync_if_changed
@@ -65,7 +65,11 @@ class AtelierBot(commands.Bot):
         self.engine = engine
         self.start_tasks = start_tasks
         self.upload_limits: dict[int, int] = {}
-        secret = settings.link_secret.get_secret_value().encode() if settings.link_secret else None
+        secret = (
+            settings.link_secret.get_secret_value().encode()
+            if settings.link_secret
+            else stored_link_secret(settings.data_dir)
+        )
         self.signer = LinkSigner(
             secret,
             settings.data_dir,

@@ -2,20 +2,63 @@
 
 A link is `{public_url}/dl/{relative path}?exp=UNIX&sig=HEX`, where `sig` is an HMAC-SHA256 over
 the path and the expiry. The path is relative to the data folder and never leaves it. A bad
-signature or an expired link gets 403.
+signature or an expired link gets 403. Every answer says `Cache-Control: private, no-store`: a
+shared proxy or the browser's disk cache must not keep a member's model.
+
+The key is `link_secret` when set, else one made on first start and kept in
+`data_dir/link_secret` (mode 600), so links survive a restart and every bot on the same data
+folder signs alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+
+from storage.fsutil import fsync_dir
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "link_secret"
+NO_STORE = {
+    "Cache-Control": "private, no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def stored_link_secret(data_dir: Path) -> bytes:
+    """The link key kept in `data_dir/link_secret`, made (mode 600) on first use."""
+    path = Path(data_dir) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning("%s was readable by others (mode %o); now 600", path, mode)
+        value = path.read_bytes().strip()
+        if len(value) < 32:
+            raise RuntimeError(f"{path} holds a key shorter than 32 bytes; delete it") from None
+        return value
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_urlsafe(48).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(path.parent)
+    log.info("made a new download-link key in %s", path)
+    return path.read_bytes().strip()
 
 
 class LinkSigner:
@@ -64,11 +107,12 @@ def make_app(signer: LinkSigner) -> web.Application:
                 request.query.get("sig", ""),
             )
         except PermissionError as error:
-            return web.Response(status=403, text=f"forbidden: {error}")
+            return web.Response(status=403, text=f"forbidden: {error}", headers=NO_STORE)
         if not path.is_file():
-            return web.Response(status=404, text="gone")
+            return web.Response(status=404, text="gone", headers=NO_STORE)
         return web.FileResponse(
-            path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'}
+            path,
+            headers={"Content-Disposition": f'attachment; filename="{path.name}"', **NO_STORE},
         )
 
     app = web.Application()

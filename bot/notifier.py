@@ -25,6 +25,7 @@ from bot import delivery, queries, render
 from bot.db import run_db
 from bot.render import NUMBER_EMOJI, VOTE_EMOJI
 from bot.retries import Retries, deliver_loose, describe_error
+from bot.visibility import visible_to_everyone
 from storage.events import (
     EventKind,
     event_nonce,
@@ -400,6 +401,10 @@ class Notifier:
     async def _announce(self, job: Job, event: Event, url: str | None) -> None:
         settings = await run_db(queries.guild_settings, self.engine, job.guild_id)
         channel_id = (settings.results_channel_id if settings else None) or job.channel_id
+        if channel_id != job.channel_id and not visible_to_everyone(
+            self.bot.get_guild(job.guild_id or 0), job.channel_id
+        ):  # a model of a private channel is announced there, not to the whole server
+            channel_id = job.channel_id
         assert channel_id is not None
         channel = await delivery.resolve_channel(self.bot, channel_id)
         ckpt = await run_db(

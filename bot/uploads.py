@@ -20,11 +20,20 @@ from bot.errors import BadInput, DatasetRefused, LimitReached
 from bot.ingesting import Ingests, ingests_of
 from storage import quotas
 from storage.ingest import IngestError, IngestOptions, IngestResult
+from storage.retention import DiskFull, require_free_space
 
 
 def require_one_source(dataset: discord.Attachment | None, url: str | None) -> None:
     if (dataset is None) == (url is None):
         raise BadInput("Give exactly one of `dataset` (a zip) or `dataset_url` (a link).")
+
+
+async def require_disk_space(settings: Any) -> None:
+    """New work is refused with one clear line while the data folder is nearly full."""
+    try:
+        await run_db(require_free_space, settings)
+    except DiskFull as error:
+        raise LimitReached(str(error)) from None
 
 
 async def ingest_upload(
@@ -39,6 +48,7 @@ async def ingest_upload(
     """Download to `data_dir/incoming` (size-capped), ingest, remove the zip."""
     if dataset is not None and not dataset.filename.lower().endswith(".zip"):
         raise BadInput("The dataset must be a .zip file.")
+    await require_disk_space(settings)
     ingests = ingests_of(interaction.client if interaction else None, settings)
     if interaction is None:
         return await _fetch_and_ingest(ingests, settings, dataset, url, options, None)

@@ -1,10 +1,17 @@
 """Dataset rows: recording an ingest result, named datasets (add, list, find, remove), and what
 `/dataset show` needs from a dataset folder (caption samples, a contact sheet of thumbnails).
 
+Folders are content-addressed and shared (the same images stored twice are stored once); rows
+are not: each guild has its own row for the same folder (`guild_row_id`), with its own name,
+description and creator, and never sees another guild's. A folder is deleted only when no
+other row points at it (reference counting), so one server's `/dataset remove` cannot break
+another server's jobs, and no message reveals that another server holds the same images.
+
 Pillow and the standard library only (no torch, no discord)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -30,6 +37,16 @@ class DatasetRefused(Exception):
     """A dataset operation the caller may not do; `str(error)` is one plain sentence."""
 
 
+def guild_row_id(session: Session, content_id: str, guild_id: int | None) -> str:
+    """The id of `guild_id`'s row for the content `content_id`: the content hash itself for the
+    first guild that stored it (and rows from before per-guild rows), a hash of (content,
+    guild) for any other guild."""
+    existing = session.get(Dataset, content_id)
+    if existing is None or existing.guild_id == guild_id:
+        return content_id
+    return hashlib.sha256(f"{content_id}:{guild_id}".encode()).hexdigest()
+
+
 def record_dataset(
     session: Session,
     result: Any,
@@ -38,13 +55,15 @@ def record_dataset(
     name: str | None = None,
     created_by: int | None = None,
 ) -> Dataset:
-    """Insert (or reuse) the row for an `IngestResult`; the same content gives the same row."""
-    existing = session.get(Dataset, result.dataset_id)
+    """Insert (or reuse) this guild's row for an `IngestResult`; the same content gives the
+    same row within a guild, and a separate row (same folder) in another guild."""
+    row_id = guild_row_id(session, result.dataset_id, guild_id)
+    existing = session.get(Dataset, row_id)
     if existing is not None:
         return existing
     summary = result.to_json()
     dataset = Dataset(
-        id=result.dataset_id,
+        id=row_id,
         guild_id=guild_id,
         name=name,
         path=str(result.path),
@@ -82,23 +101,22 @@ def add_named_dataset(
 ) -> Dataset:
     """Record an ingest result under `name` (unique per guild; guild None is the CLI's).
 
-    The id is the content hash, so the same images may already have a row: an unnamed one
-    (from a zip given straight to `/train`) takes the name; a named one is refused."""
+    The same images may already have this guild's row: an unnamed one (from a zip given
+    straight to `/train`) takes the name; a named one is refused. Another guild's row for the
+    same images is neither touched nor mentioned."""
     name = clean_name(name)
     if description is not None:
         description = description.strip()[:DESCRIPTION_MAX] or None
+    row_id = guild_row_id(session, result.dataset_id, guild_id)
     taken = find_dataset(session, guild_id, name)
-    if taken is not None and taken.id != result.dataset_id:
+    if taken is not None and taken.id != row_id:
         raise DatasetRefused(f"There is already a dataset named `{name}`; pick another name.")
-    existing = session.get(Dataset, result.dataset_id)
+    existing = session.get(Dataset, row_id)  # this guild's own row, never another's
     if existing is not None and existing.name is not None:
-        if existing.guild_id == guild_id:
-            raise DatasetRefused(
-                f"These images (with these options) are already stored as `{existing.name}`."
-            )
-        raise DatasetRefused("These images (with these options) are already stored elsewhere.")
+        raise DatasetRefused(
+            f"These images (with these options) are already stored as `{existing.name}`."
+        )
     dataset = existing or record_dataset(session, result, guild_id=guild_id, created_by=created_by)
-    dataset.guild_id = guild_id
     dataset.name = name
     dataset.description = description
     dataset.created_by = created_by
@@ -128,22 +146,28 @@ def names_matching(
     return [n for n in names if needle in n.lower()][:most]
 
 
-def jobs_using(session: Session, dataset_id: str) -> list[Job]:
-    """Jobs on this dataset that still need it: queued, running or awaiting the vote."""
+def jobs_using(session: Session, dataset_id: str, guild_id: int | None = None) -> list[Job]:
+    """This guild's jobs on this dataset that still need it: queued, running or awaiting the
+    vote (another guild's jobs are never named to this one)."""
     return list(
         session.exec(
             select(Job)
-            .where(Job.dataset_id == dataset_id, col(Job.state).in_([str(s) for s in OPEN_STATES]))
+            .where(
+                Job.dataset_id == dataset_id,
+                Job.guild_id == guild_id,
+                col(Job.state).in_([str(s) for s in OPEN_STATES]),
+            )
             .order_by(col(Job.id))
         ).all()
     )
 
 
-def remove_dataset(session: Session, dataset: Dataset) -> Path:
-    """Forget a named dataset; returns its folder, which the caller deletes after the commit
-    (`delete_folder`). Refused while an open job uses it. A row that finished jobs still point
-    to stays as their (unnamed) record; any other row is deleted."""
-    using = jobs_using(session, dataset.id)
+def remove_dataset(session: Session, dataset: Dataset) -> Path | None:
+    """Forget a named dataset; returns its folder for the caller to delete after the commit
+    (`delete_folder`), or None while another row (another guild's) still uses the folder.
+    Refused while an open job of this guild uses it. A row that finished jobs still point to
+    stays as their (unnamed) record; any other row is deleted."""
+    using = jobs_using(session, dataset.id, dataset.guild_id)
     if using:
         ids = ", ".join(f"#{j.id}" for j in using[:5])
         raise DatasetRefused(
@@ -161,11 +185,16 @@ def remove_dataset(session: Session, dataset: Dataset) -> Path:
             row.description = None
             session.add(row)
     session.flush()
-    return folder
+    shared = session.exec(
+        select(Dataset.id).where(Dataset.path == dataset.path, Dataset.id != dataset.id)
+    ).first()
+    return None if shared is not None else folder
 
 
-def delete_folder(folder: Path, datasets_dir: Path) -> bool:
-    """Delete a dataset folder, but only one directly inside `datasets_dir`."""
+def delete_folder(folder: Path | None, datasets_dir: Path) -> bool:
+    """Delete a dataset folder, but only one directly inside `datasets_dir` (None: nothing)."""
+    if folder is None:
+        return False
     try:
         inside = folder.resolve().parent == datasets_dir.resolve()
     except OSError:

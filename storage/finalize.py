@@ -1,13 +1,15 @@
 """Finalizing a vote: keep the winner (and the next best up to the keep count), delete the rest.
 
 The database change and its `finalized` event commit first; files are deleted after. A crash in
-between leaves files of checkpoints already marked deleted, which `sweep_deleted` removes on the
-next start — never the other way round (a row pointing at a missing file).
+between leaves files of checkpoints already marked deleted, which `sweep_deleted` removes when
+the worker's retention sweep runs (`storage.retention`) — never the other way round (a row
+pointing at a missing file).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from storage.states import JobState
 from storage.votes import rank, tally
 
 log = logging.getLogger(__name__)
+
+_STEP_FOLDER = re.compile(r"-step\d{8}$")
 
 
 class NothingToFinalize(RuntimeError):
@@ -78,10 +82,19 @@ def finalize(engine: Engine, job_id: int, keep: int, by_user: int | None) -> Fin
 
 def checkpoint_paths(checkpoint: Checkpoint) -> list[Path]:
     """The files and folders that belong to a checkpoint (its grid stays: it is small, and the
-    thread's history shows it)."""
-    paths = [Path(checkpoint.path)]
+    thread's history shows it).
+
+    LoRA/DoRA: `checkpoints/<stem>.safetensors` + `checkpoints/diffusers/<stem>/`.
+    Embedding: `checkpoints/<stem>/<token>.safetensors` (the folder is the checkpoint's) +
+    `checkpoints/diffusers/<stem>/`."""
     primary = Path(checkpoint.path)
-    diffusers_copy = primary.parent / "diffusers" / primary.stem
+    paths = [primary]
+    if _STEP_FOLDER.search(primary.parent.name):  # an embedding: a folder per step
+        stem, out_dir = primary.parent.name, primary.parent.parent
+        paths.append(primary.parent)
+    else:
+        stem, out_dir = primary.stem, primary.parent
+    diffusers_copy = out_dir / "diffusers" / stem
     if diffusers_copy.exists():
         paths.append(diffusers_copy)
     if checkpoint.state_path:

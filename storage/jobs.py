@@ -280,6 +280,7 @@ def add_checkpoint(
         if existing is not None:  # re-trained after a resume: replace the files' record
             for field in ("path", "grid_path", "state_path", "loss"):
                 setattr(existing, field, getattr(checkpoint, field))
+            existing.deleted = False  # its files exist again (a retry after the sweep)
             checkpoint = existing
         session.add(checkpoint)
         job.step = checkpoint.step

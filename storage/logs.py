@@ -11,7 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from storage import redact
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET = ("discord", "aiohttp.access", "websockets")
@@ -37,9 +42,12 @@ class RedactTokens(logging.Filter):
 _handler: logging.Handler | None = None
 
 
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> logging.Handler:
-    """Log to `stream` (stderr) at `level`; discord.py's loggers at WARNING or above. Calling it
-    again replaces the handler it added before (tests, `atelier demo`)."""
+def configure_logging(
+    level: str = "INFO", stream: TextIO | None = None, settings: Settings | None = None
+) -> logging.Handler:
+    """Log to `stream` (stderr) at `level`; discord.py's loggers at WARNING or above; the
+    secrets of `settings` (token, link secret, database password) and any URL password masked.
+    Calling it again replaces the handler it added before (tests, `atelier demo`)."""
     global _handler
     root = logging.getLogger()
     if _handler is not None:
@@ -53,4 +61,5 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> logg
     for name in QUIET:
         logging.getLogger(name).setLevel(floor)
     _handler = handler
+    redact.install(settings)
     return handler

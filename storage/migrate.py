@@ -19,11 +19,13 @@ class SchemaMismatch(RuntimeError):
     """The database's schema version is not the code's; the message says what to do."""
 
 
-def _config(engine: Engine | None = None) -> Config:
+def _config() -> Config:
+    """Alembic's config holds only the scripts' folder. The database reaches Alembic as an open
+    connection (`config.attributes`), never as a URL string: Alembic's ConfigParser would
+    interpolate a %-encoded password (and crash with the URL, password included, in the
+    traceback)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if engine is not None:
-        config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
@@ -46,7 +48,7 @@ def known_revisions() -> set[str]:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database forward to `revision`, keeping its rows."""
-    config = _config(engine)
+    config = _config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

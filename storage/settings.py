@@ -8,6 +8,7 @@ The file is `atelier.toml` in the working directory, or the path in `ATELIER_CON
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,9 @@ TINY_MODEL = "tiny"
 """Catalogue name of the built-in SD-1-shaped model, built from configs on first use."""
 
 TINY_SDXL_MODEL = "tiny-sdxl"
+
+MIN_LINK_SECRET = 32
+"""Shortest accepted `link_secret`: it is an HMAC key, and a short one can be guessed."""
 
 
 class SettingsError(RuntimeError):
@@ -73,6 +77,12 @@ class Limits(BaseModel):
     ingest_processes: int = Field(0, ge=0, description="Image-decoding processes; 0: one a core.")
     ingest_process_memory_bytes: int = Field(
         1536 * 1024**2, ge=0, description="Address-space limit of each decoding process; 0: none."
+    )
+    min_free_disk_gb: float = Field(
+        5.0, ge=0, description="New work is refused while the data folder has less free space."
+    )
+    failed_job_days: float = Field(
+        7.0, ge=0, description="A failed job's files are kept this long for /job retry."
     )
 
 
@@ -133,11 +143,17 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data"), description="Where datasets, jobs and models live.")
-    database_url: str | None = Field(None, description="Default: SQLite file in data_dir.")
+    database_url: str | None = Field(
+        None, repr=False, description="Default: SQLite file in data_dir. A secret: never shown."
+    )
     discord_token: SecretStr | None = Field(
         None, validation_alias="DISCORD_TOKEN", description="Bot token; environment only."
     )
-    link_secret: SecretStr | None = Field(None, description="Signs download links.")
+    link_secret: SecretStr | None = Field(
+        None,
+        description=f"Signs download links (at least {MIN_LINK_SECRET} characters). Unset: one is "
+        "made on first start and kept in data_dir/link_secret (mode 600).",
+    )
     base_models: dict[str, BaseModelEntry] = Field(
         default_factory=lambda: dict(BUILTIN_MODELS),
         description="Name → local model. The built-in models are always there.",
@@ -155,6 +171,21 @@ class Settings(BaseSettings):
     def _known_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("link_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("link_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_LINK_SECRET:
+            raise ValueError(
+                f"needs at least {MIN_LINK_SECRET} characters (e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
         return value
 
     @field_validator("base_models", mode="after")
@@ -189,6 +220,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'atelier.db').resolve()}"
 
     @property
+    def db_url_masked(self) -> str:
+        """The database URL with its password replaced by `***` (for logs and messages)."""
+        return mask_url(self.db_url)
+
+    @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
 
@@ -203,6 +239,14 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^\s]*)@", re.I)
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@` in it replaced by `***`."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
 
 
 def _explain(error: ValidationError) -> str:

@@ -67,17 +67,18 @@ class LoadedModel:
 
 
 def resolve_base_model(name_or_path: str, settings: Settings) -> tuple[str, Architecture]:
-    """Map a catalogue name (or builtin / local path) to `(path, architecture)`."""
-    entry = settings.base_models.get(name_or_path)
-    if entry is not None:
-        return entry.path, entry.architecture
-    if name_or_path in BUILTINS:
-        return name_or_path, BUILTINS[name_or_path]
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return str(path), detect_architecture(path)
-    known = ", ".join(sorted(settings.base_models)) or "none"
-    raise BaseModelError(f"unknown base model {name_or_path!r} (catalogue: {known})")
+    """Map a catalogue name (or builtin / local path) to `(path, architecture)` with the one
+    resolver the bot and doctor use (`storage.base_models`): a catalogue entry keeps its
+    configured architecture; only a bare local path has it detected."""
+    from storage.base_models import UnknownBaseModel, resolve
+
+    try:
+        model = resolve(name_or_path, settings)
+    except UnknownBaseModel as error:
+        raise BaseModelError(str(error)) from None
+    if model.architecture:
+        return model.path, model.architecture  # type: ignore[return-value]
+    return model.path, detect_architecture(Path(model.path))
 
 
 def detect_architecture(path: Path) -> Architecture:
@@ -154,20 +155,15 @@ def _load_pipeline(
 
 def _single_file_config(checkpoint: Path, explicit: str | Path | None) -> Path:
     """Find the local diffusers config folder that replaces the Hub lookup of from_single_file."""
-    candidates = (
-        [Path(explicit)]
-        if explicit
-        else [
-            checkpoint.with_suffix(""),
-            checkpoint.with_suffix(".config"),
-        ]
-    )
-    for folder in candidates:
-        if (folder / "model_index.json").is_file():
-            return folder
+    from storage.base_models import single_file_config
+
+    folder = single_file_config(checkpoint, explicit)
+    if folder is not None:
+        return folder
     raise BaseModelError(
         f"single-file checkpoint {checkpoint.name} needs a local diffusers config folder "
-        f"(model_index.json + component configs + tokenizers) at {candidates[0]}; "
+        f"(model_index.json + component configs + tokenizers) at "
+        f"{Path(explicit) if explicit else checkpoint.with_suffix('')}; "
         "offline, configs cannot be fetched from the Hugging Face Hub"
     )
 

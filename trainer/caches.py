@@ -12,14 +12,13 @@ fingerprint: their latents are encoded once per job (`trainer.heldout.HeldoutSet
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from storage.fsutil import atomic_path
 from trainer.data import Example, load_pixels
 
 
@@ -89,15 +88,8 @@ def encode_prompts(model: Any, captions: list[str]) -> TextConditioning:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load(path: Path, count: int) -> dict[str, list[torch.Tensor]] | None:

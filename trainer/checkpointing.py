@@ -3,15 +3,20 @@
 A state folder `output_dir/state/step-00000020/` holds the adapter tensors, optimizer and
 lr-scheduler state, the RNG states of torch / numpy / python, and `meta.json` (step, data-order
 position, NaN counter, loss history, checkpoints so far, config hash). It is written into a
-temporary sibling and renamed into place, so a SIGKILL leaves either the whole state or none;
+temporary sibling whose files are fsynced before it is renamed into place (and the parent folder
+after), so neither a SIGKILL nor a power cut leaves a folder that looks complete but is not;
 `meta.json` is written last inside it and is what marks a folder complete.
+
+Nothing here unpickles: tensors are loaded with `weights_only=True`, the lr-scheduler state is
+JSON and the RNG states are a safetensors file plus JSON (a writable data folder must not mean
+code execution). On resume a state that does not load is skipped for the one before it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import random
 import shutil
 import tempfile
@@ -21,8 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from storage.fsutil import TEMP_MARK, durable_replace
 from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 _PREFIX = "step-"
@@ -72,6 +81,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_rng(folder: Path, state: dict[str, Any]) -> None:
+    """Torch / CUDA generator states as tensors, numpy's and python's as JSON numbers."""
+    tensors = {"torch": state["torch"]}
+    for index, cuda in enumerate(state.get("cuda", [])):
+        tensors[f"cuda.{index}"] = cuda
+    save_file(tensors, str(folder / "rng.safetensors"))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    version, internal, gauss_next = state["python"]
+    plain = {
+        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss_next],
+    }
+    (folder / "rng.json").write_text(json.dumps(plain), encoding="utf-8")
+
+
+def _read_rng(folder: Path) -> dict[str, Any]:
+    tensors = load_file(str(folder / "rng.safetensors"))
+    plain = json.loads((folder / "rng.json").read_text(encoding="utf-8"))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    version, internal, gauss_next = plain["python"]
+    state: dict[str, Any] = {
+        "torch": tensors["torch"],
+        "numpy": (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "python": (version, tuple(internal), gauss_next),
+    }
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1) if f"cuda.{i}" in tensors]
+    if cuda:
+        state["cuda"] = cuda
+    return state
+
+
+def _read_legacy_rng(path: Path) -> dict[str, Any]:
+    """`rng.pt` of states written before the JSON format, still without unpickling code: only
+    numpy's array reconstruction is allowed besides tensors and plain types."""
+    from numpy._core.multiarray import _reconstruct
+
+    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_state(
     output_dir: Path,
     state: TrainState,
@@ -82,34 +132,19 @@ def save_state(
     """Write one complete state folder atomically (temp folder + rename) and return it."""
     final = state_dir(output_dir, state.step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", suffix=TEMP_MARK, dir=final.parent))
     try:
         torch.save({k: v.detach().cpu() for k, v in adapter.items()}, tmp / "adapter.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "scheduler.json").write_text(json.dumps(lr_scheduler.state_dict()), encoding="utf-8")
+        _write_rng(tmp, rng_state())
         (tmp / "meta.json").write_text(json.dumps(state.__dict__, indent=1), encoding="utf-8")
-        _fsync_dir(tmp)
         if final.exists():  # a previous attempt at this very step (resumed after it)
             shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        durable_replace(tmp, final)  # fsync every file and the folder, rename, fsync the parent
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_states(output_dir: Path) -> list[Path]:
@@ -134,17 +169,62 @@ def read_meta(path: Path) -> TrainState:
     return TrainState(**json.loads((path / "meta.json").read_text(encoding="utf-8")))
 
 
+@dataclass
+class SavedState:
+    """Everything one state folder holds, read into memory (nothing applied yet)."""
+
+    path: Path
+    meta: TrainState
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def read_state(path: Path) -> SavedState:
+    """Read and check a whole state folder; raises if any part is missing or damaged."""
+    meta = read_meta(path)
+    adapter = torch.load(path / "adapter.pt", map_location="cpu", weights_only=True)
+    optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    if (path / "scheduler.json").is_file():
+        scheduler = json.loads((path / "scheduler.json").read_text(encoding="utf-8"))
+        rng = _read_rng(path)
+    else:  # written by an older Atelier
+        scheduler = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
+        rng = _read_legacy_rng(path / "rng.pt")
+    return SavedState(path, meta, adapter, optimizer, scheduler, rng)
+
+
+def newest_readable_state(output_dir: Path) -> SavedState | None:
+    """The newest state that reads back whole; damaged ones (a power cut before an fsync, a
+    full disk) are skipped for the one before, with a log line each."""
+    for path in reversed(list_states(output_dir)):
+        try:
+            return read_state(path)
+        except Exception as error:  # any damage means: not this one
+            log.warning(
+                "state %s does not load (%s: %s); trying the one before",
+                path,
+                type(error).__name__,
+                str(error).splitlines()[0][:200] if str(error) else "",
+            )
+    return None
+
+
+def apply_state(saved: SavedState, optimizer: Any, lr_scheduler: Any) -> None:
+    """Restore optimizer, scheduler and RNG in place from a state read by `read_state`."""
+    optimizer.load_state_dict(saved.optimizer)
+    lr_scheduler.load_state_dict(saved.scheduler)
+    set_rng_state(saved.rng)
+
+
 def load_state(
     path: Path, optimizer: Any, lr_scheduler: Any
 ) -> tuple[TrainState, dict[str, torch.Tensor]]:
     """Restore optimizer, scheduler and RNG in place; return the meta and the adapter tensors."""
-    adapter = torch.load(path / "adapter.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(
-        torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    )
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return read_meta(path), adapter
+    saved = read_state(path)
+    apply_state(saved, optimizer, lr_scheduler)
+    return saved.meta, saved.adapter
 
 
 def prune_states(output_dir: Path, keep_last: int | None) -> list[Path]:
@@ -152,7 +232,7 @@ def prune_states(output_dir: Path, keep_last: int | None) -> list[Path]:
     root = Path(output_dir) / STATE_DIR
     removed: list[Path] = []
     if root.is_dir():
-        for path in root.glob(f".{_PREFIX}*"):
+        for path in root.glob(f".{_PREFIX}*"):  # temp folders of interrupted saves
             shutil.rmtree(path, ignore_errors=True)
     if keep_last is None:
         return removed

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from storage.base_models import fingerprint, public_name
+from storage.fsutil import TEMP_MARK, atomic_path, durable_replace
 from trainer.adapters import (
     ADAPTER_NAME,
     adapted_components,
@@ -75,11 +79,9 @@ def slug(text: str) -> str:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Readers (the bot, a download) never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    """Readers (the bot, a download) never see half a file, nor does anyone after a power cut."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 # ---------------------------------------------------------------- LoRA / DoRA, kohya layout
@@ -171,13 +173,14 @@ def kohya_metadata(
 def _modelspec(
     model: LoadedModel, config: TrainConfig, title: str, kind: str, resolution: str
 ) -> dict[str, str]:
+    base_name = public_name(config.base_model)
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{SPEC_ARCH[model.architecture]}/{kind}",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
         if model.architecture == "sdxl" else "diffusers",
         "modelspec.title": title,
-        "modelspec.description": f"{config.method} trained with Atelier on {config.base_model}",
+        "modelspec.description": f"{config.method} trained with Atelier on {base_name}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
         "modelspec.resolution": resolution,
         "modelspec.prediction_type": model.prediction_type,
@@ -185,7 +188,8 @@ def _modelspec(
     trigger = config.token if kind == "textual-inversion" else config.trigger
     if trigger:
         spec["modelspec.trigger_phrase"] = trigger
-    return spec
+    # the base model by catalogue name and a hash of its weights, never a host path
+    return spec | {"ss_sd_model_name": base_name, "ss_sd_model_hash": fingerprint(model.source)}
 
 
 def save_diffusers_lora(model: LoadedModel, config: TrainConfig, folder: Path) -> None:
@@ -198,7 +202,15 @@ def save_diffusers_lora(model: LoadedModel, config: TrainConfig, folder: Path) -
             module, adapter_name=ADAPTER_NAME
         )
         kwargs[f"{component}_lora_adapter_metadata"] = module.peft_config[ADAPTER_NAME].to_dict()
-    type(model.pipeline).save_lora_weights(folder, safe_serialization=True, **kwargs)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=TEMP_MARK, dir=folder.parent))
+    try:
+        type(model.pipeline).save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        if folder.exists():  # an earlier attempt at this step (resumed after it)
+            shutil.rmtree(folder)
+        durable_replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- embeddings

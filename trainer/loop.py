@@ -37,10 +37,11 @@ from trainer.caches import (
 )
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.checkpointing import (
+    SavedState,
     TrainState,
+    apply_state,
     config_hash,
-    latest_state,
-    load_state,
+    newest_readable_state,
     prune_states,
     save_state,
 )
@@ -132,8 +133,8 @@ def train(
     # 6. resume from the newest complete state, if any
     state = TrainState(step=0, micro_index=0, config_hash=config_hash(config))
     resumed_from = None
-    if resume and (path := latest_state(output_dir)) is not None:
-        state = restore(path, model, config, optimizer, lr_scheduler)
+    if resume and (saved := newest_readable_state(output_dir)) is not None:
+        state = restore(saved, model, config, optimizer, lr_scheduler)
         resumed_from = state.step
     checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
     plan = make_plan(config, _initializer(config), concepts=dataset.concepts)
@@ -392,15 +393,16 @@ def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> 
 
 
 def restore(
-    path: Path, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any
+    saved: SavedState, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any
 ) -> TrainState:
     """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs."""
-    state, tensors = load_state(path, optimizer, lr_scheduler)
+    state, path = saved.meta, saved.path
     if state.config_hash and state.config_hash != config_hash(config):
         raise TrainingFailed(
             f"{path.parent.parent} holds a run with different settings; use a new output folder"
         )
-    adapters.load_adapter_state(model, config, tensors)
+    apply_state(saved, optimizer, lr_scheduler)
+    adapters.load_adapter_state(model, config, saved.adapter)
     log.info("resumed from %s (step %s)", path, state.step)
     return state
 

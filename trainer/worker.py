@@ -188,6 +188,7 @@ class Worker:
         self.engine = engine
         self.worker_id = worker_id or default_worker_id()
         self.shutdown = threading.Event()
+        self._last_sweep = -math.inf
 
     def requeue_stale(self) -> None:
         stale = timedelta(seconds=self.settings.worker.stale_after_seconds)
@@ -201,6 +202,8 @@ class Worker:
         `/iterate start`, `/compare`), one round-robin between members — and run it; False
         when there was nothing to do."""
         self.requeue_stale()
+        if not self.maintain():
+            return False
         claimed = claim_next(self.engine, self.worker_id)
         if claimed is None:
             return False
@@ -214,6 +217,27 @@ class Worker:
             from trainer.renders import run_render
 
             run_render(self, claimed)
+        return True
+
+    def maintain(self) -> bool:
+        """The retention sweep (at start, then hourly) and the disk guard: False while the disk
+        is too full to take new work (logged once per hour, nothing claimed)."""
+        from storage import retention
+
+        now = time.monotonic()
+        due = now - self._last_sweep >= retention.SWEEP_EVERY_SECONDS
+        if due:
+            self._last_sweep = now
+            try:
+                retention.sweep(self.engine, self.settings)
+            except Exception:  # never stop training over housekeeping
+                log.warning("retention sweep failed", exc_info=True)
+        try:
+            retention.require_free_space(self.settings)
+        except retention.DiskFull as error:
+            if due:
+                log.error("not claiming work: %s", error)
+            return False
         return True
 
     def run_generation(self, request: Generation, lease: requests.Lease | None = None) -> None:
@@ -302,12 +326,11 @@ class Worker:
             log.info("job %s: worker done after %.1f s", job.id, time.monotonic() - started)
 
     def _train(self, job: Job, control: JobControl) -> TrainResult:
-        from trainer.base_models import resolve_base_model  # torch loads here, not at import
-        from trainer.loop import train
+        from trainer.loop import train  # torch loads here, not at import
 
+        # base_model stays the catalogue name: the loop resolves it with these settings (the
+        # configured architecture kept), and the delivered files name it, never a host path
         config, dataset_dir = self._job_inputs(job)
-        path, _architecture = resolve_base_model(config.base_model, self.settings)
-        config = config.model_copy(update={"base_model": path})
         callbacks = DatabaseCallbacks(
             self.engine,
             job.id,
@@ -324,6 +347,7 @@ class Worker:
             resume=True,
             device=resolve_device(self.settings.worker.device),
             cache_dir=self.settings.cache_dir,
+            settings=self.settings,
         )
 
     def _job_inputs(self, job: Job) -> tuple[TrainConfig, Path]:
@@ -427,7 +451,7 @@ def worker_cli(argv: list[str]) -> int:
     parser.add_argument("--id", default=None, help="worker name (default host:pid)")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings=settings)
     engine = make_engine(settings.db_url)
     ensure_schema(engine)
     worker = Worker(settings, engine, args.id)

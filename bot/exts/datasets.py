@@ -77,7 +77,7 @@ def _find(engine: Engine, guild_id: int | None, name: str) -> Dataset:
     return dataset
 
 
-def _remove(engine: Engine, dataset_id: str, name: str) -> Path:
+def _remove(engine: Engine, dataset_id: str, name: str) -> Path | None:
     with session_scope(engine) as session:
         row = session.get(Dataset, dataset_id)
         if row is None or row.name != name:

@@ -36,6 +36,7 @@ from bot.exts.models import model_choices
 from bot.permissions import member_is_manager, require_worker_time
 from bot.render import NUMBER_EMOJI
 from bot.retries import deliver_loose
+from bot.visibility import require_visible
 from bot.voting import CountUnreadable, plain
 from storage import comparisons, lineage
 from storage import iterations as it
@@ -518,6 +519,8 @@ class Iterate(commands.Cog):
         bot = atelier(interaction)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
         require_worker_time(interaction.user, guild)
+        job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)  # a model of a channel they cannot see is not theirs
         try:
             iteration_id = await run_db(
                 _request_iteration,
@@ -577,7 +580,8 @@ class Iterate(commands.Cog):
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
         require_worker_time(interaction.user, guild)  # it costs worker time, like /train
         for job_id in (a, b):
-            await run_db(queries.get_job, bot.engine, job_id, interaction.guild_id)
+            job = await run_db(queries.get_job, bot.engine, job_id, interaction.guild_id)
+            require_visible(interaction, job)
         try:
             comparison = await run_db(
                 _request_comparison,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -14,6 +15,7 @@ from bot.db import run_db
 from bot.errors import BadInput, LimitReached, NotFound
 from bot.exts._common import atelier
 from bot.permissions import require_worker_time
+from bot.visibility import member_can_view, require_visible
 from storage.db import session_scope
 from storage.generations import UnknownModel, request_generation
 from storage.requests import RenderQuotaReached, check_render_quota
@@ -25,6 +27,7 @@ async def model_choices(
     rows = await run_db(
         queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
     )
+    rows = visible_rows(interaction, rows)
     return [
         app_commands.Choice(
             name=f"{job.name} (#{job.id}, {job.base_model})"[:100], value=job.id or 0
@@ -61,6 +64,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def visible_rows(interaction: discord.Interaction, rows: list[Any]) -> list[Any]:
+    """Only the models whose job channel the member can see."""
+    return [
+        row
+        for row in rows
+        if member_can_view(interaction.guild, interaction.user, row[0].channel_id)
+    ]
+
+
 def _request(engine: object, weights: list[float], limit: int, **fields: object) -> list[int]:
     """One request per weight, all in one transaction (all queued or none), within the
     member's render quota."""
@@ -95,6 +107,7 @@ class Models(commands.Cog):
         rows = await run_db(
             queries.finalized_models, atelier(interaction).engine, interaction.guild_id or 0
         )
+        rows = visible_rows(interaction, rows)
         if not rows:
             await interaction.followup.send("No finalized models yet.", ephemeral=True)
             return
@@ -122,6 +135,7 @@ class Models(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         ckpt = await run_db(queries.get_checkpoint, bot.engine, job.winner_checkpoint_id or 0)
         if ckpt is None or not Path(ckpt.path).is_file():
             raise NotFound(f"Job #{model} has no model file to deliver.")
@@ -160,6 +174,7 @@ class Models(commands.Cog):
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
         require_worker_time(interaction.user, guild)  # rendering costs worker time, like /train
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
+        require_visible(interaction, job)
         try:
             numbers = await run_db(
                 _request,

@@ -14,7 +14,9 @@ from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
 from bot.permissions import require_worker_time
-from bot.uploads import discard_new, ingest_upload, require_one_source
+from bot.uploads import discard_new, ingest_upload, require_disk_space, require_one_source
+from storage.base_models import UnknownBaseModel
+from storage.base_models import resolve as resolve_base_model
 from storage.ingest import IngestOptions, IngestResult
 from storage.models import Job
 from trainer.config import TrainConfig, TrainOverrides
@@ -246,6 +248,10 @@ class Train(commands.Cog):
             else settings.limits.jobs_per_member
         )
         base_model = options.pop("base_model") or settings.default_base_model
+        try:  # the resolver the worker trains with; members name catalogue entries only
+            resolve_base_model(base_model, settings, allow_paths=False)
+        except UnknownBaseModel:
+            raise BadInput(f"Unknown base model `{base_model}`; pick one from the list.") from None
         dataset_name = options.pop("dataset_name", None)
         config = build_config(
             method, options.pop("preset"), base_model, list(settings.base_models), **options
@@ -255,6 +261,7 @@ class Train(commands.Cog):
                 raise BadInput("Give one of `dataset`, `dataset_url` or `dataset_name`.")
             from bot.exts.datasets import stored_dataset
 
+            await require_disk_space(settings)
             result = await stored_dataset(bot, interaction.guild_id, dataset_name, config)
         else:
             require_one_source(dataset, dataset_url)

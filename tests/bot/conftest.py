@@ -64,7 +64,7 @@ def settings(tmp_path: Path) -> Settings:
             "device": "cpu",
         },
         vote_window_hours=1.0,
-        link_secret="test-secret",
+        link_secret="test-secret-of-at-least-32-characters",
     )
 
 
