@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from bot.errors import LimitReached, NotFound
-from storage import jobs
+from bot.changes import parse_change
+from bot.errors import BadInput, LimitReached, NotFound
+from storage import comparisons, iterations, jobs, lineage
 from storage.datasets import record_dataset
 from storage.db import session_scope
 from storage.events import EventKind
-from storage.models import Checkpoint, Dataset, Event, GuildSettings, Job, utcnow
+from storage.models import CandidateVote, Checkpoint, Dataset, Event, GuildSettings, Job, utcnow
+from storage.requests import RenderQuotaReached, check_render_quota
 from storage.states import LIVE_STATES, OPEN_STATES, JobState
 from storage.votes import replace_votes, set_vote
 
@@ -318,3 +321,105 @@ def _aware(moment: datetime) -> datetime:
 def keep_count(engine: Engine, guild_id: int | None, default: int) -> int:
     guild = guild_settings(engine, guild_id)
     return guild.keep_checkpoints if guild and guild.keep_checkpoints else default
+
+
+def queue_place(engine: Engine, job_id: int) -> tuple[int, float | None]:
+    """A queued job's place in the queue and the guess of when it starts (seconds)."""
+    with session_scope(engine) as session:
+        current = jobs.get_job(session, job_id)
+        return jobs.queue_position(session, current), start_estimate(session, current)
+
+
+def previous_heldout(engine: Engine, job_id: int, step: int) -> float | None:
+    """The held-out loss of the job's checkpoint before `step` (from its event), if any."""
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Event)
+            .where(Event.job_id == job_id, Event.kind == EventKind.CHECKPOINT)
+            .order_by(col(Event.id))
+        ).all()
+    earlier = [e.payload for e in rows if int(e.payload.get("step") or 0) < step]
+    if not earlier:
+        return None
+    value = max(reversed(earlier), key=lambda p: int(p.get("step") or 0)).get("heldout_loss")
+    return float(value) if value is not None else None
+
+
+# --- /iterate, /compare, /train lora from: ---------------------------------------------------
+
+
+def _within_render_quota(session: Session, limit: int, fields: dict[str, Any]) -> None:
+    try:
+        check_render_quota(session, fields["guild_id"], fields["user_id"], 1, limit)
+    except RenderQuotaReached as error:
+        raise LimitReached(str(error)) from None
+
+
+def request_iteration(engine: Engine, limit: int, **fields: Any) -> int:
+    """Queue an iteration's renders within the member's render quota; its id."""
+    with session_scope(engine) as session:
+        _within_render_quota(session, limit, fields)
+        return iterations.request_iteration(session, **fields).id  # type: ignore[return-value]
+
+
+def request_comparison(engine: Engine, limit: int, **fields: Any) -> int:
+    """Queue a comparison's renders within the member's render quota; its id."""
+    with session_scope(engine) as session:
+        _within_render_quota(session, limit, fields)
+        return comparisons.request_comparison(session, **fields).id  # type: ignore[return-value]
+
+
+def store_candidate_recount(engine: Engine, votes: dict[tuple[int, int], set[int]]) -> None:
+    """Make the stored candidate votes `(candidate, keep/discard) → members` exactly these."""
+    with session_scope(engine) as session:
+        for (candidate_id, value), users in votes.items():
+            rows = session.exec(
+                select(CandidateVote).where(
+                    CandidateVote.candidate_id == candidate_id, CandidateVote.value == value
+                )
+            ).all()
+            for row in rows:
+                if row.user_id not in users:
+                    session.delete(row)
+            for user in users - {row.user_id for row in rows}:
+                session.add(CandidateVote(candidate_id=candidate_id, user_id=user, value=value))
+
+
+def next_version_job(
+    engine: Engine,
+    parent_id: int,
+    guild_id: int | None,
+    channel_id: int | None,
+    owner_id: int,
+    name: str | None,
+    change: str | None,
+    limit: int,
+    catalogue: Collection[str],
+) -> Job:
+    """Queue the next version of a model: its newest dataset, one setting changed (or none)."""
+    with session_scope(engine) as session:
+        parent = session.get(Job, parent_id)
+        if parent is None or (guild_id is not None and parent.guild_id not in (None, guild_id)):
+            raise NotFound(f"There is no job #{parent_id}.")
+        if parent.state == "cancelled":
+            raise BadInput(f"Job #{parent_id} was cancelled; retrain from a job that finished.")
+        if jobs.active_jobs_of(session, guild_id, owner_id) >= limit:
+            raise BadInput(
+                f"You already have {limit} job(s) queued or running; wait for one to finish."
+            )
+        dataset = lineage.newest_dataset(session, parent.dataset_id)
+        key, old, new, config = parse_change(
+            change, {**parent.config, "dataset": dataset.path}, catalogue
+        )
+        version = lineage.dataset_version(session, dataset.id)
+        child = Job(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            owner_id=owner_id,
+            name=name or f"{parent.name}-v{version}"[:100],
+            method=parent.method,
+            base_model=config.get("base_model") or parent.base_model,
+            dataset_id=dataset.id,
+            config=config,
+        )
+        return lineage.enqueue_child(session, parent, child, key, old, new)

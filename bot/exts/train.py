@@ -13,6 +13,8 @@ from bot import queries
 from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
+from bot.exts.datasets import dataset_choices
+from bot.exts.iterate import from_choices, train_from
 from bot.permissions import require_worker_time
 from bot.uploads import discard_new, ingest_upload, require_disk_space, require_one_source
 from storage.base_models import UnknownBaseModel
@@ -71,6 +73,35 @@ def model_label(name: str, entry: Any) -> str:
     return f"{name} · {label}" + (f" — {entry.description}" if entry.description else "")
 
 
+async def preset_choices(
+    _interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    return [
+        app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
+        for p in PRESETS.values()
+        if current.lower() in p.name
+    ][:25]
+
+
+async def base_model_choices(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    models = atelier(interaction).settings.base_models
+    return [
+        app_commands.Choice(name=model_label(n, m)[:100], value=n)
+        for n, m in models.items()
+        if current.lower() in n.lower()
+    ][:25]
+
+
+SOURCE_CHOICES = {
+    "preset": preset_choices,
+    "base_model": base_model_choices,
+    "dataset_name": dataset_choices,
+}
+"""Autocomplete of the options `/train lora` and `/train embedding` share."""
+
+
 def ingest_resolution(resolution: int) -> int:
     """The dataset report's buckets and upscale advice are for the training resolution,
     rounded up to a multiple of 64."""
@@ -105,6 +136,7 @@ class Train(commands.Cog):
         change="With `from`: exactly one setting changed, as key=value (e.g. rank=16)",
     )
     @app_commands.rename(from_="from")
+    @app_commands.autocomplete(from_=from_choices, **SOURCE_CHOICES)
     async def lora(
         self,
         interaction: discord.Interaction,
@@ -125,9 +157,7 @@ class Train(commands.Cog):
         from_: int | None = None,
         change: app_commands.Range[str, 3, 200] | None = None,
     ) -> None:
-        if from_ is not None:  # the next version of a model (bot/exts/iterate.py)
-            from bot.exts.iterate import train_from
-
+        if from_ is not None:  # the next version of a model (bot/exts/iterate/)
             return await train_from(interaction, from_, change, name)
         if trigger is None:
             raise BadInput("Give a `trigger` (or `from` a job to retrain).")
@@ -164,6 +194,7 @@ class Train(commands.Cog):
         resolution="Resolution",
         validation_prompts="Prompts for the grids, separated by |",
     )
+    @app_commands.autocomplete(**SOURCE_CHOICES)
     async def embedding(
         self,
         interaction: discord.Interaction,
@@ -196,46 +227,6 @@ class Train(commands.Cog):
             validation_prompts=validation_prompts,
             dataset_name=dataset_name,
         )
-
-    @lora.autocomplete("from_")
-    async def _from_choices(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[int]]:
-        from bot.exts.iterate import from_choices
-
-        return await from_choices(interaction, current)
-
-    @lora.autocomplete("preset")
-    @embedding.autocomplete("preset")
-    async def _preset_choices(
-        self, _interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return [
-            app_commands.Choice(name=f"{p.name} — {p.description}"[:100], value=p.name)
-            for p in PRESETS.values()
-            if current.lower() in p.name
-        ][:25]
-
-    @lora.autocomplete("dataset_name")
-    @embedding.autocomplete("dataset_name")
-    async def _dataset_choices(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        from bot.exts.datasets import dataset_choices
-
-        return await dataset_choices(interaction, current)
-
-    @lora.autocomplete("base_model")
-    @embedding.autocomplete("base_model")
-    async def _model_choices(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        models = atelier(interaction).settings.base_models
-        return [
-            app_commands.Choice(name=model_label(n, m)[:100], value=n)
-            for n, m in models.items()
-            if current.lower() in n.lower()
-        ][:25]
 
     async def _start(
         self,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bot.changes import parse_change
 from bot.errors import BadInput
-from bot.exts.iterate import parse_change
 from trainer.config import TrainConfig
 from trainer.iterate import DEFAULT_CONTEXTS, prompt_matrix
 

@@ -1,0 +1,70 @@
+"""`/train lora from: change:key=value`: which one setting a member may change for the next
+version of a model, checked by the same limits as `/train` and validated as a TrainConfig."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+from pydantic import ValidationError
+
+from bot.errors import BadInput
+from trainer.config import TrainConfig, TrainOverrides
+from trainer.presets import explain_validation_error
+
+CHANGEABLE = frozenset({"steps", "rank", "learning_rate", "resolution", "base_model"})
+"""What `change:` may set: the settings `/train` offers members, checked by the same limits
+(`TrainOverrides`) and, for `base_model`, the operator's catalogue."""
+
+
+def parse_change(
+    change: str | None, config: dict[str, Any], catalogue: Collection[str] = ("tiny",)
+) -> tuple[str | None, Any, Any, dict[str, Any]]:
+    """`rank=16` → (key, old, new, new config): one allowed key, within the member limits of
+    `/train` and the base-model catalogue, then validated against TrainConfig."""
+    if not change or not change.strip():
+        return None, None, None, dict(config)
+    parts = [p for p in change.replace(",", " ").split() if p]
+    if len(parts) != 1 or parts[0].count("=") != 1:
+        raise BadInput("Change exactly one setting, as `key=value` (e.g. `rank=16`).")
+    key, raw = (s.strip() for s in parts[0].split("="))
+    if key not in CHANGEABLE or not raw:
+        allowed = ", ".join(sorted(CHANGEABLE))
+        raise BadInput(f"`{key}` is not a setting that can be changed (only {allowed}).")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    _check_member_limits(key, value, catalogue)
+    updated = json.loads(json.dumps(config))
+    target = updated
+    *path, leaf = key.split(".")
+    for part in path:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise BadInput(f"`{key}` is not a setting that can be changed.")
+    old = target.get(leaf)
+    target[leaf] = value
+    try:
+        validated = TrainConfig.model_validate(updated).model_dump(mode="json")
+    except ValidationError as error:
+        raise BadInput(explain_validation_error(error)) from None
+    new = validated
+    for part in key.split("."):
+        new = new[part]
+    if new == old:
+        raise BadInput(f"`{key}` is already {old}; that changes nothing.")
+    return key, old, new, validated
+
+
+def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:
+    """The same bounds `/train`'s options have; a base model from the catalogue only."""
+    if key == "base_model":
+        if value not in catalogue:
+            raise BadInput(f"Unknown base model `{value}`; pick one from the catalogue.")
+        return
+    try:
+        TrainOverrides.model_validate({key: value})
+    except ValidationError as error:
+        raise BadInput(explain_validation_error(error)) from None
