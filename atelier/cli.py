@@ -33,9 +33,9 @@ def _run_db(argv: list[str]) -> int:
 
 
 def _run_ingest(argv: list[str]) -> int:
-    from storage.ingest.cli import run_ingest_cli
+    from atelier.dataset_cli import ingest_cli
 
-    return run_ingest_cli(argv)
+    return ingest_cli(argv)
 
 
 def _run_dataset(argv: list[str]) -> int:

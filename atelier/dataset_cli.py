@@ -1,4 +1,5 @@
-"""`atelier dataset add|list|show|remove`: named datasets from the command line.
+"""Datasets from the command line: `atelier ingest ZIP` (check a zip and store it, unnamed) and
+`atelier dataset add|list|show|remove` (named datasets). One parser style, one runner.
 
 CLI datasets have no guild (guild_id None). Exit codes: 0 done, 2 refused (one `error:` line
 on stderr), 1 unexpected failure (also one `error:` line; never a traceback).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,9 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_ingest_parser() -> argparse.ArgumentParser:
+    from storage.ingest.options import METHODS
+
+    parser = _Parser(prog="atelier ingest", description="Ingest a zip of images as a dataset.")
+    parser.add_argument("zip", type=Path, help="the zip of images (and optional captions)")
+    parser.add_argument("--trigger", default="", help="trigger phrase added to every caption")
+    parser.add_argument("--caption-prefix", default="", help="text added before every caption")
+    parser.add_argument("--method", choices=METHODS, default="lora")
+    parser.add_argument("--resolution", type=int, default=512, help="training resolution")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
 def dataset_cli(argv: list[str]) -> int:
+    """`atelier dataset ACTION ...`; returns the process exit code."""
+    return _run(build_parser(), argv, lambda args: ACTIONS[args.action](args), "dataset refused: ")
+
+
+def ingest_cli(argv: list[str]) -> int:
+    """`atelier ingest ZIP ...`: ingest, record the dataset row, print; the exit code."""
+    return _run(build_ingest_parser(), argv, _ingest, "")
+
+
+def _run(
+    parser: argparse.ArgumentParser,
+    argv: list[str],
+    action: Callable[[argparse.Namespace], int],
+    refused: str,
+) -> int:
+    """Parse and act; every failure is one `error:` line and an exit code, never a traceback."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except Refused as error:
         return _fail(str(error), EXIT_REFUSED)
     except SystemExit as done:  # --help
@@ -57,9 +88,9 @@ def dataset_cli(argv: list[str]) -> int:
     from storage.ingest import IngestError
 
     try:
-        return ACTIONS[args.action](args)
+        return action(args)
     except IngestError as error:
-        return _fail(f"dataset refused: {error.message}", EXIT_REFUSED)
+        return _fail(f"{refused}{error.message}", EXIT_REFUSED)
     except (Refused, DatasetRefused) as error:
         return _fail(str(error), EXIT_REFUSED)
     except Exception as error:  # settings or database trouble: one line, no traceback
@@ -84,6 +115,38 @@ def _summary(row: Any) -> dict[str, Any]:
         "description": row.description,
         "created_at": row.created_at.isoformat() if row.created_at else None,
     }
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """Ingest an unnamed dataset and record its row (the same content gives the same row)."""
+    from storage.datasets import record_dataset
+    from storage.db import session_scope
+    from storage.ingest import IngestError, IngestOptions, ingest_zip, render_report_text
+    from storage.settings import get_settings
+
+    settings = get_settings()
+    if not args.zip.is_file():
+        raise IngestError(f"no such file: {args.zip}")
+    options = IngestOptions(
+        trigger=args.trigger,
+        caption_prefix=args.caption_prefix,
+        method=args.method,
+        resolution=args.resolution,
+    )
+    result = ingest_zip(args.zip, settings.datasets_dir, options, settings.limits)
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            record_dataset(session, result)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        state = "reused" if result.reused else "created"
+        print(f"dataset {result.dataset_id} ({state}) at {result.path}")
+        print(render_report_text(result.report))
+    return EXIT_OK
 
 
 def _add(args: argparse.Namespace) -> int:

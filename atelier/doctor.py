@@ -11,9 +11,11 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from atelier.checks import Check
+from atelier.doctor_links import link_checks
 from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings, mask_url
 
 MIN_FREE_DISK_BYTES = 10 * 1024**3
@@ -30,14 +32,6 @@ REQUIRED_PERMISSIONS = (
     "read_message_history",
 )
 """What the bot needs in the channels it works in (the README's invite integer is their sum)."""
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # "ok", "warn" or "fail"
-    detail: str
-    fix: str = ""
 
 
 def check_token(settings: Settings) -> Check:
@@ -243,13 +237,6 @@ async def discord_checks(token: str, timeout: float = DISCORD_TIMEOUT_SECONDS) -
             )
         ]
     return [Check("discord login", "ok", f"logged in as {client.user}"), *checks]
-
-
-def link_checks(settings: Settings) -> list[Check]:
-    from atelier.doctor_links import check_compose, check_public_url
-
-    compose = check_compose(settings)
-    return [check_public_url(settings), *([compose] if compose else [])]
 
 
 def run_checks(settings: Settings) -> list[Check]:

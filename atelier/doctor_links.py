@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from atelier.doctor import Check
+from atelier.checks import Check
 from storage.settings import Settings
 
 COMPOSE_FILE = Path("docker") / "compose.yaml"
@@ -89,3 +89,9 @@ def check_compose(settings: Settings, path: Path = COMPOSE_FILE) -> Check | None
             'publish it as "127.0.0.1:8765:8765" and ' + TLS_FIX,
         )
     return Check("compose ports", "ok", f"{path} keeps the link port off public interfaces")
+
+
+def link_checks(settings: Settings) -> list[Check]:
+    """The download links' address and, when a compose file is here, its published ports."""
+    compose = check_compose(settings)
+    return [check_public_url(settings), *([compose] if compose else [])]

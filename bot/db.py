@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -13,7 +13,3 @@ T = TypeVar("T")
 async def run_db(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking (SQLAlchemy, file system) call in the default thread pool."""
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def noop(*_args: Any) -> None:
-    """A callable that does nothing (for tests that patch out side effects)."""

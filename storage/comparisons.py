@@ -11,7 +11,6 @@ from sqlmodel import Session, col, delete, select
 from storage.db import session_scope
 from storage.events import emit
 from storage.iterations import (
-    COMPARISON_FAILED,
     COMPARISON_RENDERED,
     IterationRefused,
     winner_of,
@@ -23,7 +22,7 @@ from storage.models import (
     ComparisonVote,
     Job,
 )
-from storage.requests import Lease, claim_oldest, holds, mark_failed
+from storage.requests import Lease, claim_oldest, fail_if_held, write_if_held
 
 # --- comparisons -----------------------------------------------------------------------------
 
@@ -99,11 +98,8 @@ def complete_comparison(
     engine: Engine, comparison_id: int, grid_path: str, *, lease: Lease | None = None
 ) -> bool:
     """Record the grid and ask the bot to post it; False when `lease` lost the claim."""
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        if not holds(comparison, lease):
-            return False
+
+    def write(session: Session, comparison: Comparison) -> None:
         comparison.state, comparison.grid_path = "done", grid_path
         emit(
             session,
@@ -117,19 +113,14 @@ def complete_comparison(
             job_b=comparison.job_b,
             diff=comparison.diff,
         )
-        return True
+
+    return write_if_held(engine, Comparison, comparison_id, lease, write)
 
 
 def fail_comparison(
     engine: Engine, comparison_id: int, reason: str, *, lease: Lease | None = None
 ) -> bool:
-    with session_scope(engine) as session:
-        comparison = session.get(Comparison, comparison_id)
-        assert comparison is not None
-        if not holds(comparison, lease):
-            return False
-        mark_failed(session, comparison, COMPARISON_FAILED, reason)
-        return True
+    return fail_if_held(engine, Comparison, comparison_id, reason, lease)
 
 
 def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from storage.db import session_scope
 from storage.events import EventKind, emit
 from storage.models import Checkpoint, Generation
-from storage.requests import Lease, claim_oldest, holds, mark_failed
+from storage.requests import Lease, claim_oldest, fail_if_held, write_if_held
 
 
 class UnknownModel(LookupError):
@@ -53,11 +52,8 @@ def complete_generation(
     engine: Engine, generation_id: int, image_path: str, *, lease: Lease | None = None
 ) -> bool:
     """Record the image and ask the bot to post it; False when `lease` lost the claim."""
-    with session_scope(engine) as session:
-        generation = session.get(Generation, generation_id)
-        assert generation is not None
-        if not holds(generation, lease):
-            return False
+
+    def write(session: Session, generation: Generation) -> None:
         generation.state, generation.image_path = "done", image_path
         checkpoint = session.get(Checkpoint, generation.checkpoint_id)
         emit(
@@ -72,18 +68,11 @@ def complete_generation(
             weight=generation.weight,
             seed=generation.seed,
         )
-        return True
+
+    return write_if_held(engine, Generation, generation_id, lease, write)
 
 
 def fail_generation(
     engine: Engine, generation_id: int, reason: str, *, lease: Lease | None = None
 ) -> bool:
-    with session_scope(engine) as session:
-        generation = session.get(Generation, generation_id)
-        assert generation is not None
-        if not holds(generation, lease):
-            return False
-        checkpoint = session.get(Checkpoint, generation.checkpoint_id)
-        job_id = checkpoint.job_id if checkpoint else None
-        mark_failed(session, generation, "generation_failed", reason, job_id)
-        return True
+    return fail_if_held(engine, Generation, generation_id, reason, lease)

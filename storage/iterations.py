@@ -42,7 +42,7 @@ from storage.models import (
     Job,
     utcnow,
 )
-from storage.requests import Lease, claim_oldest, holds, mark_failed
+from storage.requests import Lease, claim_oldest, fail_if_held, write_if_held
 from storage.settings import Limits
 from storage.states import JobState
 
@@ -146,11 +146,8 @@ def complete_iteration(
 ) -> bool:
     """Store the rendered candidates (dicts of Candidate fields) and ask the bot to post them;
     False (nothing written) when `lease` is no longer the iteration's claim."""
-    with session_scope(engine) as session:
-        iteration = session.get(Iteration, iteration_id)
-        assert iteration is not None
-        if not holds(iteration, lease):
-            return False
+
+    def write(session: Session, iteration: Iteration) -> None:
         for position, fields in enumerate(candidates, start=1):
             session.add(Candidate(iteration_id=iteration_id, position=position, **fields))
         iteration.state, iteration.deadline = "voting", deadline
@@ -162,19 +159,14 @@ def complete_iteration(
             channel_id=iteration.channel_id,
             user_id=iteration.user_id,
         )
-        return True
+
+    return write_if_held(engine, Iteration, iteration_id, lease, write)
 
 
 def fail_iteration(
     engine: Engine, iteration_id: int, reason: str, *, lease: Lease | None = None
 ) -> bool:
-    with session_scope(engine) as session:
-        iteration = session.get(Iteration, iteration_id)
-        assert iteration is not None
-        if not holds(iteration, lease):
-            return False
-        mark_failed(session, iteration, ITERATION_FAILED, reason)
-        return True
+    return fail_if_held(engine, Iteration, iteration_id, reason, lease)
 
 
 def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:

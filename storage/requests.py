@@ -10,6 +10,7 @@ only while its lease (name and attempt) is still the request's current one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -138,9 +139,39 @@ def requeue_stale(
     return done
 
 
+def write_if_held(
+    engine: Engine,
+    table: type[T],
+    row_id: int,
+    lease: Lease | None,
+    write: Callable[[Session, T], None],
+) -> bool:
+    """A worker's result for a request, written in one transaction only while `lease` is still
+    the request's claim; False (nothing written) when it lost the claim."""
+    with session_scope(engine) as session:
+        row = session.get(table, row_id)
+        assert row is not None
+        if not holds(row, lease):
+            return False
+        write(session, row)
+        return True
+
+
+def fail_if_held(
+    engine: Engine, table: type[Any], row_id: int, reason: str, lease: Lease | None = None
+) -> bool:
+    """Fail a request the worker still holds and tell its member (its `FAILED_KIND` event)."""
+
+    def write(session: Session, row: Any) -> None:
+        kind = FAILED_KIND[row.__tablename__]
+        mark_failed(session, row, kind, reason, _job_of(session, row))
+
+    return write_if_held(engine, table, row_id, lease, write)
+
+
 def _job_of(session: Session, row: Any) -> int | None:
-    """The job a failure event names: a generation's model's job (as `fail_generation` does);
-    iterations and comparisons route by their kind and name none."""
+    """The job a failure event names: a generation's model's job; iterations and comparisons
+    route by their kind and name none."""
     if not isinstance(row, Generation):
         return None
     checkpoint = session.get(Checkpoint, row.checkpoint_id)

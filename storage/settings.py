@@ -241,10 +241,6 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^\s]*)@", re.I)
 

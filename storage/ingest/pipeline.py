@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from storage.ingest import captions as cap
-from storage.ingest import split as heldout
+import storage.ingest.captions as cap
+import storage.ingest.split as heldout
 from storage.ingest.concepts import Concept, ConceptIndex, is_concepts_file
 from storage.ingest.errors import IngestError, SkipFile
 from storage.ingest.images import MAX_STORED_SIDE

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.ingest.cli import run_ingest_cli
+from atelier.dataset_cli import ingest_cli
 from storage.settings import get_settings
 from tests.storage.ingest_support import make_zip, png
 
@@ -28,7 +28,7 @@ def test_refused_zip_exits_2_with_one_error_line(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     zip_path = make_zip(tmp_path / "bad.zip", [("../evil.png", png(1))])
-    assert run_ingest_cli([str(zip_path)]) == 2
+    assert ingest_cli([str(zip_path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "error: the zip holds a path that climbs out of its folder ('../evil.png')\n"
@@ -38,9 +38,9 @@ def test_refused_zip_exits_2_with_one_error_line(
 def test_missing_file_and_bad_usage(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_ingest_cli([str(tmp_path / "nope.zip")]) == 2
+    assert ingest_cli([str(tmp_path / "nope.zip")]) == 2
     assert capsys.readouterr().err.startswith("error: no such file: ")
-    assert run_ingest_cli(["x.zip", "--method", "bogus"]) == 2
+    assert ingest_cli(["x.zip", "--method", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --method: invalid choice")
     assert err.count("\n") == 1
@@ -49,19 +49,19 @@ def test_missing_file_and_bad_usage(
 def test_json_output(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zip_path = make_zip(tmp_path / "ok.zip", [("a.png", png(1)), ("a.txt", b"a cat")])
     argv = [str(zip_path), "--trigger", "ohwx", "--method", "dora", "--json"]
-    assert run_ingest_cli(argv) == 0
+    assert ingest_cli(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads(out)
     assert {"dataset_id", "images", "skipped", "warnings", "captions", "reused"} <= set(summary)
     assert summary["images"] == 1 and summary["skipped"] == []
     assert set(summary["captions"]) >= {"sidecar", "metadata", "prefix_only"}
     assert Path(summary["path"]).parent == data_dir / "datasets"
-    assert run_ingest_cli(argv) == 0
+    assert ingest_cli(argv) == 0
     assert json.loads(capsys.readouterr().out)["reused"] is True
 
 
 def test_text_output(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zip_path = make_zip(tmp_path / "ok.zip", [("a.png", png(1))])
-    assert run_ingest_cli([str(zip_path), "--method", "embedding"]) == 0
+    assert ingest_cli([str(zip_path), "--method", "embedding"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dataset ") and "1 images accepted" in out
