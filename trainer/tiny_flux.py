@@ -42,7 +42,7 @@ def build_tiny_flux(folder: Path) -> None:
 def _components() -> dict[str, object]:
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from trainer.tiny_model import _text_encoder, make_tokenizer
+    from trainer.tiny_clip import clip_text_encoder, make_tokenizer
 
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -76,7 +76,7 @@ def _components() -> dict[str, object]:
     return {
         "transformer": transformer,
         "vae": vae,
-        "text_encoder": _text_encoder(clip_tokenizer, with_projection=False),
+        "text_encoder": clip_text_encoder(clip_tokenizer, 32, 37),  # tiny SD 1.x's CLIP
         "tokenizer": clip_tokenizer,
         "text_encoder_2": _t5_encoder(len(t5_tokenizer)),
         "tokenizer_2": t5_tokenizer,

@@ -8,7 +8,6 @@ shapes follow offline.md: small enough to train ~6 steps/s on two CPU cores.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from trainer.tiny_clip import clip_text_encoder, make_tokenizer, write_bpe_files
+
 Architecture = Literal["sd1", "sdxl", "flux1"]
 
 TINY_VERSION = 1
@@ -24,12 +25,6 @@ TINY_VERSION = 1
 
 _SEED = 1234
 _HIDDEN = 32
-_MAX_LENGTH = 77
-_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
-_COMMON_WORDS = (
-    "a", "an", "the", "of", "in", "on", "and", "with", "photo", "picture", "painting",
-    "style", "person", "man", "woman", "cat", "dog", "art", "drawing", "portrait", "by",
-)  # fmt: skip
 
 
 def ensure_tiny_model(cache_dir: Path, architecture: Architecture = "sd1") -> Path:
@@ -64,7 +59,7 @@ def _build(folder: Path, architecture: Architecture) -> None:
         from trainer.tiny_flux import build_tiny_flux
 
         build_tiny_flux(folder)
-        _write_bpe_files(folder / "tokenizer")
+        write_bpe_files(folder / "tokenizer")
         return
 
     with torch.random.fork_rng(devices=[]):
@@ -79,7 +74,7 @@ def _build(folder: Path, architecture: Architecture) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
     for sub in ("tokenizer", "tokenizer_2"):
         if (folder / sub).is_dir():
-            _write_bpe_files(folder / sub)
+            write_bpe_files(folder / sub)
 
 
 # ---------------------------------------------------------------- components
@@ -103,7 +98,7 @@ def _sd1_components() -> dict[str, object]:
     return {
         "unet": unet,
         "vae": _vae(),
-        "text_encoder": _text_encoder(tokenizer, with_projection=False),
+        "text_encoder": clip_text_encoder(tokenizer, _HIDDEN, 37),
         "tokenizer": tokenizer,
         "scheduler": training_scheduler(),
     }
@@ -134,8 +129,8 @@ def _sdxl_components() -> dict[str, object]:
     return {
         "unet": unet,
         "vae": _vae(),
-        "text_encoder": _text_encoder(tokenizer, with_projection=False),
-        "text_encoder_2": _text_encoder(tokenizer_2, with_projection=True),
+        "text_encoder": clip_text_encoder(tokenizer, _HIDDEN, 37),
+        "text_encoder_2": clip_text_encoder(tokenizer_2, _HIDDEN, 37, with_projection=True),
         "tokenizer": tokenizer,
         "tokenizer_2": tokenizer_2,
         "scheduler": training_scheduler(),
@@ -156,26 +151,6 @@ def _vae() -> torch.nn.Module:
     )
 
 
-def _text_encoder(tokenizer: object, *, with_projection: bool) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=_MAX_LENGTH,
-        projection_dim=_HIDDEN,
-        hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return cls(config)
-
-
 def training_scheduler() -> object:
     """SD 1.x's training noise schedule (DDPM, scaled linear 0.00085–0.012, ε-prediction)."""
     from diffusers import DDPMScheduler
@@ -188,64 +163,4 @@ def training_scheduler() -> object:
         clip_sample=False,
         steps_offset=1,
         prediction_type="epsilon",
-    )
-
-
-# ---------------------------------------------------------------- tokenizer
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP table mapping every byte to a printable unicode character."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(code) for code in codes), strict=True))
-
-
-def bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """A small CLIP BPE: all bytes (so any text tokenizes) + merges making common words one token.
-
-    Order follows CLIP's file: byte symbols, their `</w>` forms, merge results, then specials.
-    """
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    for word in _COMMON_WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            rule = f"{parts[0]} {parts[1]}"
-            if rule not in merges:
-                merges.append(rule)
-                if merged not in tokens:
-                    tokens.append(merged)
-            parts = [merged, *parts[2:]]
-    tokens += [_BOS, _EOS]
-    return {token: index for index, token in enumerate(tokens)}, merges
-
-
-def make_tokenizer() -> object:
-    """A CLIP tokenizer over the generated vocabulary (77 tokens, pad = end of text)."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = bpe_vocab_and_merges()
-    pairs = [tuple(rule.split(" ")) for rule in merges]
-    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=_MAX_LENGTH)
-
-
-def _write_bpe_files(folder: Path) -> None:
-    """transformers 5 saves only tokenizer.json; older readers want vocab.json + merges.txt."""
-    vocab, merges = bpe_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
     )

@@ -29,14 +29,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from storage.drawing import draw_lines, font, wrap
-from trainer.tiny_model import (
+from trainer.tiny_clip import (
     _BOS,
     _COMMON_WORDS,
     _EOS,
     _MAX_LENGTH,
     _bytes_to_unicode,
-    training_scheduler,
+    clip_text_encoder,
 )
+from trainer.tiny_model import training_scheduler
 from trainer.toy import shapes
 
 SEED = 20240611
@@ -132,22 +133,7 @@ def make_unet() -> Any:
 
 
 def make_text_encoder(tokenizer: Any) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=_MAX_LENGTH,
-        projection_dim=HIDDEN,
-        hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config)
+    return clip_text_encoder(tokenizer, HIDDEN, 128)
 
 
 # ---------------------------------------------------------------- data
