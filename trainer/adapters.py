@@ -17,7 +17,6 @@ architecture's choice (`trainer.architectures`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.base_models import LoadedModel
 from trainer.config import TrainConfig
 
 if TYPE_CHECKING:
     from trainer.architectures.base import AdapterLayer
+    from trainer.base_models import LoadedModel
 
 ADAPTER_NAME = "default"
 
@@ -324,11 +323,6 @@ def _load_module_state(
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise AdapterError(f"resume state has unexpected keys, e.g. {unexpected[0]}")
-
-
-def lora_scale(config: TrainConfig) -> float:
-    """alpha / rank: what `up @ down` is multiplied by."""
-    return config.alpha / config.rank if config.method != "embedding" else math.nan
 
 
 @torch.no_grad()

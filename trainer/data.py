@@ -123,11 +123,6 @@ def read_records(dataset_dir: Path) -> list[Row]:
     return rows
 
 
-def read_rows(dataset_dir: Path) -> list[tuple[Path, str]]:
-    """(image, caption) pairs: `read_records` without the per-image metadata."""
-    return [(row.path, row.text) for row in read_records(dataset_dir)]
-
-
 def with_trigger(caption: str, config: TrainConfig, trigger: str | None = None) -> str:
     """Caption prefix and trigger phrase in front, unless the caption already has them.
 
@@ -179,7 +174,7 @@ def load_dataset(dataset_dir: Path, config: TrainConfig) -> DatasetSplit:
     otherwise it is recomputed with the same pure function, from the file names and the
     dataset id, so every job on one dataset with one fraction holds out the same images.
     """
-    from trainer.heldout import heldout_files
+    from storage.ingest.split import heldout_files
 
     rows = read_records(dataset_dir)
     dataset_id, ingest_fraction = dataset_identity(dataset_dir)

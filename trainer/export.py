@@ -33,7 +33,6 @@ from trainer.adapters import (
     adapted_components,
     adapter_layers,
     learned_vectors,
-    placeholder_tokens,
 )
 from trainer.base_models import LoadedModel
 from trainer.config import TrainConfig
@@ -207,8 +206,3 @@ def kohya_to_peft(
     """kohya keys → `{component: {<diffusers path>.lora_A.weight / lora_B.weight / alpha /
     dora_scale}}`, resolved by the model's architecture."""
     return model.arch.kohya_to_peft(model, state_dict)
-
-
-def embedding_tokens(config: TrainConfig) -> list[str]:
-    """The prompt words an embedding file stands for (first is the trigger)."""
-    return placeholder_tokens(config)

@@ -19,6 +19,7 @@ from storage import iterations as it
 from storage.models import Checkpoint, Comparison, Iteration, Job, utcnow
 from storage.requests import Lease
 from trainer.config import TrainConfig
+from trainer.render_pipeline import describe_crash, render_pipeline
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -84,20 +85,7 @@ def prompt_matrix(
 
 
 def _load(worker: Worker, job: Job, checkpoint: Checkpoint) -> Any:
-    from trainer.base_models import load_base_model, resolve_base_model
-    from trainer.generate import load_for_generation
-    from trainer.worker import resolve_device
-
-    if not Path(checkpoint.path).is_file():
-        raise FileNotFoundError(2, "model file missing", checkpoint.path)
-    path, architecture = resolve_base_model(job.base_model, worker.settings)
-    base = load_base_model(
-        path,
-        architecture,
-        cache_dir=worker.settings.cache_dir,
-        device=resolve_device(worker.settings.worker.device),
-    )
-    pipeline = load_for_generation(base, Path(checkpoint.path), 1.0)
+    pipeline = render_pipeline(worker.settings, job.base_model, Path(checkpoint.path), 1.0)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -210,8 +198,6 @@ def comparison_image(columns: list[list[Image.Image]], labels: list[str]) -> Ima
 
 def run_iteration(worker: Worker, iteration: Iteration, lease: Lease) -> None:
     """Render a claimed iteration's candidates; written only while `lease` holds it."""
-    from trainer.worker import describe_crash
-
     started = time.monotonic()
     try:
         rows = render_iteration(worker, iteration.id)  # type: ignore[arg-type]
@@ -244,8 +230,6 @@ def run_iteration(worker: Worker, iteration: Iteration, lease: Lease) -> None:
 
 def run_comparison(worker: Worker, comparison: Comparison, lease: Lease) -> None:
     """Render a claimed comparison grid; written only while `lease` holds it."""
-    from trainer.worker import describe_crash
-
     try:
         path = render_comparison(worker, comparison.id)  # type: ignore[arg-type]
     except Exception as error:

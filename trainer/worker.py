@@ -33,6 +33,7 @@ from storage.states import JobState
 from storage.worktime import claim_next
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import TrainConfig
+from trainer.render_pipeline import describe_crash, render_pipeline, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -260,23 +261,17 @@ class Worker:
             log.warning("generation %s: another worker holds it now; result dropped", request.id)
 
     def _render(self, request: Generation) -> Path:
-        from trainer.base_models import load_base_model, resolve_base_model
-        from trainer.generate import load_for_generation, render
+        from trainer.generate import render
 
         with session_scope(self.engine) as session:
             checkpoint = session.get(Checkpoint, request.checkpoint_id)
             job = session.get(Job, checkpoint.job_id) if checkpoint else None
-        if checkpoint is None or job is None or not Path(checkpoint.path).is_file():
+        if checkpoint is None or job is None:
             raise FileNotFoundError(2, "model file missing", checkpoint.path if checkpoint else "")
         config = TrainConfig.model_validate(job.config)
-        path, architecture = resolve_base_model(job.base_model, self.settings)
-        base = load_base_model(
-            path,
-            architecture,
-            cache_dir=self.settings.cache_dir,
-            device=resolve_device(self.settings.worker.device),
+        pipeline = render_pipeline(
+            self.settings, job.base_model, Path(checkpoint.path), request.weight
         )
-        pipeline = load_for_generation(base, Path(checkpoint.path), request.weight)
         image = render(
             pipeline,
             request.prompt,
@@ -418,27 +413,6 @@ class Worker:
             jobs.fail(self.engine, job.id, self.worker_id, reason, attempt=job.attempts)  # type: ignore[arg-type]
         except jobs.NotYourJob:
             log.warning("job %s: not failing it; another worker holds it", job.id)
-
-
-def describe_crash(error: BaseException) -> str:
-    """A sentence a member understands for an unexpected error."""
-    text = str(error).lower()
-    if "out of memory" in text:
-        return "the GPU ran out of memory; try a smaller batch size or resolution"
-    if isinstance(error, FileNotFoundError):
-        return f"a file the job needs is missing: {Path(str(error.filename)).name}"
-    return (
-        f"an internal error stopped training ({type(error).__name__}); an operator can see the log"
-    )
-
-
-def resolve_device(setting: str) -> str:
-    """'auto' → cuda when visible, else cpu."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def worker_cli(argv: list[str]) -> int:

@@ -229,15 +229,6 @@ def render(scene: Scene, size: int = SIZE) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BOX)
 
 
-def shape_mask(shape: str, angle: float = 0.0, size: int = 32) -> np.ndarray:
-    """A centred binary mask of `shape` (what the shape classifier learns from)."""
-    image = Image.new("L", (size * 4, size * 4), 0)
-    draw = ImageDraw.Draw(image)
-    half = size * 2
-    _draw_shape(draw, shape, half, half, half * 0.8, angle, (255, 255, 255))
-    return np.asarray(image.resize((size, size), Image.Resampling.BOX)) > 127
-
-
 def make_dataset(
     count: int, seed: int, *, concept: bool = False
 ) -> list[tuple[Scene, Image.Image, str]]:

@@ -1,0 +1,54 @@
+"""The pieces a worker's renders share (`/generate` in `trainer.worker`, `/iterate` and
+`/compare` in `trainer.iterate`): which device, the base model with a trained file applied,
+and a member-readable sentence for a crash. Imports neither the worker nor the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
+
+
+def resolve_device(setting: str) -> str:
+    """'auto' → cuda when visible, else cpu."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def describe_crash(error: BaseException) -> str:
+    """A sentence a member understands for an unexpected error."""
+    text = str(error).lower()
+    if "out of memory" in text:
+        return "the GPU ran out of memory; try a smaller batch size or resolution"
+    if isinstance(error, FileNotFoundError):
+        return f"a file the job needs is missing: {Path(str(error.filename)).name}"
+    return (
+        f"an internal error stopped training ({type(error).__name__}); an operator can see the log"
+    )
+
+
+def render_pipeline(settings: Settings, base_model: str, model_file: Path, weight: float) -> Any:
+    """The job's base model (resolved through the operator's catalogue) on the worker's device,
+    with `model_file` applied at `weight`.
+
+    Loaded per request on purpose: applying a file changes the base pipeline in place (LoRA
+    adapters, DoRA weights merged into the layers, new embedding tokens), so a base kept warm
+    between requests would carry the previous request's model."""
+    from trainer.base_models import load_base_model, resolve_base_model
+    from trainer.generate import load_for_generation
+
+    if not Path(model_file).is_file():
+        raise FileNotFoundError(2, "model file missing", str(model_file))
+    path, architecture = resolve_base_model(base_model, settings)
+    base = load_base_model(
+        path,
+        architecture,
+        cache_dir=settings.cache_dir,
+        device=resolve_device(settings.worker.device),
+    )
+    return load_for_generation(base, Path(model_file), weight)
