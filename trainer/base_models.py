@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from storage.settings import Settings
     from trainer.architectures import Architecture as ArchitectureImpl
 
-Architecture = Literal["sd1", "sdxl", "flux1"]
+Architecture = Literal["sd1", "sdxl", "flux1", "zimage"]
 BUILTINS: dict[str, Architecture] = {
     "builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl", "builtin:toy": "sd1",
-    "builtin:tiny-flux": "flux1",
+    "builtin:tiny-flux": "flux1", "builtin:tiny-zimage": "zimage",
 }  # fmt: skip
 TOY_MODEL_DIR = Path(__file__).parent / "builtin_models" / "toy"
 """`builtin:toy`: the committed toy model that draws coloured shapes (`trainer/toy/`)."""
@@ -111,6 +111,8 @@ def detect_architecture(path: Path) -> Architecture:
         data = json.loads(index.read_text(encoding="utf-8"))
         if str(data.get("_class_name", "")).startswith("Flux"):
             return "flux1"
+        if str(data.get("_class_name", "")).startswith("ZImage"):
+            return "zimage"
         return "sdxl" if "text_encoder_2" in data else "sd1"
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -119,6 +121,8 @@ def detect_architecture(path: Path) -> Architecture:
             keys = list(handle.keys())
         if any("double_blocks.0.img_attn.qkv" in k for k in keys):
             return "flux1"
+        if any("noise_refiner.0.attention" in k for k in keys):
+            return "zimage"
         return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd1"
     return "sd1"
 

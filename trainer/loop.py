@@ -290,6 +290,7 @@ def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
             "tiny": SimpleNamespace(path="builtin:tiny", architecture="sd1"),
             "tiny-sdxl": SimpleNamespace(path="builtin:tiny-sdxl", architecture="sdxl"),
             "tiny-flux": SimpleNamespace(path="builtin:tiny-flux", architecture="flux1"),
+            "tiny-zimage": SimpleNamespace(path="builtin:tiny-zimage", architecture="zimage"),
         }
     return resolve_base_model(config.base_model, SimpleNamespace(base_models=catalogue))
 
