@@ -33,6 +33,7 @@ from storage.events import (
     mark_delivered,
     pending,
     posted_ids,
+    record_failed_try,
     record_posted,
 )
 from storage.models import Event, Job
@@ -175,7 +176,9 @@ class Notifier:
     async def _failed(self, job: Job, event: Event, error: Exception) -> bool:
         """Count the failure; after `max_tries`, say in the thread what was not posted."""
         assert event.id is not None
-        tries = self.retries.failed(event.id)
+        tries = self.retries.failed(
+            event.id, await run_db(record_failed_try, self.engine, event.id)
+        )
         log.warning(
             "job %s: event %s (%s) failed (try %s): %s",
             job.id,

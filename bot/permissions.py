@@ -21,8 +21,11 @@ def is_manager(manage_guild: bool, role_ids: Collection[int], manager_role_id: i
     return manage_guild or (manager_role_id is not None and manager_role_id in role_ids)
 
 
-def may_train(role_ids: Collection[int], trainer_role_ids: Collection[int], manager: bool) -> bool:
-    """No trainer roles configured: everyone may train. Managers always may."""
+def may_use_workers(
+    role_ids: Collection[int], trainer_role_ids: Collection[int], manager: bool
+) -> bool:
+    """The one rule for worker time (training, renders) and the datasets it trains on: a
+    trainer role, or everyone when no trainer role is set; managers always."""
     return manager or not trainer_role_ids or bool(set(role_ids) & set(trainer_role_ids))
 
 
@@ -41,10 +44,18 @@ def member_is_manager(member: discord.abc.User, guild: GuildSettings | None) -> 
     return is_manager(manage, member_roles(member), guild.manager_role_id if guild else None)
 
 
-def require_trainer(member: discord.abc.User, guild: GuildSettings | None) -> None:
+WORKER_TIME_REFUSED = (
+    "This server keeps its workers (`/train`, `/generate`, `/iterate`, `/compare`, "
+    "`/dataset add`) for its trainer roles, and you have none of them."
+)
+
+
+def require_worker_time(member: discord.abc.User, guild: GuildSettings | None) -> None:
+    """Every command that queues worker time (`/train`, `/train from:`, `/generate`,
+    `/iterate start`, `/compare`) or stores a dataset for training checks this one rule."""
     trainer_roles = guild.trainer_role_ids if guild else []
-    if not may_train(member_roles(member), trainer_roles, member_is_manager(member, guild)):
-        raise NotAllowed("Training here needs one of the server's trainer roles.")
+    if not may_use_workers(member_roles(member), trainer_roles, member_is_manager(member, guild)):
+        raise NotAllowed(WORKER_TIME_REFUSED)
 
 
 def require_job_manager(

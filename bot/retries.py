@@ -14,7 +14,7 @@ import discord
 
 from bot import delivery, render
 from bot.db import run_db
-from storage.events import event_nonce, mark_attempted, mark_delivered
+from storage.events import event_nonce, mark_attempted, mark_delivered, record_failed_try
 from storage.models import Event
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Retries:
-    """Tries and next-try times per key (an event id); exponential backoff with a cap."""
+    """Tries and next-try times per key (an event id); exponential backoff with a cap. The
+    outbox passes each event's persisted try count, so a restart grants no fresh round."""
 
     base_seconds: float = 5.0
     cap_seconds: float = 300.0
@@ -34,9 +35,12 @@ class Retries:
         """Whether the key's backoff (if any) has passed."""
         return self.retry_at.get(key, 0.0) <= time.monotonic()
 
-    def failed(self, key: Hashable) -> int:
-        """Count a failed try and schedule the next; returns how many tries failed so far."""
-        count = self.tries[key] = self.tries.get(key, 0) + 1
+    def failed(self, key: Hashable, tries: int | None = None) -> int:
+        """Count a failed try and schedule the next; returns how many tries failed so far.
+
+        `tries`: the count the database keeps (`storage.events.record_failed_try`), which
+        survives a restart; without it, the count since this process started."""
+        count = self.tries[key] = tries if tries is not None else self.tries.get(key, 0) + 1
         delay = min(self.base_seconds * 2 ** (count - 1), self.cap_seconds)
         self.retry_at[key] = time.monotonic() + delay
         return count
@@ -77,7 +81,7 @@ async def deliver_loose(
     try:
         message_id = await say(event)
     except Exception as error:
-        tries = retries.failed(event.id)
+        tries = retries.failed(event.id, await run_db(record_failed_try, notifier.engine, event.id))
         log.warning(
             "%s event %s failed (try %s): %s",
             source,

@@ -23,7 +23,7 @@ from storage.models import (
     ComparisonVote,
     Job,
 )
-from storage.requests import claim_oldest, mark_failed
+from storage.requests import Lease, claim_oldest, holds, mark_failed
 
 # --- comparisons -----------------------------------------------------------------------------
 
@@ -95,10 +95,15 @@ def comparison_inputs(
         ]
 
 
-def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> None:
+def complete_comparison(
+    engine: Engine, comparison_id: int, grid_path: str, *, lease: Lease | None = None
+) -> bool:
+    """Record the grid and ask the bot to post it; False when `lease` lost the claim."""
     with session_scope(engine) as session:
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
+        if not holds(comparison, lease):
+            return False
         comparison.state, comparison.grid_path = "done", grid_path
         emit(
             session,
@@ -112,13 +117,19 @@ def complete_comparison(engine: Engine, comparison_id: int, grid_path: str) -> N
             job_b=comparison.job_b,
             diff=comparison.diff,
         )
+        return True
 
 
-def fail_comparison(engine: Engine, comparison_id: int, reason: str) -> None:
+def fail_comparison(
+    engine: Engine, comparison_id: int, reason: str, *, lease: Lease | None = None
+) -> bool:
     with session_scope(engine) as session:
         comparison = session.get(Comparison, comparison_id)
         assert comparison is not None
+        if not holds(comparison, lease):
+            return False
         mark_failed(session, comparison, COMPARISON_FAILED, reason)
+        return True
 
 
 def set_comparison_message(engine: Engine, comparison_id: int, message_id: int) -> None:

@@ -54,6 +54,18 @@ def mark_attempted(engine: Engine, event_id: int) -> None:
             event.attempted_at = utcnow()
 
 
+def record_failed_try(engine: Engine, event_id: int) -> int:
+    """Count one more failed try to say an event, in the database (so the outbox's bound on
+    tries holds across restarts); returns the count so far."""
+    with session_scope(engine) as session:
+        event = session.get(Event, event_id)
+        if event is None:
+            return 0
+        event.tries = (event.tries or 0) + 1
+        session.add(event)
+        return event.tries
+
+
 def mark_delivered(engine: Engine, event_id: int, message_id: int | None) -> None:
     """Mark an event said, with the Discord message that said it (None: nothing to post)."""
     with session_scope(engine) as session:

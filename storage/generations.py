@@ -1,4 +1,5 @@
-"""`/generate` requests: the bot asks, a worker renders between training jobs, the outbox tells."""
+"""`/generate` requests: the bot asks, a worker renders it in its turn (`storage.fair`), the
+outbox tells."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sqlmodel import Session
 from storage.db import session_scope
 from storage.events import EventKind, emit
 from storage.models import Checkpoint, Generation
-from storage.requests import claim_oldest, mark_failed
+from storage.requests import Lease, claim_oldest, holds, mark_failed
 
 
 class UnknownModel(LookupError):
@@ -48,10 +49,15 @@ def claim_generation(engine: Engine, worker_id: str) -> Generation | None:
     return claim_oldest(engine, Generation, worker_id)
 
 
-def complete_generation(engine: Engine, generation_id: int, image_path: str) -> None:
+def complete_generation(
+    engine: Engine, generation_id: int, image_path: str, *, lease: Lease | None = None
+) -> bool:
+    """Record the image and ask the bot to post it; False when `lease` lost the claim."""
     with session_scope(engine) as session:
         generation = session.get(Generation, generation_id)
         assert generation is not None
+        if not holds(generation, lease):
+            return False
         generation.state, generation.image_path = "done", image_path
         checkpoint = session.get(Checkpoint, generation.checkpoint_id)
         emit(
@@ -66,12 +72,18 @@ def complete_generation(engine: Engine, generation_id: int, image_path: str) -> 
             weight=generation.weight,
             seed=generation.seed,
         )
+        return True
 
 
-def fail_generation(engine: Engine, generation_id: int, reason: str) -> None:
+def fail_generation(
+    engine: Engine, generation_id: int, reason: str, *, lease: Lease | None = None
+) -> bool:
     with session_scope(engine) as session:
         generation = session.get(Generation, generation_id)
         assert generation is not None
+        if not holds(generation, lease):
+            return False
         checkpoint = session.get(Checkpoint, generation.checkpoint_id)
         job_id = checkpoint.job_id if checkpoint else None
         mark_failed(session, generation, "generation_failed", reason, job_id)
+        return True

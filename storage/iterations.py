@@ -7,8 +7,9 @@ prompt that made them) plus the original images become the next dataset version;
 trains on it with the same settings or exactly one setting changed; `/compare` renders both
 models side by side.
 
-Like `/generate`, the bot asks (a row), a worker renders between training jobs (claim with a
-conditional update, complete with an outbox event in the same transaction), and the bot says it.
+Like `/generate`, the bot asks (a row), a worker renders it in its turn in the fair order with
+training jobs (`storage.fair`; a lease with a heartbeat, `storage.requests`), completes it with an
+outbox event in the same transaction, and the bot says it.
 Events here carry no `job_id`, so the notifier routes them by kind (see ITERATION_KINDS).
 """
 
@@ -41,7 +42,7 @@ from storage.models import (
     Job,
     utcnow,
 )
-from storage.requests import claim_oldest, mark_failed
+from storage.requests import Lease, claim_oldest, holds, mark_failed
 from storage.settings import Limits
 from storage.states import JobState
 
@@ -136,12 +137,20 @@ def iteration_inputs(engine: Engine, iteration_id: int) -> tuple[Iteration, Job,
 
 
 def complete_iteration(
-    engine: Engine, iteration_id: int, candidates: list[dict[str, Any]], deadline: datetime
-) -> None:
-    """Store the rendered candidates (dicts of Candidate fields) and ask the bot to post them."""
+    engine: Engine,
+    iteration_id: int,
+    candidates: list[dict[str, Any]],
+    deadline: datetime,
+    *,
+    lease: Lease | None = None,
+) -> bool:
+    """Store the rendered candidates (dicts of Candidate fields) and ask the bot to post them;
+    False (nothing written) when `lease` is no longer the iteration's claim."""
     with session_scope(engine) as session:
         iteration = session.get(Iteration, iteration_id)
         assert iteration is not None
+        if not holds(iteration, lease):
+            return False
         for position, fields in enumerate(candidates, start=1):
             session.add(Candidate(iteration_id=iteration_id, position=position, **fields))
         iteration.state, iteration.deadline = "voting", deadline
@@ -153,13 +162,19 @@ def complete_iteration(
             channel_id=iteration.channel_id,
             user_id=iteration.user_id,
         )
+        return True
 
 
-def fail_iteration(engine: Engine, iteration_id: int, reason: str) -> None:
+def fail_iteration(
+    engine: Engine, iteration_id: int, reason: str, *, lease: Lease | None = None
+) -> bool:
     with session_scope(engine) as session:
         iteration = session.get(Iteration, iteration_id)
         assert iteration is not None
+        if not holds(iteration, lease):
+            return False
         mark_failed(session, iteration, ITERATION_FAILED, reason)
+        return True
 
 
 def get_iteration(engine: Engine, iteration_id: int) -> Iteration | None:

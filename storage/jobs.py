@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from storage.db import is_sqlite, session_scope
+from storage.db import session_scope
 from storage.events import EventKind, emit
+from storage.fair import ranked
 from storage.models import Checkpoint, Job, utcnow
 from storage.states import LIVE_STATES, JobState, check_transition
 
@@ -26,24 +26,6 @@ class JobNotFound(LookupError):
 
 class NotYourJob(RuntimeError):
     """A worker touched a job that is no longer assigned to it (it was requeued)."""
-
-
-_RANKED_QUEUE = """
-    SELECT q.id FROM (
-        SELECT id, owner_id,
-               ROW_NUMBER() OVER (PARTITION BY owner_id ORDER BY id) AS owner_rank
-        FROM job WHERE state = 'queued'
-    ) q
-    {lock_join}
-    ORDER BY q.owner_rank + (
-        SELECT COUNT(*) FROM job r
-        WHERE r.owner_id = q.owner_id AND r.state IN ('preparing', 'training')
-    ), q.id
-    LIMIT 1
-    {lock}
-"""
-"""Round-robin between members: a member's n-th queued job ranks n, plus one per job of theirs
-already running, so one member's ten queued jobs do not starve another member's one."""
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -80,25 +62,35 @@ def enqueue(session: Session, job: Job) -> Job:
 def claim(engine: Engine, worker_id: str) -> Job | None:
     """Atomically take the fairest queued job and move it to `preparing`; None if none.
 
-    SQLite: the IMMEDIATE transaction serializes claimers. PostgreSQL: `FOR UPDATE SKIP
-    LOCKED` lets concurrent claimers pass over a row another one is taking.
-    """
-    if is_sqlite(engine):
-        sql = _RANKED_QUEUE.format(lock_join="", lock="")
-    else:
-        sql = _RANKED_QUEUE.replace("SELECT q.id FROM (", "SELECT j.id FROM job j JOIN (", 1)
-        sql = sql.format(lock_join="ON q.id = j.id WHERE j.state = 'queued'", lock="")
-        sql = sql.replace("LIMIT 1", "LIMIT 1 FOR UPDATE OF j SKIP LOCKED")
+    The order is `storage.fair`'s (round-robin between members, counting their running
+    renders too); `storage.worktime.claim_next` takes renders and jobs in that one order. The
+    returned job's `attempts` is this claim's fencing token (see `holds`)."""
     with session_scope(engine) as session:
-        row = session.connection().execute(text(sql)).first()
-        if row is None:
-            return None
-        job = get_job(session, row[0])
-        now = utcnow()
-        job.worker_id, job.claimed_at, job.heartbeat_at = worker_id, now, now
-        job.attempts += 1
-        transition(session, job, JobState.PREPARING, EventKind.STARTED, worker=worker_id)
-        return job
+        for _kind, job_id in ranked(session, ("job",)):
+            job = take(session, job_id, worker_id)
+            if job is not None:
+                return job
+    return None
+
+
+def take(session: Session, job_id: int, worker_id: str) -> Job | None:
+    """Claim one queued job in the session's transaction, or None when another worker took it.
+
+    SQLite: the IMMEDIATE transaction serializes claimers. PostgreSQL: `FOR UPDATE SKIP
+    LOCKED` lets concurrent claimers pass over a row another one is taking."""
+    query = (
+        select(Job)
+        .where(col(Job.id) == job_id, col(Job.state) == JobState.QUEUED)
+        .with_for_update(skip_locked=True)
+    )
+    job = session.exec(query).first()
+    if job is None:
+        return None
+    now = utcnow()
+    job.worker_id, job.claimed_at, job.heartbeat_at = worker_id, now, now
+    job.attempts += 1
+    transition(session, job, JobState.PREPARING, EventKind.STARTED, worker=worker_id)
+    return job
 
 
 @dataclass(frozen=True)
@@ -109,11 +101,19 @@ class Heartbeat:
     cancel_requested_by: int | None
 
 
-def heartbeat(engine: Engine, job_id: int, worker_id: str, step: int | None = None) -> Heartbeat:
-    """Record that `worker_id` is alive on `job_id`; tell it whether to go on."""
+def heartbeat(
+    engine: Engine,
+    job_id: int,
+    worker_id: str,
+    step: int | None = None,
+    *,
+    attempt: int | None = None,
+) -> Heartbeat:
+    """Record that `worker_id` is alive on `job_id` (its claim `attempt`); tell it whether to
+    go on. A claim that was requeued (and perhaps claimed again) is not owned any more."""
     with session_scope(engine) as session:
         job = get_job(session, job_id)
-        if job.worker_id != worker_id or JobState(job.state) not in LIVE_STATES:
+        if not holds(job, worker_id, attempt) or JobState(job.state) not in LIVE_STATES:
             return Heartbeat(owned=False, cancel_requested_by=job.cancel_requested_by)
         job.heartbeat_at = utcnow()
         if step is not None:
@@ -121,11 +121,23 @@ def heartbeat(engine: Engine, job_id: int, worker_id: str, step: int | None = No
         return Heartbeat(owned=True, cancel_requested_by=job.cancel_requested_by)
 
 
-def owned_job(session: Session, job_id: int, worker_id: str) -> Job:
-    """The job, if `worker_id` still holds it; otherwise `NotYourJob`."""
-    job = get_job(session, job_id)
+def holds(job: Job, worker_id: str, attempt: int | None) -> bool:
+    """Whether `worker_id`'s claim is the job's current one.
+
+    Fencing is by the claim's attempt number, not only the name: every claim counts one more
+    attempt, so a worker whose claim was requeued (a database blip, a missed heartbeat) cannot
+    write for the job again even if the same name claimed it anew. `attempt=None` (tools,
+    tests) checks the name alone; the worker always passes its claim's attempt."""
     if job.worker_id != worker_id:
-        raise NotYourJob(f"job {job_id} is no longer held by {worker_id}")
+        return False
+    return attempt is None or job.attempts == attempt
+
+
+def owned_job(session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
+    """The job, if `worker_id` (with its claim `attempt`) still holds it; else `NotYourJob`."""
+    job = get_job(session, job_id)
+    if not holds(job, worker_id, attempt):
+        raise NotYourJob(f"job {job_id} is no longer held by {worker_id} (attempt {attempt})")
     return job
 
 
@@ -218,33 +230,47 @@ def checkpoint_steps(engine: Engine, job_id: int) -> set[int]:
 
 
 def start_training(
-    engine: Engine, job_id: int, worker_id: str, total_steps: int, resumed_from: int = 0
+    engine: Engine,
+    job_id: int,
+    worker_id: str,
+    total_steps: int,
+    resumed_from: int = 0,
+    *,
+    attempt: int | None = None,
 ) -> None:
     """`preparing → training`, once data and model are loaded (and any saved state read)."""
     with session_scope(engine) as session:
-        job = owned_job(session, job_id, worker_id)
+        job = owned_job(session, job_id, worker_id, attempt)
         job.total_steps = total_steps
         job.step = resumed_from
         transition(session, job, JobState.TRAINING, total=total_steps, resumed_from=resumed_from)
 
 
-def report_progress(engine: Engine, job_id: int, worker_id: str, **progress: Any) -> None:
+def report_progress(
+    engine: Engine, job_id: int, worker_id: str, *, attempt: int | None = None, **progress: Any
+) -> None:
     """A progress event (the worker throttles how often)."""
     with session_scope(engine) as session:
-        job = owned_job(session, job_id, worker_id)
+        job = owned_job(session, job_id, worker_id, attempt)
         job.step = int(progress.get("step", job.step))
         job.heartbeat_at = utcnow()
         emit(session, EventKind.PROGRESS, job_id, **progress)
 
 
 def add_checkpoint(
-    engine: Engine, job_id: int, worker_id: str, checkpoint: Checkpoint, **extra: Any
+    engine: Engine,
+    job_id: int,
+    worker_id: str,
+    checkpoint: Checkpoint,
+    *,
+    attempt: int | None = None,
+    **extra: Any,
 ) -> Checkpoint:
     """Record a checkpoint, make it the resume point, and write `checkpoint_ready`.
 
     `extra` fields go into the event payload only (e.g. `heldout_loss`: float | None)."""
     with session_scope(engine) as session:
-        job = owned_job(session, job_id, worker_id)
+        job = owned_job(session, job_id, worker_id, attempt)
         checkpoint.job_id = job_id
         existing = session.exec(
             select(Checkpoint).where(
@@ -276,11 +302,17 @@ def add_checkpoint(
 
 
 def finish_training(
-    engine: Engine, job_id: int, worker_id: str, vote_deadline: datetime, **summary: Any
+    engine: Engine,
+    job_id: int,
+    worker_id: str,
+    vote_deadline: datetime,
+    *,
+    attempt: int | None = None,
+    **summary: Any,
 ) -> None:
     """`training → awaiting_vote`, with the comparison grid and loss curve in the event."""
     with session_scope(engine) as session:
-        job = owned_job(session, job_id, worker_id)
+        job = owned_job(session, job_id, worker_id, attempt)
         job.vote_deadline = vote_deadline
         transition(
             session,
@@ -292,18 +324,23 @@ def finish_training(
         )
 
 
-def fail(engine: Engine, job_id: int, worker_id: str | None, reason: str) -> None:
-    """Move a job to `failed` with a reason a member understands."""
+def fail(
+    engine: Engine, job_id: int, worker_id: str | None, reason: str, *, attempt: int | None = None
+) -> None:
+    """Move a job to `failed` with a reason a member understands (`worker_id` None: the bot or
+    an operator, who need not hold it)."""
     with session_scope(engine) as session:
         job = get_job(session, job_id)
-        if worker_id is not None and job.worker_id != worker_id:
-            raise NotYourJob(f"job {job_id} is no longer held by {worker_id}")
+        if worker_id is not None and not holds(job, worker_id, attempt):
+            raise NotYourJob(f"job {job_id} is no longer held by {worker_id} (attempt {attempt})")
         job.error = reason
         transition(session, job, JobState.FAILED, reason=reason, step=job.step)
 
 
-def confirm_cancelled(engine: Engine, job_id: int, worker_id: str) -> None:
+def confirm_cancelled(
+    engine: Engine, job_id: int, worker_id: str, *, attempt: int | None = None
+) -> None:
     """The worker stopped a job whose cancel was requested."""
     with session_scope(engine) as session:
-        job = owned_job(session, job_id, worker_id)
+        job = owned_job(session, job_id, worker_id, attempt)
         transition(session, job, JobState.CANCELLED, by=job.cancel_requested_by, step=job.step)

@@ -123,12 +123,15 @@ class Event(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
     attempted_at: datetime | None = None
+    tries: int = Field(
+        default=0, description="Failed tries to say it (persisted: a restart does not reset them)."
+    )
     delivered_at: datetime | None = Field(default=None, index=True)
     message_id: int | None = _snowflake(default=None, nullable=True)
 
 
 class Generation(SQLModel, table=True):
-    """A `/generate` request: the worker renders it between training jobs."""
+    """A `/generate` request: a worker renders it in its turn (`storage.fair`)."""
 
     id: int | None = Field(default=None, primary_key=True)
     guild_id: int | None = _snowflake(default=None, nullable=True)
@@ -140,6 +143,9 @@ class Generation(SQLModel, table=True):
     seed: int = 0
     state: str = Field(default="queued", max_length=20, index=True)
     worker_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
     image_path: str | None = None
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -161,6 +167,9 @@ class Iteration(SQLModel, table=True):
     contexts: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     state: str = Field(default="queued", max_length=20, index=True)
     worker_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
     error: str | None = None
     deadline: datetime | None = None
     result_dataset_id: str | None = Field(default=None, max_length=64)
@@ -229,6 +238,9 @@ class Comparison(SQLModel, table=True):
     diff: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     state: str = Field(default="queued", max_length=20, index=True)
     worker_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
     grid_path: str | None = None
     message_id: int | None = _snowflake(default=None, nullable=True, index=True)
     error: str | None = None

@@ -63,6 +63,12 @@ class Limits(BaseModel):
     min_image_side: int = Field(64, gt=0, description="Smaller images are skipped.")
     max_images: int = Field(1000, gt=0, description="Most images in a dataset.")
     jobs_per_member: int = Field(2, ge=1, description="Queued + running jobs per member.")
+    renders_per_member: int = Field(
+        8,
+        ge=1,
+        description="Queued + running render requests per member (each /generate image, "
+        "/iterate start, /compare); they wait in the same fair order as training.",
+    )
     uploads_per_member: int = Field(1, ge=1, description="Dataset uploads in progress at once.")
     member_storage_bytes: int = Field(
         2 * 1024**3, gt=0, description="Dataset bytes one member's uploads may keep (per guild)."

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from storage import comparisons
 from storage import iterations as it
-from storage.models import Checkpoint, Job, utcnow
+from storage.models import Checkpoint, Comparison, Iteration, Job, utcnow
+from storage.requests import Lease
 from trainer.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -207,36 +208,60 @@ def comparison_image(columns: list[list[Image.Image]], labels: list[str]) -> Ima
     return grid
 
 
-def run_pending(worker: Worker) -> bool:
-    """Render one waiting iteration or comparison; False when there was none."""
+def run_iteration(worker: Worker, iteration: Iteration, lease: Lease) -> None:
+    """Render a claimed iteration's candidates; written only while `lease` holds it."""
     from trainer.worker import describe_crash
 
-    iteration = it.claim_iteration(worker.engine, worker.worker_id)
-    if iteration is not None:
-        started = time.monotonic()
-        try:
-            rows = render_iteration(worker, iteration.id)  # type: ignore[arg-type]
-        except Exception as error:
-            log.exception("iteration %s: failed", iteration.id)
-            it.fail_iteration(worker.engine, iteration.id, describe_crash(error))  # type: ignore[arg-type]
-        else:
-            deadline = utcnow() + timedelta(hours=worker.vote_window_hours(iteration.guild_id))
-            it.complete_iteration(worker.engine, iteration.id, rows, deadline)  # type: ignore[arg-type]
-            log.info(
-                "iteration %s: %s candidates in %.1f s",
-                iteration.id,
-                len(rows),
-                time.monotonic() - started,
-            )
-        return True
-    comparison = comparisons.claim_comparison(worker.engine, worker.worker_id)
-    if comparison is None:
-        return False
+    started = time.monotonic()
+    try:
+        rows = render_iteration(worker, iteration.id)  # type: ignore[arg-type]
+    except Exception as error:
+        log.exception("iteration %s: failed", iteration.id)
+        written = it.fail_iteration(
+            worker.engine,
+            iteration.id,  # type: ignore[arg-type]
+            describe_crash(error),
+            lease=lease,
+        )
+    else:
+        deadline = utcnow() + timedelta(hours=worker.vote_window_hours(iteration.guild_id))
+        written = it.complete_iteration(
+            worker.engine,
+            iteration.id,  # type: ignore[arg-type]
+            rows,
+            deadline,
+            lease=lease,
+        )
+        log.info(
+            "iteration %s: %s candidates in %.1f s",
+            iteration.id,
+            len(rows),
+            time.monotonic() - started,
+        )
+    if not written:
+        log.warning("iteration %s: another worker holds it now; result dropped", iteration.id)
+
+
+def run_comparison(worker: Worker, comparison: Comparison, lease: Lease) -> None:
+    """Render a claimed comparison grid; written only while `lease` holds it."""
+    from trainer.worker import describe_crash
+
     try:
         path = render_comparison(worker, comparison.id)  # type: ignore[arg-type]
     except Exception as error:
         log.exception("comparison %s: failed", comparison.id)
-        comparisons.fail_comparison(worker.engine, comparison.id, describe_crash(error))  # type: ignore[arg-type]
+        written = comparisons.fail_comparison(
+            worker.engine,
+            comparison.id,  # type: ignore[arg-type]
+            describe_crash(error),
+            lease=lease,
+        )
     else:
-        comparisons.complete_comparison(worker.engine, comparison.id, str(path))  # type: ignore[arg-type]
-    return True
+        written = comparisons.complete_comparison(
+            worker.engine,
+            comparison.id,  # type: ignore[arg-type]
+            str(path),
+            lease=lease,
+        )
+    if not written:
+        log.warning("comparison %s: another worker holds it now; result dropped", comparison.id)

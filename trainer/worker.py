@@ -23,13 +23,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
-from storage import jobs
+from storage import jobs, requests
 from storage.db import make_engine, session_scope
-from storage.generations import claim_generation, complete_generation, fail_generation
+from storage.generations import complete_generation, fail_generation
 from storage.migrate import ensure_schema
 from storage.models import Checkpoint, Dataset, Generation, GuildSettings, Job, utcnow
 from storage.settings import Settings, get_settings
 from storage.states import JobState
+from storage.worktime import claim_next
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import TrainConfig
 
@@ -53,9 +54,16 @@ class DatabaseCallbacks(TrainCallbacks):
     """Turns the loop's reports into job updates and outbox events."""
 
     def __init__(
-        self, engine: Engine, job_id: int, worker_id: str, control: JobControl, every: float
+        self,
+        engine: Engine,
+        job_id: int,
+        worker_id: str,
+        control: JobControl,
+        every: float,
+        attempt: int | None = None,
     ) -> None:
         self.engine, self.job_id, self.worker_id = engine, job_id, worker_id
+        self.attempt = attempt  # the claim's fencing token: a requeued claim writes nothing
         self.control = control
         self.every = every
         self._last_progress = 0.0
@@ -63,7 +71,12 @@ class DatabaseCallbacks(TrainCallbacks):
 
     def on_start(self, step: int, total: int) -> None:
         jobs.start_training(
-            self.engine, self.job_id, self.worker_id, total_steps=total, resumed_from=step
+            self.engine,
+            self.job_id,
+            self.worker_id,
+            total_steps=total,
+            resumed_from=step,
+            attempt=self.attempt,
         )
         log.info("job %s: training from step %s of %s", self.job_id, step, total)
 
@@ -83,6 +96,7 @@ class DatabaseCallbacks(TrainCallbacks):
             self.engine,
             self.job_id,
             self.worker_id,
+            attempt=self.attempt,
             step=progress.step,
             total=progress.total,
             loss=round(progress.loss, 5),
@@ -105,6 +119,7 @@ class DatabaseCallbacks(TrainCallbacks):
             self.job_id,
             self.worker_id,
             checkpoint,
+            attempt=self.attempt,
             heldout_loss=_finite(info.heldout_loss),
         )
         log.info("job %s: checkpoint at step %s (%s)", self.job_id, info.step, info.file.name)
@@ -126,11 +141,17 @@ class Heartbeat(threading.Thread):
     """Beats every `interval` seconds until stopped; records cancel requests and lost jobs."""
 
     def __init__(
-        self, engine: Engine, job_id: int, worker_id: str, control: JobControl, interval: float
+        self,
+        engine: Engine,
+        job_id: int,
+        worker_id: str,
+        control: JobControl,
+        interval: float,
+        attempt: int | None = None,
     ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.engine, self.job_id, self.worker_id = engine, job_id, worker_id
-        self.control, self.interval = control, interval
+        self.control, self.interval, self.attempt = control, interval, attempt
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -139,7 +160,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         try:
-            beat = jobs.heartbeat(self.engine, self.job_id, self.worker_id)
+            beat = jobs.heartbeat(self.engine, self.job_id, self.worker_id, attempt=self.attempt)
         except Exception:  # a database hiccup must not kill training; next beat retries
             log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
             return
@@ -173,24 +194,29 @@ class Worker:
         stale = timedelta(seconds=self.settings.worker.stale_after_seconds)
         for job_id in jobs.requeue_stale(self.engine, stale):
             log.warning("job %s: its worker stopped heart-beating; requeued", job_id)
+        for kind, row_id, outcome in requests.requeue_stale(self.engine, stale):
+            log.warning("%s %s: its worker stopped heart-beating; %s", kind, row_id, outcome)
 
     def run_once(self) -> bool:
-        """Render one waiting `/generate` request, or claim and run one training job; False
-        when there was nothing to do. Generations go first: they take seconds, jobs hours."""
+        """Claim the fairest waiting work — a training job or a render request (`/generate`,
+        `/iterate start`, `/compare`), one round-robin between members — and run it; False
+        when there was nothing to do."""
         self.requeue_stale()
         if not self.maintain():
             return False
-        if self.run_generation():
-            return True
-        from trainer.iterate import run_pending  # /iterate candidates and /compare grids
-
-        if run_pending(self):
-            return True
-        job = jobs.claim(self.engine, self.worker_id)
-        if job is None:
+        claimed = claim_next(self.engine, self.worker_id)
+        if claimed is None:
             return False
-        log.info("job %s: claimed by %s (attempt %s)", job.id, self.worker_id, job.attempts)
-        self.run_job(job)
+        row = claimed.row
+        log.info(
+            "%s %s: claimed by %s (attempt %s)", claimed.kind, row.id, self.worker_id, row.attempts
+        )
+        if claimed.kind == "job":
+            self.run_job(row)
+        else:
+            from trainer.renders import run_render
+
+            run_render(self, claimed)
         return True
 
     def maintain(self) -> bool:
@@ -214,20 +240,24 @@ class Worker:
             return False
         return True
 
-    def run_generation(self) -> bool:
-        request = claim_generation(self.engine, self.worker_id)
-        if request is None:
-            return False
+    def run_generation(self, request: Generation, lease: requests.Lease | None = None) -> None:
+        """Render a claimed `/generate` request; written only while `lease` holds it."""
         started = time.monotonic()
         try:
             path = self._render(request)
         except Exception as error:
             log.exception("generation %s: failed", request.id)
-            fail_generation(self.engine, request.id, describe_crash(error))  # type: ignore[arg-type]
+            written = fail_generation(
+                self.engine,
+                request.id,  # type: ignore[arg-type]
+                describe_crash(error),
+                lease=lease,
+            )
         else:
-            complete_generation(self.engine, request.id, str(path))  # type: ignore[arg-type]
+            written = complete_generation(self.engine, request.id, str(path), lease=lease)  # type: ignore[arg-type]
             log.info("generation %s: %.1f s", request.id, time.monotonic() - started)
-        return True
+        if not written:
+            log.warning("generation %s: another worker holds it now; result dropped", request.id)
 
     def _render(self, request: Generation) -> Path:
         from trainer.base_models import load_base_model, resolve_base_model
@@ -272,7 +302,12 @@ class Worker:
         assert job.id is not None
         control = JobControl(shutdown=self.shutdown)
         heartbeat = Heartbeat(
-            self.engine, job.id, self.worker_id, control, self.settings.worker.heartbeat_seconds
+            self.engine,
+            job.id,
+            self.worker_id,
+            control,
+            self.settings.worker.heartbeat_seconds,
+            attempt=job.attempts,
         )
         heartbeat.start()
         started = time.monotonic()
@@ -302,6 +337,7 @@ class Worker:
             self.worker_id,
             control,
             self.settings.worker.progress_event_seconds,
+            attempt=job.attempts,
         )  # type: ignore[arg-type]
         return train(
             config,
@@ -335,6 +371,7 @@ class Worker:
                 job.id,
                 self.worker_id,
                 utcnow() + timedelta(hours=self.vote_window_hours(job.guild_id)),
+                attempt=job.attempts,
                 comparison_grid=str(result.comparison_grid) if result.comparison_grid else None,
                 loss_curve=str(result.loss_curve) if result.loss_curve else None,
                 seconds=round(result.seconds, 1),
@@ -350,13 +387,13 @@ class Worker:
         elif control.lost:
             log.warning("job %s: no longer ours; left to its new worker", job.id)
         elif control.cancel_requested_by is not None:
-            jobs.confirm_cancelled(self.engine, job.id, self.worker_id)
+            jobs.confirm_cancelled(self.engine, job.id, self.worker_id, attempt=job.attempts)
         else:
             self._requeue_for_shutdown(job)
 
     def _requeue_for_shutdown(self, job: Job) -> None:
         with session_scope(self.engine) as session:
-            current = jobs.owned_job(session, job.id, self.worker_id)  # type: ignore[arg-type]
+            current = jobs.owned_job(session, job.id, self.worker_id, job.attempts)  # type: ignore[arg-type]
             jobs.transition(
                 session,
                 current,
@@ -378,7 +415,7 @@ class Worker:
     def _fail(self, job: Job, reason: str) -> None:
         log.error("job %s: failed: %s", job.id, reason)
         try:
-            jobs.fail(self.engine, job.id, self.worker_id, reason)  # type: ignore[arg-type]
+            jobs.fail(self.engine, job.id, self.worker_id, reason, attempt=job.attempts)  # type: ignore[arg-type]
         except jobs.NotYourJob:
             log.warning("job %s: not failing it; another worker holds it", job.id)
 

@@ -50,7 +50,7 @@ class Admin(commands.Cog):
         results_channel="Where finalized models are announced",
         vote_window_hours="Hours a vote stays open",
         keep="Checkpoints kept after the vote",
-        jobs_per_member="Queued + running jobs and renders per member",
+        jobs_per_member="Queued + running training jobs per member",
         trainer_role="Add a role allowed to train (none set: everyone may)",
         remove_trainer_role="Remove one trainer role",
         clear_trainer_roles="Let everyone train again",

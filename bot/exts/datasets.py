@@ -17,7 +17,7 @@ from bot import queries, render
 from bot.db import run_db
 from bot.errors import BadInput, NotAllowed, NotFound
 from bot.exts._common import atelier
-from bot.permissions import member_is_manager, require_trainer
+from bot.permissions import member_is_manager, require_worker_time
 from bot.uploads import discard_new, ingest_upload, require_one_source
 from storage import datasets as store
 from storage.db import session_scope
@@ -153,7 +153,7 @@ class Datasets(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = atelier(interaction)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        require_trainer(interaction.user, guild)
+        require_worker_time(interaction.user, guild)
         require_one_source(dataset, dataset_url)
         try:
             cleaned = store.clean_name(name)

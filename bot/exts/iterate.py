@@ -30,10 +30,10 @@ from pydantic import ValidationError
 
 from bot import delivery, queries, render
 from bot.db import run_db
-from bot.errors import BadInput, NotFound
+from bot.errors import BadInput, LimitReached, NotFound
 from bot.exts._common import atelier, job_choices
 from bot.exts.models import model_choices
-from bot.permissions import member_is_manager, require_trainer
+from bot.permissions import member_is_manager, require_worker_time
 from bot.render import NUMBER_EMOJI
 from bot.retries import deliver_loose
 from bot.visibility import require_visible
@@ -43,6 +43,7 @@ from storage import iterations as it
 from storage.db import session_scope
 from storage.events import event_nonce, pending
 from storage.models import Event, Job
+from storage.requests import RenderQuotaReached, check_render_quota
 from trainer.config import TrainConfig, TrainOverrides
 from trainer.presets import explain_validation_error
 
@@ -159,7 +160,7 @@ async def train_from(
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = atelier(interaction)
     guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-    require_trainer(interaction.user, guild)
+    require_worker_time(interaction.user, guild)
     limit = (
         guild.jobs_per_member
         if guild and guild.jobs_per_member
@@ -517,13 +518,14 @@ class Iterate(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        require_trainer(interaction.user, guild)
+        require_worker_time(interaction.user, guild)
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
         require_visible(interaction, job)  # a model of a channel they cannot see is not theirs
         try:
             iteration_id = await run_db(
                 _request_iteration,
                 bot.engine,
+                bot.settings.limits.renders_per_member,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,
@@ -576,7 +578,7 @@ class Iterate(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         bot = atelier(interaction)
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        require_trainer(interaction.user, guild)  # it costs worker time, like /train
+        require_worker_time(interaction.user, guild)  # it costs worker time, like /train
         for job_id in (a, b):
             job = await run_db(queries.get_job, bot.engine, job_id, interaction.guild_id)
             require_visible(interaction, job)
@@ -584,6 +586,7 @@ class Iterate(commands.Cog):
             comparison = await run_db(
                 _request_comparison,
                 bot.engine,
+                bot.settings.limits.renders_per_member,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,
@@ -643,13 +646,22 @@ class Iterate(commands.Cog):
             )
 
 
-def _request_iteration(engine: Any, **fields: Any) -> int:
+def _within_render_quota(session: Any, limit: int, fields: dict[str, Any]) -> None:
+    try:
+        check_render_quota(session, fields["guild_id"], fields["user_id"], 1, limit)
+    except RenderQuotaReached as error:
+        raise LimitReached(str(error)) from None
+
+
+def _request_iteration(engine: Any, limit: int, **fields: Any) -> int:
     with session_scope(engine) as session:
+        _within_render_quota(session, limit, fields)
         return it.request_iteration(session, **fields).id  # type: ignore[return-value]
 
 
-def _request_comparison(engine: Any, **fields: Any) -> int:
+def _request_comparison(engine: Any, limit: int, **fields: Any) -> int:
     with session_scope(engine) as session:
+        _within_render_quota(session, limit, fields)
         return comparisons.request_comparison(session, **fields).id  # type: ignore[return-value]
 
 

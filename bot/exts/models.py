@@ -12,11 +12,13 @@ from discord.ext import commands
 
 from bot import delivery, queries, render
 from bot.db import run_db
-from bot.errors import BadInput, NotFound
+from bot.errors import BadInput, LimitReached, NotFound
 from bot.exts._common import atelier
+from bot.permissions import require_worker_time
 from bot.visibility import member_can_view, require_visible
 from storage.db import session_scope
 from storage.generations import UnknownModel, request_generation
+from storage.requests import RenderQuotaReached, check_render_quota
 
 
 async def model_choices(
@@ -71,9 +73,20 @@ def visible_rows(interaction: discord.Interaction, rows: list[Any]) -> list[Any]
     ]
 
 
-def _request(engine: object, weights: list[float], **fields: object) -> list[int]:
-    """One request per weight, all in one transaction (all queued or none)."""
+def _request(engine: object, weights: list[float], limit: int, **fields: object) -> list[int]:
+    """One request per weight, all in one transaction (all queued or none), within the
+    member's render quota."""
     with session_scope(engine) as session:  # type: ignore[arg-type]
+        try:
+            check_render_quota(
+                session,
+                fields["guild_id"],  # type: ignore[arg-type]
+                fields["user_id"],  # type: ignore[arg-type]
+                len(weights),
+                limit,
+            )
+        except RenderQuotaReached as error:
+            raise LimitReached(str(error)) from None
         return [
             request_generation(session, weight=weight, **fields).id  # type: ignore[arg-type,misc]
             for weight in weights
@@ -158,6 +171,8 @@ class Models(commands.Cog):
         chosen = parse_weights(weights) if weights else [weight]
         seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         bot = atelier(interaction)
+        guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
+        require_worker_time(interaction.user, guild)  # rendering costs worker time, like /train
         job = await run_db(queries.get_job, bot.engine, model, interaction.guild_id)
         require_visible(interaction, job)
         try:
@@ -165,6 +180,7 @@ class Models(commands.Cog):
                 _request,
                 bot.engine,
                 chosen,
+                bot.settings.limits.renders_per_member,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,

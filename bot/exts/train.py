@@ -13,7 +13,7 @@ from bot import queries
 from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
-from bot.permissions import require_trainer
+from bot.permissions import require_worker_time
 from bot.uploads import discard_new, ingest_upload, require_disk_space, require_one_source
 from storage.base_models import UnknownBaseModel
 from storage.base_models import resolve as resolve_base_model
@@ -250,7 +250,7 @@ class Train(commands.Cog):
         bot = atelier(interaction)
         settings = bot.settings
         guild = await run_db(queries.guild_settings, bot.engine, interaction.guild_id)
-        require_trainer(interaction.user, guild)
+        require_worker_time(interaction.user, guild)
         limit = (
             guild.jobs_per_member
             if guild and guild.jobs_per_member

@@ -23,11 +23,11 @@ def test_guild_allow_list() -> None:
 
 def test_trainer_roles() -> None:
     guild = GuildSettings(guild_id=1, trainer_role_ids=[10])
-    p.require_trainer(member(1, [10]), guild)
-    p.require_trainer(member(1, [], manage=True), guild)
-    p.require_trainer(member(1), None)  # no roles configured: everyone
+    p.require_worker_time(member(1, [10]), guild)
+    p.require_worker_time(member(1, [], manage=True), guild)
+    p.require_worker_time(member(1), None)  # no roles configured: everyone
     with pytest.raises(NotAllowed):
-        p.require_trainer(member(1, [11]), guild)
+        p.require_worker_time(member(1, [11]), guild)
 
 
 def test_job_owner_or_manager() -> None:

@@ -236,3 +236,36 @@ def test_resumed_job_records_checkpoints_saved_but_never_recorded(
         assert session.get(Job, job_id).state == JobState.AWAITING_VOTE
     assert sorted(steps) == [2, 4, 6]
     assert sorted(ready) == [2, 4, 6]
+
+
+def test_a_worker_whose_claim_was_requeued_stops_and_writes_nothing(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A missed heartbeat (a database blip) requeues the job and the same worker name claims
+    it again: the first claim is fenced off by its attempt number and stops training."""
+    job_id = _enqueue(settings, engine, tmp_path, steps=400, checkpoint_every=400)
+    stale = Worker(settings, engine, "w1")
+    runner = threading.Thread(target=stale.run_once)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with session_scope(engine) as session:
+            if session.get(Job, job_id).step >= 3:
+                break
+        time.sleep(0.02)
+    assert jobs.requeue_stale(engine, timedelta(seconds=0)) == [job_id]
+    again = jobs.claim(engine, "w1")
+    assert again is not None and again.attempts == 2
+    with session_scope(engine) as session:
+        taken_at = session.get(Job, job_id).step
+        last_event = session.exec(select(Event).order_by(col(Event.id).desc())).first().id
+    runner.join(60)
+    assert not runner.is_alive(), "the fenced-off worker stops training"
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.worker_id, job.attempts) == (JobState.PREPARING, "w1", 2)
+        assert job.step == taken_at < 400
+        assert session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id)).all() == []
+        later = session.exec(select(Event).where(col(Event.id) > last_event)).all()
+    assert later == [], "no heartbeat, transition, checkpoint or event from the stale claim"
+    assert jobs.heartbeat(engine, job_id, "w1", attempt=2).owned
