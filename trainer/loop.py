@@ -59,6 +59,7 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.precision import Precision, keep_trainables_fp32, make_precision
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -97,12 +98,10 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     check_runtime(config)
 
-    # 1. seed and accelerator (device, mixed precision, gradient scaling on CUDA)
+    # 1. seed and precision (device, mixed precision, fp16 loss scaling)
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(config, device)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = accelerator.dtype
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
@@ -120,8 +119,7 @@ def train(
     # 4. the adapter (or the new embedding rows): the only weights that change
     torch.manual_seed(config.seed)
     params = adapters.inject_adapter(model, config)
-    for param in params:  # trainable weights in fp32 even when the frozen base is bf16
-        param.data = param.data.float()
+    keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
     prompt_token = embedding_prompt(model, config)
 
     # 5. optimizer and learning-rate schedule
@@ -247,30 +245,9 @@ def check_runtime(config: TrainConfig) -> None:
         )
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingFailed("device 'cuda' was requested but no CUDA GPU is available")
-    return device
-
-
-def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> Any:
-    """An Accelerator on the chosen device; bf16 by default on GPUs that support it."""
-    from accelerate import Accelerator
-
-    target = pick_device(device)
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if target.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    elif precision != "no" and target.type != "cuda":
-        raise TrainingFailed(
-            f"mixed_precision '{precision}' needs a CUDA GPU; use 'auto' or 'no' on CPU"
-        )
-    if target.type == "cuda" and target.index is not None:
-        torch.cuda.set_device(target)
-    return Accelerator(cpu=target.type == "cpu", mixed_precision=precision)
+def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> Precision:
+    """Device, mixed precision and fp16 loss scaling for this job (`trainer.precision`)."""
+    return make_precision(config.mixed_precision, device)
 
 
 def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
@@ -551,13 +528,9 @@ def optimizer_step(
             continue
         accelerator.backward(loss)
         total += loss.item()
-    if finite:
-        norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
-    if finite:
-        optimizer.step()
-        if config.method == "embedding":
-            adapters.restore_frozen_embedding_rows(model)
+    finite = accelerator.step(optimizer, params, config.max_grad_norm, finite)
+    if finite and config.method == "embedding":
+        adapters.restore_frozen_embedding_rows(model)
     optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # torch warns when a skipped step did not call optimizer.step
         warnings.simplefilter("ignore", UserWarning)

@@ -136,7 +136,7 @@ def render(
     """One image as a member's generation would draw it (fixed seed, CPU generator)."""
     settings = config.validation
     generator = torch.Generator("cpu").manual_seed(seed)
-    with torch.autocast(model.device.type, enabled=False):
+    with _autocast_like(model):
         result = model.pipeline(
             prompt=prompt,
             negative_prompt=settings.negative_prompt or None,
@@ -148,6 +148,13 @@ def render(
             output_type="pil",
         )
     return result.images[0]
+
+
+def _autocast_like(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to the UNet's dtype when it is bf16/fp16 (mixed-precision training keeps fp32
+    trainable weights, and an embedding job fp32 text encoders, beside it); off in fp32."""
+    dtype = next(model.unet.parameters()).dtype
+    return torch.autocast(model.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def render_base(
