@@ -59,7 +59,9 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.optimizers import make_optimizer
 from trainer.precision import Precision, keep_trainables_fp32, make_precision
+from trainer.speed import apply_memory_options
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -120,10 +122,11 @@ def train(
     torch.manual_seed(config.seed)
     params = adapters.inject_adapter(model, config)
     keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
+    apply_memory_options(model, config)
     prompt_token = embedding_prompt(model, config)
 
     # 5. optimizer and learning-rate schedule
-    optimizer = make_optimizer(config, params)
+    optimizer = make_optimizer(config, params, model)
     lr_scheduler = make_lr_scheduler(config, optimizer)
     optimizer = accelerator.prepare(optimizer)
 
@@ -335,26 +338,6 @@ def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
 
 def _initializer(config: TrainConfig) -> str | None:
     return config.embedding.initializer_token if config.method == "embedding" else None
-
-
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW, 8-bit AdamW (bitsandbytes) or Prodigy, over the trainable parameters only."""
-    if not params:
-        raise TrainingFailed("the adapter has no trainable weights (check targets and rank)")
-    if config.optimizer == "adamw8bit":
-        import bitsandbytes
-
-        return bitsandbytes.optim.AdamW8bit(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-    if config.optimizer == "prodigy":
-        import prodigyopt
-
-        return prodigyopt.Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    # Embedding rows other than the new token are restored after each step, so weight decay
-    # there is harmless; on the new rows it pulls toward zero, which textual inversion avoids.
-    decay = 0.0 if config.method == "embedding" else config.weight_decay
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay)
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
