@@ -30,7 +30,9 @@ from trainer.callbacks import TrainingFailed
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 CPU_AUTO = "no"
-"""What `auto` means on CPU (see `auto_precision`)."""
+"""What `auto` means on CPU. Measured (docs/benchmarks.md, AVX512-BF16 CPU): bf16 is 1.08-1.32×
+faster on the mid benchmark model but 11-16 % slower on the tiny/toy models CPU jobs use by
+default, so fp32; a bigger model on such a CPU should ask for bf16."""
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
