@@ -221,6 +221,27 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
         module.to(device=device)
 
 
+def _decode_in_vae_dtype(vae: torch.nn.Module) -> None:
+    """Let the fp32 VAE decode latents of any dtype, outside autocast.
+
+    Under bf16/fp16 the UNet and text encoders are cast down while the VAE stays fp32, so a
+    pipeline hands bf16 latents to the fp32 VAE ("Input type (c10::BFloat16) and bias type
+    (float) should be the same"); diffusers' SD pipeline does not cast them. The VAE also must
+    not run under fp16 autocast (SD VAEs overflow to NaN), so its decode runs in fp32.
+    """
+    original = vae.decode
+    if getattr(original, "_atelier_fp32", False):
+        return
+
+    def decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        dtype = next(vae.parameters()).dtype
+        with torch.autocast(z.device.type, enabled=False):
+            return original(z.to(dtype), *args, **kwargs)
+
+    decode._atelier_fp32 = True  # type: ignore[attr-defined]
+    vae.decode = decode  # type: ignore[method-assign]
+
+
 def _wrap(
     pipeline: Any,
     architecture: Architecture,
@@ -241,6 +262,7 @@ def _wrap(
     for module in (denoiser, *text_encoders):
         _move(module, device, dtype)
     _move(pipeline.vae, device, torch.float32)
+    _decode_in_vae_dtype(pipeline.vae)
     for module in (denoiser, pipeline.vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()

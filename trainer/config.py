@@ -91,7 +91,12 @@ class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1, le=64)
     gradient_accumulation: int = Field(1, ge=1, le=64)
     learning_rate: float = Field(1e-4, gt=0.0, le=10.0)
-    text_encoder_lr: float | None = Field(None, gt=0.0, le=10.0)
+    text_encoder_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="Text-encoder adapter lr (train_text_encoder); default: learning_rate.",
+    )
     optimizer: Optimizer = "adamw"
     weight_decay: float = Field(1e-2, ge=0.0, le=1.0)
     schedule: Schedule = "constant"
@@ -102,7 +107,9 @@ class TrainConfig(_Strict):
     mixed_precision: Precision = Field(
         "auto", description="'auto': bf16 on a CUDA GPU that supports it, else full fp32."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower."
+    )
     seed: int = 42
     max_nan_steps: int = Field(5, ge=1, description="Consecutive NaN/inf steps before failing.")
 
@@ -134,6 +141,10 @@ class TrainConfig(_Strict):
         if self.checkpoint_every > self.steps:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})"
+            )
+        if self.text_encoder_lr is not None and not self.train_text_encoder:
+            raise ValueError(
+                "text_encoder_lr needs train_text_encoder (LoRA/DoRA on the text encoder)"
             )
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
