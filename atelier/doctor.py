@@ -107,8 +107,11 @@ MODEL_PARTS = {
     "sd1": ("unet", "vae", "text_encoder", "tokenizer"),
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
     "flux1": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+    "zimage": ("transformer", "vae", "text_encoder", "tokenizer"),
 }
 """The component folders a diffusers pipeline of each architecture has (model_index.json)."""
+PIPELINE_PREFIXES = {"flux1": "Flux", "zimage": "ZImage"}
+"""How the pipeline class named in model_index.json starts, for architectures that say so."""
 
 
 def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | None:
@@ -131,8 +134,8 @@ def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | Non
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     declared = str(index.get("_class_name", ""))
-    is_flux = declared.startswith("Flux")
-    if is_flux != (architecture == "flux1"):
+    held = next((a for a, p in PIPELINE_PREFIXES.items() if declared.startswith(p)), None)
+    if held != (architecture if architecture in PIPELINE_PREFIXES else None):
         return (
             f"{folder} holds a {declared or 'pipeline'}, not a {architecture} model",
             "set its architecture in atelier.toml to what the folder holds",

@@ -1,13 +1,12 @@
 """Training-loop benchmark: prints one JSON object.
 
-    python bench/train.py [--steps 30] [--device cpu|cuda]
+    python bench/train.py [--steps 30] [--rounds 2] [--precisions no,bf16] [--models tiny,mid]
+                          [--clock cpu|wall]     # OMP_NUM_THREADS=1 on a shared machine
 
-CPU (default): the tiny model and a mid-size model (UNet block_out_channels (64, 128, 256)),
-for LoRA, DoRA and embedding: steps/s of `train()`, the share of step time spent in the UNet
-forward + backward + optimizer step (the rest is overhead this project owns: batching, caches,
-text encoding, NaN checks, bookkeeping), peak RSS, and a plain diffusers + peft loop without
-caches on the same model and batch for comparison. `--device cuda` uses SD 1.5- and SDXL-sized
-UNets with random weights at 512 / 1024 px and reports steps/s and peak VRAM.
+CPU: the tiny model and a mid-size model (UNet block_out_channels (64, 128, 256)), 64 px,
+batch 2, for LoRA, DoRA and embedding: steps/s of `train()` in each mixed precision, and of a
+plain fp32 diffusers + peft loop (VAE and text encoder every step, peft LoRA / DoRA, default
+AdamW) on a fresh copy of the same model, side by side, and the ratio. GPUs: bench/gpu.py.
 """
 
 from __future__ import annotations
@@ -27,14 +26,14 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import torch  # noqa: E402
 
 from tests.trainer.train_helpers import make_dataset, tiny_config  # noqa: E402
-from trainer import adapters, caches, loop  # noqa: E402
+from trainer import adapters, loop  # noqa: E402
 from trainer.architectures.sd1 import tokenize  # noqa: E402
 from trainer.callbacks import RecordingCallbacks  # noqa: E402
+from trainer.precision import CPU_AUTO  # noqa: E402
 
-CUDA_SHAPES = {
-    "sd15-512": {"block_out_channels": (320, 640, 1280, 1280), "cross": 768, "resolution": 512},
-    "sdxl-1024": {"block_out_channels": (320, 640, 1280), "cross": 2048, "resolution": 1024},
-}
+CLOCK = time.process_time
+"""CPU seconds of this process (`--clock wall`: elapsed time). On a shared machine elapsed time
+measures the neighbours; CPU time measures the work (with one thread, exactly the step's)."""
 
 
 def build_mid_model(folder: Path) -> Path:
@@ -58,38 +57,43 @@ def build_mid_model(folder: Path) -> Path:
     return folder
 
 
-def core_seconds_per_step(model, config, params, batch, captions, steps: int) -> float:
-    """UNet forward + backward + optimizer step only (plus text encoding for embeddings)."""
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    for i in range(steps + 2):
-        if i == 2:
-            started = time.perf_counter()
-        if config.method == "embedding":  # the gradient runs through the text encoder
-            batch.text = caches.encode_prompts(model, captions)
-        loss = loop.micro_batch_loss(model, config, batch, generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - started) / steps
+def plain_model(config, cache: Path):
+    """A fresh fp32 model with the adapter as a plain diffusers + peft script adds it: peft LoRA,
+    peft DoRA (`use_dora`), or diffusers' textual-inversion token rows."""
+    from peft import LoraConfig
+
+    plain = config.model_copy(update={"mixed_precision": "no"})
+    model = loop.load_model(plain, cache, torch.device("cpu"), torch.float32, None)
+    if config.method == "embedding":
+        params = adapters.inject_adapter(model, plain)
+    else:
+        names = adapters.target_modules(model.unet, "unet", plain)
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=names,
+                          use_dora=config.method == "dora")  # fmt: skip
+        model.unet.add_adapter(lora)
+        params = [p for p in model.unet.parameters() if p.requires_grad]
+    return model, params
 
 
-def plain_loop_steps_per_second(model, config, examples, params, steps: int) -> float:
-    """A diffusers-example-style loop: encode images and captions every step, no caches."""
+def plain_loop_steps_per_second(config, examples, cache: Path, steps: int) -> float:
+    """A diffusers-example-style loop in fp32: encode images and captions every step, no
+    caches, torch's default AdamW."""
     from trainer.data import load_pixels
 
+    model, params = plain_model(config, cache)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     scheduler = model.noise_scheduler
     chosen = examples[: config.batch_size]
+    captions = [f"{loop.embedding_prompt(model, config) or 'ohwx'}, {e.caption}" for e in chosen]
     for i in range(steps + 2):
         if i == 2:
-            started = time.perf_counter()
+            started = CLOCK()
         pixels = torch.stack([load_pixels(e) for e in chosen])
         with torch.no_grad():
             latents = (
                 model.vae.encode(pixels).latent_dist.sample() * model.vae.config.scaling_factor
             )
-        ids = tokenize(model.tokenizers[0], [e.caption for e in chosen])
+        ids = tokenize(model.tokenizers[0], captions)
         with torch.set_grad_enabled(config.method == "embedding"):
             hidden = model.text_encoders[0](ids)[0]
         noise = torch.randn_like(latents)
@@ -98,59 +102,64 @@ def plain_loop_steps_per_second(model, config, examples, params, steps: int) -> 
         torch.nn.functional.mse_loss(prediction, noise).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return steps / (time.perf_counter() - started)
+    return steps / (CLOCK() - started)
 
 
-def bench_cpu(steps: int) -> dict:
+class StepClock(RecordingCallbacks):
+    """The clock at every step's progress report (a checkpoint comes after its report)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_progress(self, progress) -> None:
+        self.times.append(CLOCK())
+        super().on_progress(progress)
+
+
+def our_steps_per_second(config, dataset: Path, out: Path, cache: Path) -> float:
+    """`train()` as a job runs it (caches, bookkeeping): steps 2…N, like the plain loop's
+    timed steps after its warm-up; checkpoints are not counted."""
+    callbacks = StepClock()
+    loop.train(config, dataset, out, callbacks, cache_dir=cache, device="cpu", resume=False)
+    shutil.rmtree(out, ignore_errors=True)
+    return (len(callbacks.times) - 1) / (callbacks.times[-1] - callbacks.times[0])
+
+
+def bench_cpu(steps: int, rounds: int, precisions: list[str], models: list[str]) -> dict:
+    """Our loop in each precision and the plain loop, alternated `rounds` times; best of each
+    (the CPU is shared: alternating keeps the ratio fair when the load changes)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     results: dict = {
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "steps": steps,
-        "models": {},
-    }
+        "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "rounds": rounds,
+        "clock": "wall" if CLOCK is time.perf_counter else "cpu (process time)",
+        "auto_on_cpu": CPU_AUTO, "models": {},
+    }  # fmt: skip
     try:
         dataset = make_dataset(work / "data", count=4, size=64)
-        models = {"tiny": "tiny", "mid (64,128,256)": str(build_mid_model(work / "mid"))}
-        for label, base in models.items():
+        bases = {"tiny": "tiny", "mid": str(build_mid_model(work / "mid"))}
+        for label in models:
             rows = {}
             for method in ("lora", "dora", "embedding"):
                 config = tiny_config(
-                    method=method, base_model=base, steps=steps, checkpoint_every=steps,
-                    resolution=64,
-                    batch_size=2, validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"]},
+                    method=method, base_model=bases[label], steps=steps, checkpoint_every=steps,
+                    resolution=64, heldout_fraction=0.0, batch_size=2,
+                    validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"]},
                 )  # fmt: skip
-                seen: dict = {}
-                inject = adapters.inject_adapter
-
-                def spy(model, cfg, seen=seen, inject=inject):
-                    params = inject(model, cfg)
-                    seen.update(model=model, params=params)
-                    return params
-
-                adapters.inject_adapter = spy
-                callbacks = RecordingCallbacks()
-                try:
-                    loop.train(config, dataset, work / f"out-{label}-{method}", callbacks,
-                               cache_dir=work / "cache", device="cpu", resume=False)  # fmt: skip
-                finally:
-                    adapters.inject_adapter = inject
-                rate = callbacks.progress[-1].steps_per_second
-                model, params = seen["model"], seen["params"]
                 examples = loop.load_examples(dataset, config)
-                token = loop.embedding_prompt(model, config)
-                batch = loop.make_batch(model, config, examples, [0, 1], 0, None, None, token)
-                batch.text.hidden = batch.text.hidden.detach()
-                captions = [f"{token or 'ohwx'}, a photo"] * 2
-                core = core_seconds_per_step(model, config, params, batch, captions, steps=10)
-                rows[method] = {
-                    "steps_per_second": round(rate, 2),
-                    "unet_fwd_bwd_optimizer_share": round(min(1.0, core * rate), 3),
-                    "plain_diffusers_peft_steps_per_second": round(
-                        plain_loop_steps_per_second(model, config, examples, params, steps=10), 2
-                    ),
-                }
+                best: dict[str, float] = {}
+                for _ in range(rounds):
+                    for precision in precisions:
+                        ours = config.model_copy(update={"mixed_precision": precision})
+                        rate = our_steps_per_second(ours, dataset, work / "out", work / "cache")
+                        best[precision] = max(best.get(precision, 0.0), rate)
+                    rate = plain_loop_steps_per_second(config, examples, work / "cache", steps)
+                    best["plain"] = max(best.get("plain", 0.0), rate)
+                row = {f"ours_{p}_steps_per_second": round(best[p], 2) for p in precisions}
+                row["plain_diffusers_peft_fp32_steps_per_second"] = round(best["plain"], 2)
+                row |= {f"speedup_{p}": round(best[p] / best["plain"], 2) for p in precisions}
+                rows[method] = row
             results["models"][label] = rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -158,82 +167,21 @@ def bench_cpu(steps: int) -> dict:
     return results
 
 
-def bench_cuda(steps: int) -> dict:
-    """SD 1.5 / SDXL-sized UNets (random weights), LoRA r16, bf16: steps/s and peak VRAM."""
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
-
-    out: dict = {"device": torch.cuda.get_device_name(0), "steps": steps, "shapes": {}}
-    for name, shape in CUDA_SHAPES.items():
-        torch.cuda.reset_peak_memory_stats()
-        sdxl = name.startswith("sdxl")
-        unet = UNet2DConditionModel(
-            block_out_channels=shape["block_out_channels"],
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-            + (() if sdxl else ("DownBlock2D",)),
-            up_block_types=(() if sdxl else ("UpBlock2D",))
-            + ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=shape["cross"],
-            transformer_layers_per_block=(1, 2, 10) if sdxl else 1,
-            attention_head_dim=(5, 10, 20) if sdxl else 8,
-            use_linear_projection=sdxl,
-            addition_embed_type="text_time" if sdxl else None,
-            addition_time_embed_dim=256 if sdxl else None,
-            projection_class_embeddings_input_dim=2816 if sdxl else None,
-        ).to("cuda", torch.bfloat16)
-        unet.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-        )
-        params = [p for p in unet.parameters() if p.requires_grad]
-        for p in params:
-            p.data = p.data.float()
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        side = shape["resolution"] // 8
-        x = torch.randn(4 if not sdxl else 2, 4, side, side, device="cuda")
-        hidden = torch.randn(x.shape[0], 77, shape["cross"], device="cuda")
-        extra = {}
-        if sdxl:
-            extra["added_cond_kwargs"] = {
-                "text_embeds": torch.randn(x.shape[0], 1280, device="cuda"),
-                "time_ids": torch.tensor(
-                    [[1024, 1024, 0, 0, 1024, 1024]] * x.shape[0], device="cuda"
-                ),
-            }
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                started = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                t = torch.randint(0, 1000, (x.shape[0],), device="cuda")
-                loss = unet(x, t, hidden, **extra).sample.float().pow(2).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        out["shapes"][name] = {
-            "batch": x.shape[0],
-            "steps_per_second": round(steps / (time.perf_counter() - started), 2),
-            "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
-        }
-        del unet, optimizer, params
-        torch.cuda.empty_cache()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precisions", default="no,bf16", help="our loop's mixed_precision")
+    parser.add_argument("--models", default="tiny,mid")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"error": "--device cuda: no CUDA GPU is available on this machine"}))
-        return 2
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    result = bench_cuda(args.steps) if args.device == "cuda" else bench_cpu(args.steps)
+    result = bench_cpu(args.steps, args.rounds, args.precisions.split(","), args.models.split(","))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 BUILTIN_ARCHITECTURES = {
     "builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl", "builtin:toy": "sd1",
-    "builtin:tiny-flux": "flux1",
+    "builtin:tiny-flux": "flux1", "builtin:tiny-zimage": "zimage",
 }  # fmt: skip
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HASH_OFFSET, _HASH_SPAN = 0x100000, 0x10000

@@ -26,6 +26,7 @@ TINY_MODEL = "tiny"
 
 TINY_SDXL_MODEL = "tiny-sdxl"
 TINY_FLUX_MODEL = "tiny-flux"
+TINY_ZIMAGE_MODEL = "tiny-zimage"
 
 MIN_LINK_SECRET = 32
 """Shortest accepted `link_secret`: it is an HMAC key, and a short one can be guessed."""
@@ -44,7 +45,7 @@ class BaseModelEntry(BaseModel):
         description="Local diffusers folder or single-file .safetensors (FLUX.1: the "
         "transformer file, with a diffusers folder beside it), or 'builtin:tiny'."
     )
-    architecture: Literal["sd1", "sdxl", "flux1"] = "sd1"
+    architecture: Literal["sd1", "sdxl", "flux1", "zimage"] = "sd1"
     description: str = ""
 
 
@@ -130,6 +131,9 @@ BUILTIN_MODELS: dict[str, BaseModelEntry] = {
     ),
     TINY_FLUX_MODEL: BaseModelEntry(
         path="builtin:tiny-flux", architecture="flux1", description="Built-in tiny FLUX.1 model"
+    ),
+    TINY_ZIMAGE_MODEL: BaseModelEntry(
+        path="builtin:tiny-zimage", architecture="zimage", description="Built-in tiny Z-Image model"
     ),
     "toy": BaseModelEntry(
         path="builtin:toy", description="Built-in toy model that draws coloured shapes (64 px)"

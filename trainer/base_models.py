@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from storage.settings import Settings
     from trainer.architectures import Architecture as ArchitectureImpl
 
-Architecture = Literal["sd1", "sdxl", "flux1"]
+Architecture = Literal["sd1", "sdxl", "flux1", "zimage"]
 BUILTINS: dict[str, Architecture] = {
     "builtin:tiny": "sd1", "builtin:tiny-sdxl": "sdxl", "builtin:toy": "sd1",
-    "builtin:tiny-flux": "flux1",
+    "builtin:tiny-flux": "flux1", "builtin:tiny-zimage": "zimage",
 }  # fmt: skip
 TOY_MODEL_DIR = Path(__file__).parent / "builtin_models" / "toy"
 """`builtin:toy`: the committed toy model that draws coloured shapes (`trainer/toy/`)."""
@@ -111,6 +111,8 @@ def detect_architecture(path: Path) -> Architecture:
         data = json.loads(index.read_text(encoding="utf-8"))
         if str(data.get("_class_name", "")).startswith("Flux"):
             return "flux1"
+        if str(data.get("_class_name", "")).startswith("ZImage"):
+            return "zimage"
         return "sdxl" if "text_encoder_2" in data else "sd1"
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -119,6 +121,8 @@ def detect_architecture(path: Path) -> Architecture:
             keys = list(handle.keys())
         if any("double_blocks.0.img_attn.qkv" in k for k in keys):
             return "flux1"
+        if any("noise_refiner.0.attention" in k for k in keys):
+            return "zimage"
         return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd1"
     return "sd1"
 
@@ -217,6 +221,27 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
         module.to(device=device)
 
 
+def _decode_in_vae_dtype(vae: torch.nn.Module) -> None:
+    """Let the fp32 VAE decode latents of any dtype, outside autocast.
+
+    Under bf16/fp16 the UNet and text encoders are cast down while the VAE stays fp32, so a
+    pipeline hands bf16 latents to the fp32 VAE ("Input type (c10::BFloat16) and bias type
+    (float) should be the same"); diffusers' SD pipeline does not cast them. The VAE also must
+    not run under fp16 autocast (SD VAEs overflow to NaN), so its decode runs in fp32.
+    """
+    original = vae.decode
+    if getattr(original, "_atelier_fp32", False):
+        return
+
+    def decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        dtype = next(vae.parameters()).dtype
+        with torch.autocast(z.device.type, enabled=False):
+            return original(z.to(dtype), *args, **kwargs)
+
+    decode._atelier_fp32 = True  # type: ignore[attr-defined]
+    vae.decode = decode  # type: ignore[method-assign]
+
+
 def _wrap(
     pipeline: Any,
     architecture: Architecture,
@@ -237,6 +262,7 @@ def _wrap(
     for module in (denoiser, *text_encoders):
         _move(module, device, dtype)
     _move(pipeline.vae, device, torch.float32)
+    _decode_in_vae_dtype(pipeline.vae)
     for module in (denoiser, pipeline.vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()

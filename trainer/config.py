@@ -33,7 +33,9 @@ class ValidationConfig(_Strict):
     )
     seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=4)
     steps: int = Field(20, ge=1, le=150, description="Sampling steps (as in a generation app).")
-    guidance: float = Field(7.0, ge=1.0, le=30.0, description="Classifier-free guidance scale.")
+    guidance: float = Field(
+        7.0, ge=0.0, le=30.0, description="Classifier-free guidance scale (Z-Image-Turbo: 0)."
+    )
     scheduler: Literal["dpm++", "euler_a", "ddim", "euler"] = "dpm++"
     negative_prompt: str = ""
 
@@ -89,7 +91,12 @@ class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1, le=64)
     gradient_accumulation: int = Field(1, ge=1, le=64)
     learning_rate: float = Field(1e-4, gt=0.0, le=10.0)
-    text_encoder_lr: float | None = Field(None, gt=0.0, le=10.0)
+    text_encoder_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="Text-encoder adapter lr (train_text_encoder); default: learning_rate.",
+    )
     optimizer: Optimizer = "adamw"
     weight_decay: float = Field(1e-2, ge=0.0, le=1.0)
     schedule: Schedule = "constant"
@@ -100,7 +107,9 @@ class TrainConfig(_Strict):
     mixed_precision: Precision = Field(
         "auto", description="'auto': bf16 on a CUDA GPU that supports it, else full fp32."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower."
+    )
     seed: int = 42
     max_nan_steps: int = Field(5, ge=1, description="Consecutive NaN/inf steps before failing.")
 
@@ -132,6 +141,10 @@ class TrainConfig(_Strict):
         if self.checkpoint_every > self.steps:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})"
+            )
+        if self.text_encoder_lr is not None and not self.train_text_encoder:
+            raise ValueError(
+                "text_encoder_lr needs train_text_encoder (LoRA/DoRA on the text encoder)"
             )
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
@@ -175,9 +188,11 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     "sd1": {"label": "SD 1.x", "methods": ("lora", "dora", "embedding"), "multiple": 8},
     "sdxl": {"label": "SDXL", "methods": ("lora", "dora", "embedding"), "multiple": 8},
     "flux1": {"label": "FLUX.1", "methods": ("lora", "dora"), "multiple": 16},
+    "zimage": {"label": "Z-Image", "methods": ("lora", "dora"), "multiple": 16},
 }
 """What each base architecture can train (torch-free: the bot checks a job with it).
-`multiple`: the pixel step of training sizes (FLUX.1 packs 2×2 latents of an 8× VAE)."""
+`multiple`: the pixel step of training sizes (FLUX.1 packs, Z-Image patches, 2×2 latents of an
+8× VAE)."""
 
 
 _PLURAL = {"lora": "LoRAs", "dora": "DoRAs", "embedding": "embeddings"}
@@ -200,27 +215,32 @@ def check_architecture(config: TrainConfig, architecture: str) -> None:
         raise ArchitectureMismatch(
             f"{label} trains at sizes in steps of {multiple} px; {config.resolution} is not one"
         )
-    if architecture == "flux1":
-        _check_flux(config)
-
-
-def _check_flux(config: TrainConfig) -> None:
-    """FLUX.1 options that would be accepted and silently do nothing are refused instead."""
-    if config.train_text_encoder:
-        raise ArchitectureMismatch("FLUX.1 LoRAs here train the transformer only; turn off "
-                                   "train_text_encoder")  # fmt: skip
-    if config.targets != "attention":
-        raise ArchitectureMismatch("FLUX.1 has no convolution layers to adapt; use targets "
-                                   "'attention' (all attention and MLP layers)")  # fmt: skip
-    if config.min_snr_gamma is not None:
-        raise ArchitectureMismatch("min_snr_gamma weights DDPM timesteps; FLUX.1 is trained with "
-                                   "flow matching: set it to none")  # fmt: skip
-    if config.validation.scheduler != "euler":
-        raise ArchitectureMismatch("FLUX.1 samples with its own flow-matching Euler sampler; set "
-                                   "the validation scheduler to 'euler'")  # fmt: skip
-    if config.validation.negative_prompt:
+    if architecture in ("flux1", "zimage"):
+        _check_flow(config, str(label))
+    if architecture == "flux1" and config.validation.negative_prompt:
         raise ArchitectureMismatch("FLUX.1 is guidance-distilled and ignores negative prompts; "
                                    "leave negative_prompt empty")  # fmt: skip
+    turbo = config.validation.guidance <= 0
+    if architecture == "zimage" and config.validation.negative_prompt and turbo:
+        raise ArchitectureMismatch("Z-Image uses a negative prompt only with guidance above 0 "
+                                   "(Turbo samples at 0); set one or leave it empty")  # fmt: skip
+
+
+def _check_flow(config: TrainConfig, label: str) -> None:
+    """Flow-matching transformer options that would be accepted and silently do nothing are
+    refused instead (FLUX.1, Z-Image)."""
+    if config.train_text_encoder:
+        raise ArchitectureMismatch(f"{label} LoRAs here train the transformer only; turn off "
+                                   "train_text_encoder")  # fmt: skip
+    if config.targets != "attention":
+        raise ArchitectureMismatch(f"{label} has no convolution layers to adapt; use targets "
+                                   "'attention' (all attention and MLP layers)")  # fmt: skip
+    if config.min_snr_gamma is not None:
+        raise ArchitectureMismatch(f"min_snr_gamma weights DDPM timesteps; {label} is trained "
+                                   "with flow matching: set it to none")  # fmt: skip
+    if config.validation.scheduler != "euler":
+        raise ArchitectureMismatch(f"{label} samples with its own flow-matching Euler sampler; "
+                                   "set the validation scheduler to 'euler'")  # fmt: skip
 
 
 class TrainOverrides(_Strict):

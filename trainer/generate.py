@@ -22,9 +22,12 @@ from trainer.export import read_safetensors
 from trainer.schedulers import SCHEDULER_NAMES
 
 ADAPTER = "atelier"
-SAMPLING_DEFAULTS = {"flux1": {"guidance": 3.5, "scheduler": "euler", "steps": 20}}
+SAMPLING_DEFAULTS = {
+    "flux1": {"guidance": 3.5, "scheduler": "euler", "steps": 20},
+    "zimage": {"guidance": 0.0, "scheduler": "euler", "steps": 9},
+}
 """What `atelier generate` uses when not told; FLUX.1-dev's model card: guidance 3.5, its own
-flow-matching Euler sampler."""
+flow-matching Euler sampler; Z-Image-Turbo's model card: 9 steps at guidance 0."""
 _SD_DEFAULTS = {"guidance": 7.0, "scheduler": "dpm++", "steps": 20}
 
 
@@ -140,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None, help="default: the base model's size")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument(
-        "--base", default="tiny", help="tiny, tiny-sdxl, tiny-flux or a local model path"
+        "--base",
+        default="tiny",
+        help="tiny, tiny-sdxl, tiny-flux, tiny-zimage or a local model path",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     parser.add_argument("--out", type=Path, default=None, help="default: <model>.png")

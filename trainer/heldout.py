@@ -115,7 +115,7 @@ def heldout_loss(
         timesteps = torch.tensor(heldout.timesteps, device=device)
         total, count = 0.0, 0
         context = autocast if autocast is not None else contextlib.nullcontext()
-        with context:  # entered once: accelerate's autocast() is a one-shot context
+        with context:  # entered once around all images (a context object is single-use)
             for index, (latent, noise) in enumerate(
                 zip(heldout.latents, heldout.noise, strict=True)
             ):

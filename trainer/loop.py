@@ -62,6 +62,9 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.optimizers import make_optimizer
+from trainer.precision import Precision, keep_trainables_fp32, make_precision
+from trainer.speed import apply_memory_options
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -100,12 +103,10 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     check_runtime(config)
 
-    # 1. seed and accelerator (device, mixed precision, gradient scaling on CUDA)
+    # 1. seed and precision (device, mixed precision, fp16 loss scaling)
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(config, device)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = accelerator.dtype
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
@@ -124,12 +125,12 @@ def train(
     # 4. the adapter (or the new embedding rows): the only weights that change
     torch.manual_seed(config.seed)
     params = adapters.inject_adapter(model, config)
-    for param in params:  # trainable weights in fp32 even when the frozen base is bf16
-        param.data = param.data.float()
+    keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
+    apply_memory_options(model, config)
     prompt_token = embedding_prompt(model, config)
 
     # 5. optimizer and learning-rate schedule
-    optimizer = make_optimizer(config, params)
+    optimizer = make_optimizer(config, params, model)
     lr_scheduler = make_lr_scheduler(config, optimizer)
     optimizer = accelerator.prepare(optimizer)
 
@@ -254,30 +255,9 @@ def check_runtime(config: TrainConfig) -> None:
         )
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingFailed("device 'cuda' was requested but no CUDA GPU is available")
-    return device
-
-
-def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> Any:
-    """An Accelerator on the chosen device; bf16 by default on GPUs that support it."""
-    from accelerate import Accelerator
-
-    target = pick_device(device)
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if target.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    elif precision != "no" and target.type != "cuda":
-        raise TrainingFailed(
-            f"mixed_precision '{precision}' needs a CUDA GPU; use 'auto' or 'no' on CPU"
-        )
-    if target.type == "cuda" and target.index is not None:
-        torch.cuda.set_device(target)
-    return Accelerator(cpu=target.type == "cpu", mixed_precision=precision)
+def make_accelerator(config: TrainConfig, device: str | torch.device | None) -> Precision:
+    """Device, mixed precision and fp16 loss scaling for this job (`trainer.precision`)."""
+    return make_precision(config.mixed_precision, device)
 
 
 def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
@@ -290,6 +270,7 @@ def resolve_model(config: TrainConfig, settings: Any | None) -> tuple[str, str]:
             "tiny": SimpleNamespace(path="builtin:tiny", architecture="sd1"),
             "tiny-sdxl": SimpleNamespace(path="builtin:tiny-sdxl", architecture="sdxl"),
             "tiny-flux": SimpleNamespace(path="builtin:tiny-flux", architecture="flux1"),
+            "tiny-zimage": SimpleNamespace(path="builtin:tiny-zimage", architecture="zimage"),
         }
     return resolve_base_model(config.base_model, SimpleNamespace(base_models=catalogue))
 
@@ -368,26 +349,6 @@ def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
 
 def _initializer(config: TrainConfig) -> str | None:
     return config.embedding.initializer_token if config.method == "embedding" else None
-
-
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW, 8-bit AdamW (bitsandbytes) or Prodigy, over the trainable parameters only."""
-    if not params:
-        raise TrainingFailed("the adapter has no trainable weights (check targets and rank)")
-    if config.optimizer == "adamw8bit":
-        import bitsandbytes
-
-        return bitsandbytes.optim.AdamW8bit(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-    if config.optimizer == "prodigy":
-        import prodigyopt
-
-        return prodigyopt.Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    # Embedding rows other than the new token are restored after each step, so weight decay
-    # there is harmless; on the new rows it pulls toward zero, which textual inversion avoids.
-    decay = 0.0 if config.method == "embedding" else config.weight_decay
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay)
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -532,13 +493,9 @@ def optimizer_step(
             continue
         accelerator.backward(loss)
         total += loss.item()
-    if finite:
-        norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
-    if finite:
-        optimizer.step()
-        if config.method == "embedding":
-            adapters.restore_frozen_embedding_rows(model)
+    finite = accelerator.step(optimizer, params, config.max_grad_norm, finite)
+    if finite and config.method == "embedding":
+        adapters.restore_frozen_embedding_rows(model)
     optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # torch warns when a skipped step did not call optimizer.step
         warnings.simplefilter("ignore", UserWarning)

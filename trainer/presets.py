@@ -130,13 +130,44 @@ FLUX_TRAINING: dict[str, Any] = {
 """FLUX.1 scale for the named concept presets (not quick-test, which stays tiny)."""
 
 
+ZIMAGE_SAMPLING: dict[str, Any] = {
+    "min_snr_gamma": None,  # flow matching, as FLUX.1
+    # Z-Image-Turbo's model card and ZImagePipeline docs: 9 steps (8 model evaluations) at
+    # guidance 0 (Turbo is distilled: no CFG), the pipeline's flow-matching Euler
+    "validation": {"scheduler": "euler", "guidance": 0.0, "steps": 9},
+}
+"""Z-Image values every LoRA/DoRA preset takes (quick-test keeps its own few steps)."""
+ZIMAGE_TRAINING: dict[str, Any] = {
+    # ai-toolkit's Z-Image examples (train_lora_zimage_turbo_32gb.yaml) use rank 128 with the
+    # adaptive Prodigy optimiser (lr 1.0), which Atelier does not have; with AdamW we keep the
+    # FLUX.1 preset's rank 16 / alpha 16 / lr 1e-4 (ai-toolkit's AdamW FLUX.1 example)
+    "rank": 16,
+    "alpha": 16.0,
+    "learning_rate": 1e-4,
+    "resolution": 1024,  # Z-Image's native size (ZImagePipeline's default height/width)
+    "steps": 3000,  # ai-toolkit's Z-Image examples: 3000 steps ("2500-3000 typical")
+    "checkpoint_every": 250,  # ai-toolkit's Z-Image examples: sample every 250 steps
+    "keep_last": 4,  # as FLUX.1 (ai-toolkit keeps 6 saves every 500)
+    "batch_size": 1,  # 24 GB: batch 1 at 1024 px (ai-toolkit's 32 GB example runs 2)
+}
+"""Z-Image scale for the named concept presets (not quick-test)."""
+_BY_ARCHITECTURE = {
+    "flux1": (FLUX_SAMPLING, FLUX_TRAINING),
+    "zimage": (ZIMAGE_SAMPLING, ZIMAGE_TRAINING),
+}
+
+
 def architecture_values(name: str, method: Method, architecture: str) -> dict[str, Any]:
     """What a preset changes on `architecture` (empty for SD 1.x / SDXL)."""
-    if architecture != "flux1" or method == "embedding":
+    if architecture not in _BY_ARCHITECTURE or method == "embedding":
         return {}
-    values = dict(FLUX_SAMPLING)
-    if name != "quick-test":
-        values |= FLUX_TRAINING
+    sampling, training = _BY_ARCHITECTURE[architecture]
+    values = {key: dict(value) if isinstance(value, dict) else value
+              for key, value in sampling.items()}  # fmt: skip
+    if name == "quick-test":
+        values["validation"].pop("steps", None)
+    else:
+        values |= training
     return values
 
 

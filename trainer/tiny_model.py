@@ -18,7 +18,7 @@ import torch
 
 from trainer.tiny_clip import clip_text_encoder, make_tokenizer, write_bpe_files
 
-Architecture = Literal["sd1", "sdxl", "flux1"]
+Architecture = Literal["sd1", "sdxl", "flux1", "zimage"]
 
 TINY_VERSION = 1
 """Bump when the shapes change: the cache folder name includes it."""
@@ -29,9 +29,9 @@ _HIDDEN = 32
 
 def ensure_tiny_model(cache_dir: Path, architecture: Architecture = "sd1") -> Path:
     """Return the folder of the tiny model for `architecture`, building it on first use."""
-    if architecture not in ("sd1", "sdxl", "flux1"):
+    if architecture not in ("sd1", "sdxl", "flux1", "zimage"):
         raise ValueError(
-            f"unknown tiny architecture {architecture!r} (use 'sd1', 'sdxl' or 'flux1')"
+            f"unknown tiny architecture {architecture!r} (use 'sd1', 'sdxl', 'flux1' or 'zimage')"
         )
     cache_dir = Path(cache_dir)
     target = cache_dir / f"tiny-{architecture}-v{TINY_VERSION}"
@@ -60,6 +60,11 @@ def _build(folder: Path, architecture: Architecture) -> None:
 
         build_tiny_flux(folder)
         write_bpe_files(folder / "tokenizer")
+        return
+    if architecture == "zimage":
+        from trainer.tiny_zimage import build_tiny_zimage
+
+        build_tiny_zimage(folder)
         return
 
     with torch.random.fork_rng(devices=[]):

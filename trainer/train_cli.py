@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", help=f"named defaults: {', '.join(PRESETS)}")
     parser.add_argument("--steps", type=int)
     parser.add_argument(
-        "--base-model", help="catalogue name (tiny, tiny-sdxl, tiny-flux, …) or a local path"
+        "--base-model",
+        help="catalogue name (tiny, tiny-sdxl, tiny-flux, tiny-zimage, …) or a local path",
     )
     parser.add_argument("--out", type=Path, help="output folder (run again to resume)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")

@@ -126,7 +126,7 @@ def render(
     """One image as a member's generation would draw it (fixed seed, CPU generator), with the
     architecture's own sampler."""
     settings = config.validation
-    with torch.autocast(model.device.type, enabled=False):
+    with _autocast_like(model):
         return model.arch.sample(
             model.pipeline,
             prompt=prompt,
@@ -138,6 +138,13 @@ def render(
             width=width,
             height=height,
         )
+
+
+def _autocast_like(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to the denoiser's dtype when it is bf16/fp16 (mixed-precision training keeps fp32
+    trainable weights, and an embedding job fp32 text encoders, beside it); off in fp32."""
+    dtype = next(model.denoiser.parameters()).dtype
+    return torch.autocast(model.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def render_base(

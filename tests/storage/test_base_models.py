@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,13 @@ from storage.settings import BaseModelEntry, load_settings
 def _single_file(tmp_path: Path, suffix: str, with_config: bool) -> Path:
     checkpoint = tmp_path / f"house{suffix}"
     checkpoint.write_bytes(b"\0" * (0x100000 + 0x10000))
-    if with_config:
-        (tmp_path / "house").mkdir()
-        (tmp_path / "house" / "model_index.json").write_text("{}")
+    if with_config:  # an SD 1.x diffusers config folder: model_index + one folder per component
+        folder = tmp_path / "house"
+        parts = ("unet", "vae", "text_encoder", "tokenizer")
+        for part in parts:
+            (folder / part).mkdir(parents=True)
+        index = {part: ["diffusers", "x"] for part in parts}
+        (folder / "model_index.json").write_text(json.dumps(index))
     return checkpoint
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.trainer.train_helpers import make_dataset
 from trainer.callbacks import TrainingFailed
 from trainer.config import TrainConfig
-from trainer.loop import check_runtime, make_accelerator
+from trainer.loop import check_runtime
 from trainer.presets import PRESETS, PresetError, apply_preset, preset_choices
 from trainer.train_cli import train_cli
 
@@ -73,12 +73,6 @@ def test_8bit_adamw_needs_bitsandbytes():
 def test_prodigy_needs_prodigyopt():
     with pytest.raises(TrainingFailed, match="needs the prodigyopt package"):
         check_runtime(TrainConfig(optimizer="prodigy", learning_rate=1.0))
-
-
-def test_mixed_precision_on_cpu_is_refused_and_auto_is_fp32():
-    with pytest.raises(TrainingFailed, match="needs a CUDA GPU"):
-        make_accelerator(TrainConfig(mixed_precision="fp16"), "cpu")
-    assert make_accelerator(TrainConfig(), "cpu").mixed_precision == "no"
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ _MODULES = {
     "sd1": ("trainer.architectures.sd1", "SD1"),
     "sdxl": ("trainer.architectures.sdxl", "SDXL"),
     "flux1": ("trainer.architectures.flux1", "Flux1"),
+    "zimage": ("trainer.architectures.zimage", "ZImage"),
 }
 
 

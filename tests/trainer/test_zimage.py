@@ -1,0 +1,253 @@
+"""Z-Image on the tiny model: the objective, the file users download, and how loaders read it.
+
+rank 4 / alpha 1: a file that loses alpha is off by a factor of 4. LoRA B starts at zero, so the
+adapters are perturbed before files are compared. The main file is read by diffusers'
+`ZImagePipeline.load_lora_weights` unchanged (its own Z-Image converter), with no patching.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer.train_helpers import make_dataset
+from trainer import loop
+from trainer.adapters import inject_adapter
+from trainer.base_models import LoadedModel, load_base_model
+from trainer.callbacks import RecordingCallbacks
+from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
+from trainer.export import export_checkpoint, read_safetensors
+from trainer.generate import load_for_generation
+
+COMFY_BLOCK_LAYERS = (
+    "attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
+    "feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0",
+)  # fmt: skip
+"""Linear layers per block that ComfyUI's `z_image_to_diffusers` maps (comfy/utils.py), for
+`layers.*`, `context_refiner.*` and `noise_refiner.*`; q/k/v go to row slices of `qkv`."""
+COMFY_PREFIXES = ("diffusion_model.", "transformer.", "")
+"""The key forms comfy/lora.py's Lumina2 branch registers for those layers (+ `lycoris_`)."""
+COMFY_SUFFIXES = {"lora_up.weight", "lora_down.weight", "alpha", "dora_scale"}
+"""What `comfy.lora.load_lora` / `LoRAAdapter.load` read after a layer name (kohya form)."""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-zimage")
+
+
+def fresh(cache: Path) -> LoadedModel:
+    model = load_base_model("builtin:tiny-zimage", "zimage", cache_dir=cache)
+    model.pipeline.set_progress_bar_config(disable=True)
+    return model
+
+
+def config(**kw: object) -> TrainConfig:
+    base = {
+        "base_model": "tiny-zimage", "rank": 4, "alpha": 1.0, "steps": 10,
+        "checkpoint_every": 5, "trigger": "ohwx", "min_snr_gamma": None, "resolution": 32,
+        "validation": {"scheduler": "euler", "guidance": 0.0, "steps": 2, "seeds": [1]},
+    }  # fmt: skip
+    return TrainConfig(**(base | kw))
+
+
+def perturbed(cache: Path, cfg: TrainConfig) -> LoadedModel:
+    model = fresh(cache)
+    params = inject_adapter(model, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in params:
+            param.add_(torch.randn_like(param) * 0.2)
+    return model
+
+
+@torch.no_grad()
+def transformer_out(model: LoadedModel) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.randn(2, 4, 8, 8, generator=g)
+    text = model.arch.encode_prompts(model, ["ohwx, a photo of a cat", "a red square"])
+    return model.arch.predict(model, noisy, torch.tensor([0.3, 0.8]), text)
+
+
+def lora_layers(module: torch.nn.Module, adapter: str) -> list[str]:
+    return [n for n, m in module.named_modules() if adapter in getattr(m, "lora_A", {})]
+
+
+def test_tiny_zimage_is_built_offline_with_every_part(cache: Path) -> None:
+    model = fresh(cache)
+    pipe = model.pipeline
+    assert type(pipe).__name__ == "ZImagePipeline" and model.denoiser is pipe.transformer
+    assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels
+    assert pipe.vae.config.shift_factor and pipe.vae.config.scaling_factor != 1.0
+    assert [type(e).__name__ for e in model.text_encoders] == ["Qwen3Model"]
+    assert not pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift == 3.0
+    ids = pipe.tokenizer("ohwx, a photo of a cat").input_ids
+    assert len(ids) < len("ohwx, a photo of a cat")  # common words merge into single tokens
+    text = model.arch.encode_prompts(model, ["a photo of a cat", "a dog with a red square"])
+    assert text.hidden.shape == (2, 64, 32) and text.pooled is None
+    lengths = [row.shape[0] for row in model.arch.unpad(text.hidden)]
+    states = pipe._encode_prompt(
+        ["a photo of a cat", "a dog with a red square"], max_sequence_length=64
+    )
+    assert lengths == [s.shape[0] for s in states] and lengths[0] < lengths[1]
+    torch.testing.assert_close(model.arch.unpad(text.hidden)[1], states[1])
+    assert all(not p.requires_grad for p in pipe.transformer.parameters())
+
+
+def test_flow_matching_objective_and_prediction_convention(cache: Path) -> None:
+    """x_σ = (1 − σ)x + σε, target ε − x; σ logit-normal then shifted by the fixed shift 3;
+    `predict` is the pipeline's negated transformer output at t = 1 − σ."""
+    model = fresh(cache)
+    arch, cfg = model.arch, config()
+    x, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    noisy, target = arch.noisy_and_target(model, x, eps, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(noisy[0], x[0])
+    torch.testing.assert_close(noisy[2], eps[2])
+    torch.testing.assert_close(target, eps - x)
+    sigmas = arch.sample_timesteps(model, cfg, torch.zeros(4000, 4, 8, 8), torch.Generator())
+    assert sigmas.min() > 0 and sigmas.max() < 1
+    assert abs(float(sigmas.median()) - 0.75) < 0.03  # shift 3 moves the median 0.5 → 0.75
+    text = arch.encode_prompts(model, ["a cat"])
+    with torch.no_grad():
+        ours = arch.predict(model, noisy[:1], torch.tensor([0.5]), text)
+        raw = model.denoiser(
+            [noisy[0].unsqueeze(1)], torch.tensor([0.5]), arch.unpad(text.hidden), return_dict=False
+        )[0][0]
+    torch.testing.assert_close(ours[0], -raw.squeeze(1))
+
+
+def test_lora_file_reloads_in_diffusers(cache: Path, tmp_path: Path, caplog) -> None:
+    """The main file and the diffusers copy load through `load_lora_weights` unchanged, with
+    every layer taken up, reproduce the trained adapter, and weight 0 is the base."""
+    cfg = config()
+    model = perturbed(cache, cfg)
+    want = transformer_out(model)
+    files = export_checkpoint(model, cfg, tmp_path, 5, "zimage char")
+    trained = lora_layers(model.denoiser, "default")
+    assert len(trained) == 7 * 4  # 7 layers × (2 main + 1 noise + 1 context refiner blocks)
+    for source in (files.primary, files.diffusers):
+        other = fresh(cache)
+        base = transformer_out(other)
+        with caplog.at_level(logging.WARNING, logger="diffusers"):
+            other.pipeline.load_lora_weights(str(source), adapter_name="atelier")
+        assert not [r for r in caplog.records if "state_dict led to" in r.getMessage()]
+        assert lora_layers(other.denoiser, "atelier") == trained  # no layer left out
+        torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
+        other.pipeline.set_adapters(["atelier"], adapter_weights=[0.0])
+        torch.testing.assert_close(transformer_out(other), base, atol=1e-6, rtol=0)
+    assert not torch.allclose(want, base, atol=1e-3)  # the adapter does change the output
+    ours = fresh(cache)  # `atelier generate`
+    load_for_generation(ours, files.primary, 1.0)
+    torch.testing.assert_close(transformer_out(ours), want, atol=2e-5, rtol=1e-4)
+
+
+def comfy_layers(model: LoadedModel) -> dict[str, str]:
+    """ComfyUI's accepted LoRA layer names for this base → the diffusers layer they patch."""
+    t = model.denoiser
+    blocks = [f"layers.{i}" for i in range(len(t.layers))]
+    blocks += [f"{kind}.{i}" for kind in ("context_refiner", "noise_refiner")
+               for i in range(len(getattr(t, kind)))]  # fmt: skip
+    return {prefix + f"{block}.{layer}": f"{block}.{layer}"
+            for block in blocks for layer in COMFY_BLOCK_LAYERS
+            for prefix in COMFY_PREFIXES}  # fmt: skip
+
+
+def test_keys_match_comfyui_and_carry_alpha(cache: Path, tmp_path: Path) -> None:
+    cfg = config()
+    model = perturbed(cache, cfg)
+    tensors, meta = read_safetensors(export_checkpoint(model, cfg, tmp_path, 5, "x").primary)
+    accepted = comfy_layers(model)
+    for key in tensors:
+        layer = next(key.removesuffix("." + s) for s in COMFY_SUFFIXES if key.endswith("." + s))
+        assert key.startswith("diffusion_model.") and layer in accepted
+    assert {k.rsplit(".", 2)[-2] + "." + k.rsplit(".", 1)[-1] for k in tensors if "lora" in k} == {
+        "lora_down.weight", "lora_up.weight"
+    }  # fmt: skip
+    alphas = [k for k in tensors if k.endswith(".alpha")]
+    assert len(alphas) == 28 and all(float(tensors[k]) == 1.0 for k in alphas)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    dim = model.denoiser.config.dim
+    q = "diffusion_model.layers.0.attention.to_q"
+    # ComfyUI patches rows [0, dim) of the fused qkv with it: the update must be dim rows
+    assert tensors[f"{q}.lora_up.weight"].shape == (dim, 4)
+    assert tensors[f"{q}.lora_down.weight"].shape == (4, dim)
+    assert meta["modelspec.architecture"] == "Z-Image/lora"
+    assert meta["modelspec.implementation"] == "https://github.com/Tongyi-MAI/Z-Image"
+    assert meta["ss_base_model_version"] == "zimage" and meta["ss_network_dim"] == "4"
+
+
+def test_dora_file_round_trips(cache: Path, tmp_path: Path) -> None:
+    cfg = config(method="dora")
+    model = perturbed(cache, cfg)
+    want = transformer_out(model)
+    files = export_checkpoint(model, cfg, tmp_path, 5, "d")
+    tensors, meta = read_safetensors(files.primary)
+    key = "diffusion_model.layers.1.feed_forward.w2.dora_scale"
+    width = model.denoiser.layers[1].feed_forward.w2.base.in_features
+    assert tensors[key].shape == (1, width)  # kohya / LyCORIS: one per input column
+    assert files.diffusers is None and meta["ss_network_module"] == "lycoris.kohya"
+    other = fresh(cache)
+    base = transformer_out(other)
+    load_for_generation(other, files.primary, 1.0)
+    torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
+    again = fresh(cache)
+    load_for_generation(again, files.primary, 0.0)
+    torch.testing.assert_close(transformer_out(again), base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_trains_end_to_end_on_tiny_zimage(method: str, tmp_path: Path, cache: Path) -> None:
+    dataset = make_dataset(tmp_path / "data", count=10, size=48)
+    callbacks = RecordingCallbacks()
+    cfg = config(method=method, steps=4, checkpoint_every=2, batch_size=2, learning_rate=1e-3)
+    result = loop.train(cfg, dataset, tmp_path / "out", callbacks, cache_dir=cache, device="cpu")
+    assert result.status == "completed" and [c.step for c in result.checkpoints] == [2, 4]
+    assert all(c.grid_path and c.grid_path.is_file() for c in result.checkpoints)
+    assert all(c.file.is_file() for c in result.checkpoints)
+    held = [loss for _, loss in result.heldout_losses]
+    assert len(held) == 2 and all(0 < loss < 10 for loss in held)
+
+
+def test_zimage_refuses_what_it_cannot_do_in_one_line() -> None:
+    check_architecture(config(), "zimage")
+    guided = {"scheduler": "euler", "guidance": 4.0, "negative_prompt": "blurry"}
+    check_architecture(config(validation=guided), "zimage")  # base Z-Image: CFG + negative
+    cases = {
+        "Z-Image models cannot train embeddings": config(method="embedding"),
+        "steps of 16": config(resolution=40),
+        "train_text_encoder": config(train_text_encoder=True),
+        "min_snr_gamma": config(min_snr_gamma=5.0),
+        "'euler'": config(validation={"scheduler": "dpm++"}),
+        "negative prompt only with guidance above 0": config(validation=guided | {"guidance": 0.0}),
+    }
+    for words, cfg in cases.items():
+        with pytest.raises(ArchitectureMismatch, match=words) as refused:
+            check_architecture(cfg, "zimage")
+        assert "\n" not in str(refused.value)
+
+
+def test_train_and_generate_clis_on_tiny_zimage(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    """`atelier train --base-model tiny-zimage` then `atelier generate --base tiny-zimage`."""
+    from PIL import Image
+
+    from trainer.generate import generate_cli
+    from trainer.train_cli import train_cli
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
+    data = make_dataset(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "out"
+    argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-zimage",
+            "--preset", "quick-test", "--steps", "2", "--out", str(out),
+            "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
+    assert train_cli(argv) == 0
+    files = sorted((out / "checkpoints").glob("*.safetensors"))
+    assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "zimage"
+    png = tmp_path / "x.png"
+    argv = ["--model", str(files[-1]), "--prompt", "ohwx", "--base", "tiny-zimage",
+            "--cache-dir", str(cache), "--steps", "2", "--out", str(png)]  # fmt: skip
+    assert generate_cli(argv) == 0
+    with Image.open(png) as image:
+        assert image.size == (64, 64)
