@@ -29,6 +29,7 @@ from tests.trainer.train_helpers import make_dataset, tiny_config  # noqa: E402
 from trainer import adapters, loop  # noqa: E402
 from trainer.architectures.sd1 import tokenize  # noqa: E402
 from trainer.callbacks import RecordingCallbacks  # noqa: E402
+from trainer.data import load_examples  # noqa: E402
 from trainer.precision import CPU_AUTO  # noqa: E402
 
 CLOCK = time.process_time
@@ -147,7 +148,7 @@ def bench_cpu(steps: int, rounds: int, precisions: list[str], models: list[str])
                     resolution=64, heldout_fraction=0.0, batch_size=2,
                     validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"]},
                 )  # fmt: skip
-                examples = loop.load_examples(dataset, config)
+                examples = load_examples(dataset, config)
                 best: dict[str, float] = {}
                 for _ in range(rounds):
                     for precision in precisions:

@@ -6,7 +6,8 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import errors as E
+import discord_emulator.errors as E
+
 from .state import Channel, Guild, Message, User, snowflake
 from .world import NewFile
 

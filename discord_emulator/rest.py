@@ -1,4 +1,8 @@
-"""REST API under /api/v10 (aiohttp routes), plus the attachment CDN."""
+"""REST API under /api/v10 (aiohttp routes), plus the attachment CDN.
+
+Length: one handler per Discord route the bot uses, next to its route table, so a reader
+checks one route against Discord's docs in one place.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from . import errors as E
+import discord_emulator.errors as E
+
 from .state import P, emoji_key
 from .world import NewFile
 

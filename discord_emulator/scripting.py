@@ -1,4 +1,7 @@
-"""Test-facing API: build the world, act as members, run commands, wait, read back."""
+"""Test-facing API: build the world, act as members, run commands, wait, read back.
+
+Length: it is the whole vocabulary tests speak (one short method per member action).
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors as E
+import discord_emulator.errors as E
+
 from .gateway import RECONNECT, Gateway
 from .interactions import InteractionHandle
 from .rest import Rest, jresp, rate_limited

@@ -1,4 +1,7 @@
-"""In-memory Discord world: users, guilds, roles, channels, threads, messages, reactions."""
+"""In-memory Discord world: users, guilds, roles, channels, threads, messages, reactions.
+
+Length: one dataclass per Discord object with its JSON form, kept together as the data model.
+"""
 
 from __future__ import annotations
 

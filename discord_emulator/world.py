@@ -1,4 +1,7 @@
-"""State changes shared by REST handlers and the scripting API; each one dispatches its event."""
+"""State changes shared by REST handlers and the scripting API; each one dispatches its event.
+
+Length: every state change with its gateway event, so none can change state silently.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from . import errors as E
+import discord_emulator.errors as E
+
 from .mentions import pings
 from .state import (
     MIB,

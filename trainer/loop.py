@@ -8,6 +8,9 @@ and (optionally) the settings used to resolve a catalogue name; it reports only 
 `TrainCallbacks`. Randomness that shapes the trajectory (data order, captions, noise,
 timesteps) is drawn from generators seeded by (seed, micro-batch index), so a resumed job
 continues exactly where the interrupted one was.
+
+Length: `train()` and its step are kept in one file on purpose, read top to bottom like
+invoke-training's; the parts around it live in caches, checkpointing, validation, adapters.
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ from trainer.data import (
     dataset_fingerprint,
     embedding_caption,
     load_dataset,
-    load_examples,  # noqa: F401 - bench/train.py reads loop.load_examples
     load_pixels,
     training_caption,
 )

@@ -12,6 +12,9 @@ Stages (each cached in `--work`, so a re-run resumes after the last finished sta
 
 Deterministic for a given seed and step count (the UNet stage stops at `--unet-steps`, or
 earlier when `--unet-minutes` is set, so timings decide how far a budgeted run goes).
+
+Length: a self-contained one-purpose training script (like diffusers' examples), read top
+to bottom; splitting it would scatter one recipe.
 """
 
 from __future__ import annotations
