@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
@@ -37,42 +38,48 @@ class CliError(Exception):
 
 
 class ConsoleCallbacks(TrainCallbacks):
-    """A `\\r` progress bar on a terminal, else a plain line every ~5 %; Ctrl-C stops cleanly."""
+    """A tqdm progress bar on a terminal, else a plain line every ~5 %; Ctrl-C stops cleanly."""
 
     def __init__(self, stream: TextIO, interactive: bool) -> None:
         self.stream, self.interactive = stream, interactive
         self.stop_requested = False
-        self._last_line = 0.0
+        self._bar: tqdm | None = None
 
     def on_start(self, step: int, total: int) -> None:
         where = f"resuming at step {step}" if step else "starting"
         self.stream.write(f"training: {where} of {total}\n")
         self.stream.flush()
+        if self.interactive:
+            self._bar = tqdm(total=total, initial=step, file=self.stream, unit="step")
 
     def on_progress(self, progress: Progress) -> None:
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, progress.eta_seconds)))
-        text = (
-            f"step {progress.step}/{progress.total}  loss {progress.loss:.4f}  "
-            f"{progress.steps_per_second:.2f} it/s  ETA {eta}"
-        )
-        if self.interactive:
-            filled = int(24 * progress.step / progress.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] {text}\033[K")
+        if self._bar is not None:
+            self._bar.update(progress.step - self._bar.n)
+            self._bar.set_postfix_str(f"loss {progress.loss:.4f}")
             if progress.step == progress.total:
-                self.stream.write("\n")
-        elif progress.step == progress.total or progress.step % max(1, progress.total // 20) == 0:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+                self._bar.close()
+            return
+        if progress.step == progress.total or progress.step % max(1, progress.total // 20) == 0:
+            eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, progress.eta_seconds)))
+            self.stream.write(
+                f"step {progress.step}/{progress.total}  loss {progress.loss:.4f}  "
+                f"{progress.steps_per_second:.2f} it/s  ETA {eta}\n"
+            )
+            self.stream.flush()
+
+    def _say(self, line: str) -> None:
+        """A line that keeps the bar (if any) intact below it."""
+        if self._bar is not None:
+            tqdm.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
-        prefix = "\n" if self.interactive else ""
-        self.stream.write(
-            f"{prefix}checkpoint step {info.step}: {info.file} (grid {info.grid_path})\n"
-        )
-        self.stream.flush()
+        self._say(f"checkpoint step {info.step}: {info.file} (grid {info.grid_path})")
 
     def on_nan_skipped(self, step: int, count: int) -> None:
-        self.stream.write(f"\nstep {step}: loss not finite, update skipped ({count} in a row)\n")
+        self._say(f"step {step}: loss not finite, update skipped ({count} in a row)")
 
     def should_stop(self) -> bool:
         return self.stop_requested
