@@ -3,52 +3,16 @@ straight through `storage.jobs` (claim, progress, checkpoint) so each case takes
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
-from PIL import Image
 
 from bot.render import VOTE_EMOJI
 from storage import jobs
 from storage.db import session_scope
-from storage.models import Checkpoint, Job, Vote
+from storage.models import Checkpoint, Vote
 from tests.bot.conftest import start_bot, stop_bot
+from tests.bot.e2e_jobs import fake_checkpoint, job_row, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
-
-
-async def train(emu, user, zip_bytes: bytes, **options) -> tuple[int, object]:
-    d = emu.default
-    opts = {"trigger": "ohwx", "preset": "quick-test", "steps": 20, **options}
-    handle = await emu.run_slash_command(
-        user,
-        d.channel,
-        "train lora",
-        opts,
-        attachments={"dataset": ("set.zip", zip_bytes, "application/zip")},
-    )
-    reply = await handle.wait_followup(1, 30)
-    match = re.search(r"Job #(\d+)", reply.content)
-    return (int(match.group(1)) if match else 0), reply
-
-
-def job_row(engine, job_id: int) -> Job:
-    with session_scope(engine) as session:
-        return session.get(Job, job_id)
-
-
-def fake_checkpoint(engine, tmp: Path, job_id: int, step: int) -> Checkpoint:
-    grid = tmp / f"grid{step}.png"
-    Image.new("RGB", (16, 16), (step, 0, 0)).save(grid)
-    model = tmp / f"m{step}.safetensors"
-    model.write_bytes(b"weights" * step)
-    return jobs.add_checkpoint(
-        engine,
-        job_id,
-        "w",
-        Checkpoint(job_id=job_id, step=step, path=str(model), grid_path=str(grid), loss=0.1),
-    )
 
 
 async def test_refusals_and_cancel(emu, atelier, bot_engine, dataset_zip) -> None:
