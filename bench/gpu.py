@@ -30,6 +30,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not be
 import torch  # noqa: E402
 
 from trainer import adapters, loop  # noqa: E402
+from trainer.architectures import get_architecture  # noqa: E402
 from trainer.caches import TextConditioning  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
@@ -84,19 +85,21 @@ def make_case(shape: dict, side: int, batch: int, device: torch.device) -> tuple
     config = TrainConfig(rank=16, alpha=16, mixed_precision="bf16")
     precision = make_precision("bf16", device)
     unet = build_unet(shape, device, precision.dtype)
-    params = adapters._inject_lora(unet, adapters.target_modules(unet, "unet", config), config)
-    model = SimpleNamespace(unet=unet, text_encoders=[], noise_scheduler=DDPMScheduler())
+    arch = get_architecture("sdxl" if "addition_embed_type" in shape else "sd1")
+    params = adapters._inject_lora(unet, arch.target_modules("unet", unet, config), config)
+    model = SimpleNamespace(
+        arch=arch, denoiser=unet, unet=unet, text_encoders=[], noise_scheduler=DDPMScheduler(),
+        device=device, prediction_type="epsilon", pipeline=SimpleNamespace(vae_scale_factor=8),
+    )  # fmt: skip
     cross = shape["cross_attention_dim"]
     latents = torch.randn(batch, 4, side // 8, side // 8, device=device)
     text = TextConditioning(torch.randn(batch, 77, cross, device=device), None)
-    time_ids = None
-    if "addition_embed_type" in shape:
+    if "addition_embed_type" in shape:  # SDXL's size conditioning comes from the latents' shape
         pooled_dim = (
             shape["projection_class_embeddings_input_dim"] - 6 * shape["addition_time_embed_dim"]
         )
         text.pooled = torch.randn(batch, pooled_dim, device=device)
-        time_ids = torch.tensor([[side, side, 0, 0, side, side]] * batch, device=device).float()
-    step_batch = loop.Batch(latents.to(memory_format=torch.channels_last), text, time_ids)
+    step_batch = loop.Batch(latents.to(memory_format=torch.channels_last), text)
     return model, step_batch, config, params, precision
 
 
@@ -130,7 +133,7 @@ def run_case(name: str, shape: dict, side: int, batch: int, args, device) -> dic
     optimizer = make_optimizer(config, params, model)
     unet = model.unet
     if args.compile:
-        model.unet = torch.compile(unet)
+        model.unet = model.denoiser = torch.compile(unet)
     generator = torch.Generator().manual_seed(0)
     one_step(model, step_batch, config, params, precision, optimizer, generator)
     sync()
@@ -143,7 +146,9 @@ def run_case(name: str, shape: dict, side: int, batch: int, args, device) -> dic
         one_step(model, step_batch, config, params, precision, optimizer, generator)
     sync()
     seconds = (time.perf_counter() - timed) / args.steps
-    model.unet = unet  # model FLOPs: eager, without the checkpointing recomputation
+    model.unet = model.denoiser = (
+        unet  # model FLOPs: eager, without the checkpointing recomputation
+    )
     unet.disable_gradient_checkpointing()
     flops = step_flops(model, step_batch, config, params, precision, optimizer)
     peak = args.peak_tflops or peak_tflops(device)
