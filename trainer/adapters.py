@@ -15,6 +15,7 @@ Every adapter is described by component names `unet`, `text_encoder`, `text_enco
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,6 +149,29 @@ def iter_dora(module: nn.Module) -> Iterator[tuple[str, KohyaDora]]:
     for name, child in module.named_modules():
         if isinstance(child, KohyaDora):
             yield name, child
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: LoadedModel) -> Iterator[None]:
+    """The base model for a moment: peft LoRA layers off, DoRA layers swapped for their base.
+
+    Used for the base column of validation grids and for preservation's base predictions."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    roots = (model.unet, *model.text_encoders)
+    layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
+    dora = [(root, name, layer) for root in roots for name, layer in list(iter_dora(root))]
+    for layer in layers:
+        layer.enable_adapters(False)
+    for root, name, layer in dora:
+        _set_submodule(root, name, layer.base)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for root, name, layer in dora:
+            _set_submodule(root, name, layer)
 
 
 # ---------------------------------------------------------------- inject

@@ -111,10 +111,11 @@ def render(
     guidance: float = 7.0,
     scheduler: str = "dpm++",
     negative_prompt: str = "",
-    width: int = 512,
-    height: int = 512,
+    width: int | None = 512,
+    height: int | None = 512,
 ) -> Image.Image:
-    """One image with a CPU generator (same seed → same image on any device)."""
+    """One image with a CPU generator (same seed → same image on any device); a None side is
+    the pipeline's default, the base model's native size."""
     base_config = getattr(pipeline, _BASE_SCHEDULER, None) or dict(pipeline.scheduler.config)
     setattr(pipeline, _BASE_SCHEDULER, base_config)
     pipeline.scheduler = make_scheduler(scheduler, base_config)

@@ -19,6 +19,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +60,8 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
+from trainer.preservation import Preserver
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -106,6 +109,7 @@ def train(
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
+    config = config.with_native_resolution(model.native_resolution)
 
     # 3. data: captions, buckets, held-out split, resumable order (each image `repeats` times
     #    per epoch), caches (only where an option allows them)
@@ -113,6 +117,7 @@ def train(
     examples = dataset.train
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
+    preserver = make_preserver(model, config, dataset, cache_dir, cached=texts is not None)
     heldout = HeldoutSet(model, dataset.heldout)
     if len(heldout):
         log.info("%d of %d images held out", len(heldout), len(heldout) + len(examples))
@@ -139,6 +144,7 @@ def train(
     plan = make_plan(config, _initializer(config), concepts=dataset.concepts)
     prepare_pipeline(model, config)
     base_column: list = []
+    leaks = LeakCheck.for_job(config, plan.prompts, plan.width, plan.height, dataset.concepts)
     callbacks.on_start(state.step, config.steps)
 
     # 7. the loop
@@ -170,7 +176,7 @@ def train(
             module.train()
         loss = optimizer_step(
             model, config, accelerator, optimizer, lr_scheduler, params, examples, order, state,
-            latents, texts, prompt_token,
+            latents, texts, prompt_token, preserver,
         )  # fmt: skip
         state.step = step
         state.losses.append(loss)
@@ -215,6 +221,7 @@ def train(
                 checkpoints,
                 title,
                 heldout_loss=held,
+                leaks=leaks,
             )
             callbacks.on_checkpoint(info)
 
@@ -347,6 +354,20 @@ def build_caches(
         texts, hit = text_cache(model, [example.caption for example in examples], text_file)
         log.info("text cache %s: %s", "hit" if hit else "built", text_file)
     return latents, texts
+
+
+def make_preserver(
+    model: Any, config: TrainConfig, dataset: DatasetSplit, cache_dir: Path, cached: bool
+) -> Preserver | None:
+    """Differential output preservation for this job (None: off)."""
+    text_file = None
+    if cached:
+        key = (model_fingerprint(model), dataset_fingerprint(dataset.train), config.side, False)
+        text_file = cache_files(cache_dir, *key)[1]
+    try:
+        return Preserver.for_job(model, config, dataset.concepts, dataset.train, text_file)
+    except ValueError as error:
+        raise TrainingFailed(str(error)) from None
 
 
 def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
@@ -487,9 +508,32 @@ def diffusion_loss(
 
 
 def micro_batch_loss(
-    model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
+    model: Any,
+    config: TrainConfig,
+    batch: Batch,
+    generator: torch.Generator,
+    preserved: tuple[Preserver, Batch, Batch | None] | None = None,
 ) -> torch.Tensor:
-    """Noise the latents at random timesteps and score the UNet's prediction (ε or v)."""
+    """Noise the latents at random timesteps and score the UNet's prediction (ε or v); with
+    `preserved` (preserver, preserved batch, its base-text twin) add the preservation loss."""
+    noisy, timesteps, target = noised_inputs(model, config, batch, generator)
+
+    def loss_fn(prediction: torch.Tensor, goal: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return diffusion_loss(prediction, goal, t, model.noise_scheduler, config.min_snr_gamma)
+
+    def predict(inputs: Batch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet_prediction(model, inputs, x, t)
+
+    if preserved is None:
+        return loss_fn(predict(batch, noisy, timesteps), target, timesteps)
+    preserver, kept, base = preserved
+    return preserver.loss(model, predict, batch, kept, noisy, timesteps, target, loss_fn, base)
+
+
+def noised_inputs(
+    model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, target) for one micro-batch."""
     scheduler = model.noise_scheduler
     latents = batch.latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
@@ -504,14 +548,20 @@ def micro_batch_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
+    return noisy, timesteps, target
+
+
+def unet_prediction(
+    model: Any, batch: Batch, noisy: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The UNet's prediction for noisy latents under the batch's text conditioning."""
     extra = {}
     if batch.time_ids is not None:
         extra["added_cond_kwargs"] = {"text_embeds": batch.text.pooled, "time_ids": batch.time_ids}
     unet_dtype = next(model.unet.parameters()).dtype
-    prediction = model.unet(
+    return model.unet(
         noisy.to(unet_dtype), timesteps, batch.text.hidden.to(unet_dtype), **extra
     ).sample
-    return diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
 
 
 def optimizer_step(
@@ -527,6 +577,7 @@ def optimizer_step(
     latents: list[torch.Tensor] | None,
     texts: list[TextConditioning] | None,
     prompt_token: str | None,
+    preserver: Preserver | None = None,
 ) -> float:
     """One optimizer step over `gradient_accumulation` micro-batches; NaN if it was skipped.
 
@@ -541,11 +592,19 @@ def optimizer_step(
         if not finite:
             continue  # keep the data order aligned with step numbers
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro)
-        batch = make_batch(
-            model, config, examples, order.batch(micro), micro, latents, texts, prompt_token
-        )
+        indices = order.batch(micro)
+        batch = make_batch(model, config, examples, indices, micro, latents, texts, prompt_token)
+        preserved = None
+        if preserver is not None:
+            captions = [examples[i].caption for i in indices]
+            encode = partial(encode_prompts, model)
+            kept, base = preserver.batches(
+                model, batch, indices, captions, encode, config.train_text_encoder
+            )
+            preserved = (preserver, kept, base)
         with accelerator.autocast():
-            loss = micro_batch_loss(model, config, batch, generator) / config.gradient_accumulation
+            loss = micro_batch_loss(model, config, batch, generator, preserved)
+            loss = loss / config.gradient_accumulation
         if not torch.isfinite(loss):
             finite = False
             continue
@@ -580,17 +639,21 @@ def save_checkpoint(
     checkpoints: list[CheckpointInfo],
     title: str | None,
     heldout_loss: float | None = None,
+    leaks: LeakCheck | None = None,
 ) -> CheckpointInfo:
-    """Model file, validation grid, then the resume state (last: it marks the checkpoint done)."""
+    """Model file, validation grid (with the leakage rows and number), then the resume state
+    (last: it marks the checkpoint done)."""
     from trainer.export import export_checkpoint
 
     step = state.step
     exported = export_checkpoint(
         model, config, output_dir / "checkpoints", step, title or config.trigger or config.method
     )
+    rows, change = leaks.measure(model, config) if leaks is not None else ([], None)
     grid = validation_grid(
-        model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png"
-    )
+        model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png",
+        rows, [change_text(change)] if change is not None else None,
+    )  # fmt: skip
     info = CheckpointInfo(
         step=step,
         file=Path(exported.primary),
@@ -599,6 +662,7 @@ def save_checkpoint(
         state_path=None,
         loss=_recent_loss(state.losses),
         heldout_loss=heldout_loss,
+        leakage=change,
     )
     from trainer.checkpointing import state_dir
 
@@ -641,12 +705,19 @@ def _finish(
             (c.step, c.heldout_loss) for c in checkpoints if c.heldout_loss is not None
         ],
         overfit_after=overfitting_from([(c.step, c.loss, c.heldout_loss) for c in checkpoints]),
+        suggested_step=suggest([(c.step, c.heldout_loss, c.leakage) for c in checkpoints]),
     )
     if output_dir is not None and checkpoints:
         grids = [c.grid_path for c in checkpoints if c.grid_path and c.grid_path.is_file()]
         if grids:
-            steps = [c.step for c in checkpoints if c.grid_path and c.grid_path.is_file()]
-            result.comparison_grid = comparison_grid(grids, steps, output_dir / "comparison.png")
+            shown = [c for c in checkpoints if c.grid_path and c.grid_path.is_file()]
+            steps = [c.step for c in shown]
+            held, changes = [c.heldout_loss for c in shown], [c.leakage for c in shown]
+            footer = comparison_footer(steps, held, changes, result.suggested_step)
+            result.comparison_grid = comparison_grid(
+                grids, steps, output_dir / "comparison.png",
+                footer=footer, suggested=result.suggested_step,
+            )  # fmt: skip
         result.loss_curve = loss_curve(
             state.losses, output_dir / "loss.png", heldout=result.heldout_losses
         )

@@ -12,11 +12,9 @@ Drawing uses Pillow only (default font), so the worker needs no plotting library
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from trainer.adapters import adapter_disabled
 from trainer.config import TrainConfig
 
 MAX_GRID_BYTES = 10 * 1024 * 1024
@@ -106,29 +105,6 @@ def prepare_pipeline(model: Any, config: TrainConfig) -> None:
     )
 
 
-@contextlib.contextmanager
-def adapter_disabled(model: Any) -> Iterator[None]:
-    """The base model for a moment: peft LoRA layers off, DoRA layers swapped for their base."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from trainer.adapters import _set_submodule, iter_dora
-
-    roots = (model.unet, *model.text_encoders)
-    layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
-    dora = [(root, name, layer) for root in roots for name, layer in list(iter_dora(root))]
-    for layer in layers:
-        layer.enable_adapters(False)
-    for root, name, layer in dora:
-        _set_submodule(root, name, layer.base)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-        for root, name, layer in dora:
-            _set_submodule(root, name, layer)
-
-
 @torch.no_grad()
 def render(
     model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int
@@ -168,8 +144,13 @@ def validation_grid(
     base: list[Image.Image],
     step: int,
     path: Path,
+    extra_rows: list[tuple[str, list[Image.Image]]] | None = None,
+    footer: list[str] | None = None,
 ) -> Path:
-    """Render the current weights for every prompt × seed and save the labelled grid PNG."""
+    """Render the current weights for every prompt × seed and save the labelled grid PNG.
+
+    `extra_rows` (label, [base, seed images…]) are drawn below (the leakage rows), `footer`
+    lines under the grid."""
     rows = [
         [
             base[row],
@@ -177,11 +158,15 @@ def validation_grid(
         ]
         for row, prompt in enumerate(plan.prompts)
     ]
+    labels = list(plan.labels)
+    for label, images in extra_rows or []:
+        rows.append(images)
+        labels.append(label)
     headers = ["base", *(f"seed {seed}" for seed in plan.seeds)]
     shown = [[enlarge(image) for image in row] for row in rows]
-    grid = draw_grid(shown, plan.labels, headers, title=f"step {step}")
-    save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), plan.labels)
-    save_strip([row[1] for row in rows], strip_path(path), plan.labels)
+    grid = with_footer(draw_grid(shown, labels, headers, title=f"step {step}"), footer)
+    save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), labels)
+    save_strip([row[1] for row in rows], strip_path(path), labels)
     return save_png(grid, path)
 
 
@@ -258,6 +243,19 @@ def draw_grid(
     return grid
 
 
+def with_footer(image: Image.Image, lines: list[str] | None) -> Image.Image:
+    """The image with plain text lines added below it (numbers a team reads with the grid)."""
+    if not lines:
+        return image
+    wrapped = [part for line in lines for part in textwrap.wrap(line, width=image.width // 6)]
+    out = Image.new("RGB", (image.width, image.height + 14 * len(wrapped) + 8), _BG)
+    out.paste(image, (0, 0))
+    ImageDraw.Draw(out).multiline_text(
+        (6, image.height + 4), "\n".join(wrapped), fill=_FG, font=_font(), spacing=2
+    )
+    return out
+
+
 def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) -> Path:
     """Save as PNG, scaling down until the file is under `max_bytes` (Discord's upload limit)."""
     path = Path(path)
@@ -272,17 +270,26 @@ def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) ->
 
 
 def comparison_grid(
-    paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = MIN_TILE
+    paths: list[Path],
+    steps: list[int],
+    out: Path | None = None,
+    min_tile: int = MIN_TILE,
+    footer: list[str] | None = None,
+    suggested: int | None = None,
 ) -> Path:
     """One table to vote on: a row per prompt (first seed), the base model, then one column per
-    checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px."""
+    checkpoint numbered 1…N as the vote reactions are. Tiles are shown at least `min_tile` px.
+    The `suggested` step's header gets a star; `footer` lines go under the table."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")
     base, labels = _read_strip(strip_path(Path(paths[0]).parent / "base.png"))
     columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
     rows = [[enlarge(column[row], min_tile) for column in columns] for row in range(len(labels))]
     headers = ["base", *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
+    if suggested in steps:
+        headers[steps.index(suggested) + 1] += " *"
     grid = draw_grid(rows, labels, headers, title="Vote for the best checkpoint")
+    grid = with_footer(grid, footer)
     return save_png(grid, out or Path(paths[0]).parent / "comparison.png")
 
 

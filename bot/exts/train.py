@@ -289,7 +289,7 @@ class Train(commands.Cog):
             trigger=config.trigger,
             caption_prefix=config.caption_prefix,
             method=config.method,
-            resolution=ingest_resolution(config.resolution),
+            resolution=ingest_resolution(config.side),
         )
         return await ingest_upload(bot.settings, dataset, url, options)
 
