@@ -49,7 +49,7 @@ def leak_prompts(
     class_word = config.preservation.class_word.strip()
     triggers = trigger_words(config, concepts)
     if config.method == "embedding":
-        triggers = sorted({*triggers, config.token}, key=len, reverse=True)
+        triggers = sorted({*triggers, config.token}, key=lambda word: (-len(word), word))
     if class_word and triggers:
         derived = [preserved_caption(p, triggers, class_word) for p in prompts]
         unique = [p for p in dict.fromkeys(derived) if p and p not in prompts]

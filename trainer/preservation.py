@@ -38,7 +38,7 @@ def trigger_words(config: TrainConfig, concepts: Sequence[str] = ()) -> list[str
     """What preservation leaves out of a caption: the job's trigger and the dataset's concepts,
     longest first (so a trigger containing another is removed whole)."""
     words = {w.strip() for w in (config.trigger, *concepts) if w and w.strip()}
-    return sorted(words, key=len, reverse=True)
+    return sorted(words, key=lambda word: (-len(word), word))
 
 
 def preserved_caption(caption: str, triggers: Sequence[str], class_word: str = "") -> str:
