@@ -53,9 +53,16 @@ class EmbeddingConfig(_Strict):
         None, description="Token to learn; default: the trigger phrase."
     )
     num_vectors: int = Field(4, ge=1, le=16)
-    initializer_token: str = Field("person", min_length=1)
-    templates: Literal["object", "style", "captions"] = Field(
-        "captions", description="Use dataset captions, or 'a photo of a {}' style templates."
+    initializer_token: str = Field(
+        "person",
+        min_length=1,
+        description="Word the vectors start from; 'auto': chosen from the data "
+        "(trainer.initializer).",
+    )
+    templates: Literal["object", "style", "captions", "auto"] = Field(
+        "captions",
+        description="Use dataset captions, or 'a photo of a {}' style templates; 'auto': "
+        "captions when they describe the images, else object templates.",
     )
 
 

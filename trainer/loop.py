@@ -60,6 +60,7 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.initializer import choose_initializer, resolve_templates
 from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
 from trainer.preservation import Preserver
 from trainer.validation import (
@@ -95,6 +96,7 @@ def train(
     tiny models and local paths resolve.
     """
     started = time.monotonic()
+    requested = config_hash(config)  # before anything is resolved from the model or data
     callbacks = callbacks or TrainCallbacks()
     output_dir, cache_dir = Path(output_dir), Path(cache_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,7 @@ def train(
     examples = dataset.train
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
+    config = resolve_embedding(model, config, examples, order, latents)
     preserver = make_preserver(model, config, dataset, cache_dir, cached=texts is not None)
     heldout = HeldoutSet(model, dataset.heldout)
     if len(heldout):
@@ -135,10 +138,10 @@ def train(
     optimizer = accelerator.prepare(optimizer)
 
     # 6. resume from the newest complete state, if any
-    state = TrainState(step=0, micro_index=0, config_hash=config_hash(config))
+    state = TrainState(step=0, micro_index=0, config_hash=requested)
     resumed_from = None
     if resume and (path := latest_state(output_dir)) is not None:
-        state = restore(path, model, config, optimizer, lr_scheduler)
+        state = restore(path, model, config, optimizer, lr_scheduler, requested)
         resumed_from = state.step
     checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
     plan = make_plan(config, _initializer(config), concepts=dataset.concepts)
@@ -356,6 +359,30 @@ def build_caches(
     return latents, texts
 
 
+def resolve_embedding(
+    model: Any,
+    config: TrainConfig,
+    examples: list[Example],
+    order: BatchOrder,
+    latents: list[torch.Tensor] | None,
+) -> TrainConfig:
+    """An embedding's `"auto"` templates and initializer made concrete (trainer.initializer)."""
+    if config.method != "embedding":
+        return config
+    config = resolve_templates(config, [example.caption for example in examples])
+    micros = range(min(16, order.batches_per_epoch))
+
+    def loss_of(word: str) -> torch.Tensor:  # the first batches, fixed noise, token → word
+        losses = []
+        for m in micros:
+            batch = make_batch(model, config, examples, order.batch(m), m, latents, None, word)
+            generator = torch.Generator().manual_seed(config.seed * 7919 + m)
+            losses.append(micro_batch_loss(model, config, batch, generator))
+        return torch.stack(losses).mean()
+
+    return choose_initializer(model, config, [e.caption for e in examples], loss_of)
+
+
 def make_preserver(
     model: Any, config: TrainConfig, dataset: DatasetSplit, cache_dir: Path, cached: bool
 ) -> Preserver | None:
@@ -411,11 +438,17 @@ def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> 
 
 
 def restore(
-    path: Path, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any
+    path: Path,
+    model: Any,
+    config: TrainConfig,
+    optimizer: Any,
+    lr_scheduler: Any,
+    requested: str | None = None,
 ) -> TrainState:
-    """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs."""
+    """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs;
+    `requested` is the hash of the config as the job asked for it."""
     state, tensors = load_state(path, optimizer, lr_scheduler)
-    if state.config_hash and state.config_hash != config_hash(config):
+    if state.config_hash and state.config_hash != (requested or config_hash(config)):
         raise TrainingFailed(
             f"{path.parent.parent} holds a run with different settings; use a new output folder"
         )

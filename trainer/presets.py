@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
             },
             embedding={
                 **_EMBEDDING_BASE,
-                "embedding": {"templates": "object", "initializer_token": "person"},
+                "embedding": {"templates": "auto", "initializer_token": "auto"},
             },
         ),
         Preset(
@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
             },
             embedding={
                 **_EMBEDDING_BASE, "steps": 1500,
-                "embedding": {"templates": "object", "initializer_token": "object"},
+                "embedding": {"templates": "auto", "initializer_token": "auto"},
             },
         ),
         Preset(
