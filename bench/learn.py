@@ -8,7 +8,7 @@ The concept `tkxw` (a purple star inside a yellow ring, `trainer.toy.shapes.CONC
 appears in the toy model's training data (no purple star either). 20 generated images captioned
 "a big tkxw at the top left on a blue background" train it with each preset at its own steps,
 learning rate and resolution (the toy model's native 64 px) unless `--steps`/`--lr` override
-them; checkpoints every steps/4 (the preset's cadence would only add evaluation time). At every
+them; checkpoints every steps/2 (the preset's cadence would only add evaluation time). At every
 checkpoint, images for prompts that put the trigger in contexts the 20 images do not have are
 scored with `trainer.toy.scoring.concept_score` (0–1) against the base model's images for the
 same prompts and seeds; ordinary prompts (no trigger) measure leakage: their colour+shape hit
@@ -138,7 +138,7 @@ def run_method(
     steps = steps or int(PRESETS[preset].values(method)["steps"])
     values: dict[str, Any] = {
         "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps,
-        "checkpoint_every": max(1, steps // 4), "seed": seed, "mixed_precision": "no",
+        "checkpoint_every": max(1, steps // 2), "seed": seed, "mixed_precision": "no",
         "heldout_fraction": 0.0,  # all 20 images train
         "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler",
                        "leak_prompts": []},
