@@ -54,6 +54,7 @@ PRESETS: dict[str, Preset] = {
             lora={
                 "rank": 16, "alpha": 16.0, "learning_rate": 1e-4, "steps": 2000, "batch_size": 4,
                 "checkpoint_every": 250, "keep_last": 4, "caption_dropout": 0.05, "flip": False,
+                "preservation": {"enabled": True},
             },
             embedding={
                 **_EMBEDDING_BASE,
@@ -80,6 +81,7 @@ PRESETS: dict[str, Preset] = {
             lora={
                 "rank": 8, "alpha": 8.0, "learning_rate": 1e-4, "steps": 1500, "batch_size": 4,
                 "checkpoint_every": 250, "keep_last": 4, "flip": True,
+                "preservation": {"enabled": True},
             },
             embedding={
                 **_EMBEDDING_BASE, "steps": 1500,

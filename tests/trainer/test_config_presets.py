@@ -117,3 +117,24 @@ def test_cli_unknown_base_model_is_a_refusal(tmp_path, capsys, monkeypatch):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: unknown base model 'nowhere'")
+
+
+def test_character_and_object_presets_preserve_and_pick_embedding_settings_from_data():
+    for name in ("character", "object"):
+        lora = apply_preset(name, "lora", trigger="ohwx")
+        assert lora.preservation.enabled and lora.resolution is None  # the model's native size
+        embedding = apply_preset(name, "embedding", trigger="ohwx")
+        assert not embedding.preservation.enabled
+        assert embedding.embedding.initializer_token == "auto"
+        assert embedding.embedding.templates == "auto"
+    assert not apply_preset("style", "lora", trigger="ohwx").preservation.enabled
+    off = apply_preset("character", "dora", trigger="ohwx", preservation={"enabled": False})
+    assert not off.preservation.enabled
+    assert apply_preset("character", "lora", resolution=768).resolution == 768
+
+
+def test_resolution_defaults_to_native_and_side_is_nominal_until_resolved():
+    config = TrainConfig()
+    assert config.resolution is None and config.side == 512
+    assert config.with_native_resolution(64).resolution == 64
+    assert TrainConfig(resolution=256).with_native_resolution(64).resolution == 256
