@@ -113,3 +113,17 @@ def _trained(config: TrainConfig, dataset: Path, out: Path, cache: Path):
     tensors = torch.load(state_path / "adapter.pt", map_location="cpu", weights_only=True)
     adapters.load_adapter_state(model, config, tensors)
     return model
+
+
+@pytest.mark.parametrize("cache_text", [True, False])
+def test_preservation_runs_on_sdxl_with_pooled_text_and_time_ids(cache_text, tmp_path, model_cache):
+    """The same module serves SDXL's batch (pooled text, time ids), cached text or not."""
+    dataset = make_dataset(tmp_path / "data", count=4, size=64)
+    config = tiny_config(
+        base_model="tiny-sdxl", steps=2, checkpoint_every=2, heldout_fraction=0.0,
+        cache_text=cache_text, preservation={"enabled": True, "class_word": "cat", "share": 1.0},
+        validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler",
+                    "leak_prompts": []},
+    )  # fmt: skip
+    result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
+    assert result.status == "completed" and result.final is not None
