@@ -129,7 +129,8 @@ def run_method(
     base_eval: dict[str, Any],
     overrides: dict[str, Any],
     base_model: str = BASE,
-) -> dict[str, Any]:
+    share: float | None = None,
+) -> dict[str, Any] | None:
     from trainer.callbacks import RecordingCallbacks
     from trainer.generate import load_for_generation
     from trainer.loop import train
@@ -145,7 +146,7 @@ def run_method(
         **overrides,
     }  # fmt: skip
     if method != "embedding":
-        values["preservation"] = {"enabled": preserve}
+        values["preservation"] = {"enabled": preserve, **({"share": share} if share else {})}
     elif preserve:
         return None  # an embedding cannot change prompts without its token: nothing to preserve
     config = apply_preset(preset, method, **values)
@@ -174,6 +175,7 @@ def run_method(
         "method": method,
         "preset": preset,
         "preservation": bool(config.preservation.enabled),
+        "preservation_share": config.preservation.share if config.preservation.enabled else None,
         "seed": seed,
         "steps": steps,
         "resolution": config.resolution or "native",
@@ -195,6 +197,7 @@ def step_cost(
     work: Path,
     cache_dir: Path,
     base_model: str = BASE,
+    share: float | None = None,
 ) -> list[dict[str, Any]]:
     """Training steps/s without and with preservation, alternated `rounds` times in this one
     process (the machine's load changes; alternating keeps the ratio fair)."""
@@ -210,7 +213,8 @@ def step_cost(
                 config = apply_preset(
                     "character", method, base_model=base_model, trigger=shapes.TRIGGER,
                     steps=steps, checkpoint_every=steps, seed=1, mixed_precision="no",
-                    heldout_fraction=0.0, preservation={"enabled": preserve},
+                    heldout_fraction=0.0,
+                    preservation={"enabled": preserve, **({"share": share} if share else {})},
                     validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
                                 "scheduler": "euler", "leak_prompts": []},
                 )  # fmt: skip
@@ -221,7 +225,7 @@ def step_cost(
                 rates[preserve].append(recorder.progress[-1].steps_per_second)
         plain, kept = float(np.mean(rates[False])), float(np.mean(rates[True]))
         out.append({
-            "method": method, "steps": steps, "rounds": rounds,
+            "method": method, "steps": steps, "rounds": rounds, "share": share or "preset",
             "steps_per_second_without": round(plain, 3), "steps_per_second_with": round(kept, 3),
             "step_time_ratio": round(plain / kept, 3),
         })  # fmt: skip
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cost-steps", type=int, default=0,
         help="also time N training steps without / with preservation, alternated 3 times",
     )  # fmt: skip
+    parser.add_argument("--share", type=float, default=None, help="preservation share override")
+    parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
     parser.add_argument("--eval-seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sample-steps", type=int, default=20)
@@ -290,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         concept_prompts = new_context_prompts(train_scenes)
         leaks = leak_scenes()
         base = load_base(args.cache_dir, args.base)
-        base_eval = evaluate(base.pipeline, concept_prompts, leaks, args.eval_seeds,
-                             args.sample_steps)  # fmt: skip
+        seeds = [] if args.no_runs else args.eval_seeds  # the step cost needs no images
+        base_eval = evaluate(base.pipeline, concept_prompts, leaks, seeds, args.sample_steps)
         report: dict[str, Any] = {
             "base_model": args.base,
             "concept": f"{shapes.TRIGGER} = {shapes.CONCEPT}",
@@ -308,14 +314,14 @@ def main(argv: list[str] | None = None) -> int:
             },
             "runs": [],
         }
-        for preset in args.presets:
+        for preset in [] if args.no_runs else args.presets:
             for method in args.methods:
                 for preserve in [p == "on" for p in args.preservation]:
                     for seed in args.seeds:
                         run = run_method(
                             method, preset, preserve, seed, args.steps, work / "dataset", work,
                             args.cache_dir, concept_prompts, leaks, args.eval_seeds,
-                            args.sample_steps, base_eval, overrides, args.base,
+                            args.sample_steps, base_eval, overrides, args.base, args.share,
                         )  # fmt: skip
                         if run is not None:
                             report["runs"].append(run)
@@ -323,7 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         report["summary"] = summarise(report["runs"], report["base"])
         if args.cost_steps:
             report["preservation_cost"] = step_cost(
-                args.methods, args.cost_steps, 3, work / "dataset", work, args.cache_dir, args.base
+                args.methods,
+                args.cost_steps,
+                3,
+                work / "dataset",
+                work,
+                args.cache_dir,
+                args.base,
+                args.share,
             )
     print(json.dumps(report, indent=1))
     return 0

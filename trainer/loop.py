@@ -120,7 +120,9 @@ def train(
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
     config = resolve_embedding(model, config, examples, order, latents)
-    preserver = make_preserver(model, config, dataset, cache_dir, cached=texts is not None)
+    # preserved captions never drop out or shuffle: their text is cached unless the encoder trains
+    cached = config.cache_text and not config.train_text_encoder
+    preserver = make_preserver(model, config, dataset, cache_dir, cached=cached)
     heldout = HeldoutSet(model, dataset.heldout)
     if len(heldout):
         log.info("%d of %d images held out", len(heldout), len(heldout) + len(examples))
