@@ -1,15 +1,21 @@
-"""Learning benchmark on the toy base model: does a LoRA / DoRA / embedding learn a new concept?
+"""Learning benchmark on the toy base model: does a LoRA / DoRA / embedding learn a new concept,
+and does it leave prompts without the trigger alone?
 
-    python bench/learn.py [--methods lora dora embedding] [--seeds 1] [--steps 300]
+    python bench/learn.py [--methods lora dora embedding] [--presets character]
+                          [--preservation off on] [--seeds 1 2 3] [--steps N]
 
 The concept `tkxw` (a purple star inside a yellow ring, `trainer.toy.shapes.CONCEPT`) never
 appears in the toy model's training data (no purple star either). 20 generated images captioned
-"a big tkxw at the top left on a blue background" train it with the `character` preset (steps
-and resolution overridden for CPU). At every checkpoint, images for prompts that put the trigger
-in contexts the 20 images do not have (other background / position pairs) are scored with
-`trainer.toy.scoring.concept_score` (0–1) against the base model's images for the same prompts and
-seeds; non-trigger prompts measure leakage: their colour+shape match rate with the adapter vs.
-without, and the mean absolute pixel change. Prints one JSON document.
+"a big tkxw at the top left on a blue background" train it with each preset at its own steps,
+learning rate and resolution (the toy model's native 64 px) unless `--steps`/`--lr` override
+them; checkpoints every steps/2 (the preset's cadence would only add evaluation time). At every
+checkpoint, images for prompts that put the trigger in contexts the 20 images do not have are
+scored with `trainer.toy.scoring.concept_score` (0–1) against the base model's images for the
+same prompts and seeds; ordinary prompts (no trigger) measure leakage: their colour+shape hit
+rate and the mean absolute pixel change (0–255, `trainer.leakage.pixel_change`) vs. the base
+model's images. Training speed is the loop's own steps/s (training steps only). `--preservation
+off on` runs each configuration without and with differential output preservation. A summary
+averages the final checkpoint over training seeds. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -102,17 +108,17 @@ def evaluate(
 
 
 def pixel_change(a: list[Any], b: list[Any]) -> float:
-    diffs = [
-        np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean()
-        for x, y in zip(a, b, strict=True)
-    ]
-    return float(np.mean(diffs))
+    from trainer.leakage import pixel_change as change
+
+    return change(a, b)
 
 
 def run_method(
     method: str,
+    preset: str,
+    preserve: bool,
     seed: int,
-    steps: int,
+    steps: int | None,
     dataset: Path,
     work: Path,
     cache_dir: Path,
@@ -123,22 +129,31 @@ def run_method(
     base_eval: dict[str, Any],
     overrides: dict[str, Any],
     base_model: str = BASE,
-) -> dict[str, Any]:
+    share: float | None = None,
+) -> dict[str, Any] | None:
+    from trainer.callbacks import RecordingCallbacks
     from trainer.generate import load_for_generation
     from trainer.loop import train
-    from trainer.presets import apply_preset
+    from trainer.presets import PRESETS, apply_preset
 
+    steps = steps or int(PRESETS[preset].values(method)["steps"])
     values: dict[str, Any] = {
-        "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps, "resolution": 64,
-        "checkpoint_every": max(1, steps // 3), "seed": seed, "mixed_precision": "no",
+        "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps,
+        "checkpoint_every": max(1, steps // 2), "seed": seed, "mixed_precision": "no",
         "heldout_fraction": 0.0,  # all 20 images train
-        "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler"},
+        "validation": {"steps": 4, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler",
+                       "leak_prompts": []},
         **overrides,
     }  # fmt: skip
-    config = apply_preset("character", method, **values)
-    out = work / f"{method}-{seed}"
+    if method != "embedding":
+        values["preservation"] = {"enabled": preserve, **({"share": share} if share else {})}
+    elif preserve:
+        return None  # an embedding cannot change prompts without its token: nothing to preserve
+    config = apply_preset(preset, method, **values)
+    out = work / f"{preset}-{method}-{int(preserve)}-{seed}"
     started = time.monotonic()
-    result = train(config, dataset, out, cache_dir=cache_dir, device="cpu", resume=False)
+    recorder = RecordingCallbacks()
+    result = train(config, dataset, out, recorder, cache_dir=cache_dir, device="cpu", resume=False)
     seconds = time.monotonic() - started
     rows = []
     for info in result.checkpoints:
@@ -158,20 +173,111 @@ def run_method(
         })  # fmt: skip
     return {
         "method": method,
+        "preset": preset,
+        "preservation": bool(config.preservation.enabled),
+        "preservation_share": config.preservation.share if config.preservation.enabled else None,
         "seed": seed,
+        "steps": steps,
+        "resolution": config.resolution or "native",
         "learning_rate": config.learning_rate,
         "rank": config.rank if method != "embedding" else None,
         "batch_size": config.batch_size,
+        "embedding": config.embedding.model_dump() if method == "embedding" else None,
         "train_seconds": round(seconds, 1),
+        "steps_per_second": round(recorder.progress[-1].steps_per_second, 3),
         "checkpoints": rows,
     }
+
+
+def step_cost(
+    methods: list[str],
+    steps: int,
+    rounds: int,
+    dataset: Path,
+    work: Path,
+    cache_dir: Path,
+    base_model: str = BASE,
+    share: float | None = None,
+) -> list[dict[str, Any]]:
+    """Training steps/s without and with preservation, alternated `rounds` times in this one
+    process (the machine's load changes; alternating keeps the ratio fair)."""
+    from trainer.callbacks import RecordingCallbacks
+    from trainer.loop import train
+    from trainer.presets import apply_preset
+
+    out = []
+    for method in [m for m in methods if m != "embedding"]:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for index in range(rounds):
+            for preserve in (False, True):
+                config = apply_preset(
+                    "character", method, base_model=base_model, trigger=shapes.TRIGGER,
+                    steps=steps, checkpoint_every=steps, seed=1, mixed_precision="no",
+                    heldout_fraction=0.0,
+                    preservation={"enabled": preserve, **({"share": share} if share else {})},
+                    validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
+                                "scheduler": "euler", "leak_prompts": []},
+                )  # fmt: skip
+                recorder = RecordingCallbacks()
+                folder = work / f"cost-{method}-{int(preserve)}-{index}"
+                train(config, dataset, folder, recorder, cache_dir=cache_dir, device="cpu",
+                      resume=False)  # fmt: skip
+                rates[preserve].append(recorder.progress[-1].steps_per_second)
+        plain, kept = float(np.mean(rates[False])), float(np.mean(rates[True]))
+        out.append({
+            "method": method, "steps": steps, "rounds": rounds, "share": share or "preset",
+            "steps_per_second_without": round(plain, 3), "steps_per_second_with": round(kept, 3),
+            "step_time_ratio": round(plain / kept, 3),
+        })  # fmt: skip
+    return out
+
+
+def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mean and spread over training seeds of each (preset, method, preservation) final
+    checkpoint: concept gain over the base, ordinary-prompt hit rate change, pixel change."""
+    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["preset"], run["method"], run["preservation"]), []).append(run)
+    out = []
+    for (preset, method, preserve), items in groups.items():
+        finals = [item["checkpoints"][-1] for item in items]
+        gains = [f["concept"] - base["concept"] for f in finals]
+        out.append({
+            "preset": preset, "method": method, "preservation": preserve,
+            "seeds": [item["seed"] for item in items],
+            "concept_gain_mean": round(float(np.mean(gains)), 3),
+            "concept_gain_min": round(float(np.min(gains)), 3),
+            "concept_gain_sd": round(float(np.std(gains)), 3),
+            "leak_both_mean": round(float(np.mean([f["leak_both"] for f in finals])), 3),
+            "leak_both_delta": round(
+                float(np.mean([f["leak_both"] for f in finals])) - base["leak_both"], 3
+            ),
+            "leak_pixel_change_mean": round(
+                float(np.mean([f["leak_pixel_change"] for f in finals])), 2
+            ),
+            "leak_pixel_change_max": round(
+                float(np.max([f["leak_pixel_change"] for f in finals])), 2
+            ),
+            "steps_per_second_mean": round(
+                float(np.mean([item["steps_per_second"] for item in items])), 3
+            ),
+        })  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["lora", "dora", "embedding"])
+    parser.add_argument("--presets", nargs="+", default=["character"])
+    parser.add_argument("--preservation", nargs="+", choices=["off", "on"], default=["off", "on"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=None, help="default: the preset's own")
+    parser.add_argument(
+        "--cost-steps", type=int, default=0,
+        help="also time N training steps without / with preservation, alternated 3 times",
+    )  # fmt: skip
+    parser.add_argument("--share", type=float, default=None, help="preservation share override")
+    parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
     parser.add_argument("--eval-seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sample-steps", type=int, default=20)
@@ -190,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         concept_prompts = new_context_prompts(train_scenes)
         leaks = leak_scenes()
         base = load_base(args.cache_dir, args.base)
-        base_eval = evaluate(base.pipeline, concept_prompts, leaks, args.eval_seeds,
-                             args.sample_steps)  # fmt: skip
+        seeds = [] if args.no_runs else args.eval_seeds  # the step cost needs no images
+        base_eval = evaluate(base.pipeline, concept_prompts, leaks, seeds, args.sample_steps)
         report: dict[str, Any] = {
             "base_model": args.base,
             "concept": f"{shapes.TRIGGER} = {shapes.CONCEPT}",
@@ -208,15 +314,30 @@ def main(argv: list[str] | None = None) -> int:
             },
             "runs": [],
         }
-        for method in args.methods:
-            for seed in args.seeds:
-                run = run_method(
-                    method, seed, args.steps, work / "dataset", work, args.cache_dir,
-                    concept_prompts, leaks, args.eval_seeds, args.sample_steps, base_eval,
-                    overrides, args.base,
-                )  # fmt: skip
-                report["runs"].append(run)
-                print(json.dumps(run), file=sys.stderr, flush=True)
+        for preset in [] if args.no_runs else args.presets:
+            for method in args.methods:
+                for preserve in [p == "on" for p in args.preservation]:
+                    for seed in args.seeds:
+                        run = run_method(
+                            method, preset, preserve, seed, args.steps, work / "dataset", work,
+                            args.cache_dir, concept_prompts, leaks, args.eval_seeds,
+                            args.sample_steps, base_eval, overrides, args.base, args.share,
+                        )  # fmt: skip
+                        if run is not None:
+                            report["runs"].append(run)
+                            print(json.dumps(run), file=sys.stderr, flush=True)
+        report["summary"] = summarise(report["runs"], report["base"])
+        if args.cost_steps:
+            report["preservation_cost"] = step_cost(
+                args.methods,
+                args.cost_steps,
+                3,
+                work / "dataset",
+                work,
+                args.cache_dir,
+                args.base,
+                args.share,
+            )
     print(json.dumps(report, indent=1))
     return 0
 

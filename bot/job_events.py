@@ -154,6 +154,7 @@ class JobPosts:
             None,
             heldout,
             previous,
+            p.get("leakage"),
         )
         message = await self.send(target, event, text, files=files)
         await run_db(queries.set_grid_message, self.engine, int(p["checkpoint_id"]), message.id)
@@ -168,6 +169,8 @@ class JobPosts:
         text = render.comparison_text([c.step for c in ckpts], p["deadline"])
         if p.get("overfit_after") is not None:
             text = render.truncate(f"{text}\n{render.overfit_notice(int(p['overfit_after']))}")
+        if suggested := render.suggestion_text([c.step for c in ckpts], p.get("suggested_step")):
+            text = render.truncate(f"{text}\n{suggested}")
         message = await self.send(target, event, text, files=files)
         await self.final_status(job, "awaiting_vote")
         await delivery.add_reactions(message, list(NUMBER_EMOJI[: len(ckpts)]))

@@ -139,13 +139,35 @@ def checkpoint_caption(
     number: int | None,
     heldout: float | None = None,
     previous_heldout: float | None = None,
+    leakage: float | None = None,
 ) -> str:
     label = f" (#{number} on the final grid)" if number else ""
     loss_text = f", loss {loss:.4f}" if loss is not None else ""
     held_text = f", {heldout_text(heldout, previous_heldout)}" if heldout is not None else ""
     return (
         f"🖼️ Checkpoint at step **{step}/{total}**{loss_text}{held_text}{label}. "
-        f"React {VOTE_EMOJI} if you like it."
+        f"React {VOTE_EMOJI} if you like it.{leakage_text(leakage)}"
+    )
+
+
+def leakage_text(change: float | None) -> str:
+    """The leakage number under a grid, in words (trainer.leakage documents the metric)."""
+    if change is None:
+        return ""
+    return (
+        f"\nOutside the trigger, images changed by **{change:.1f}/255** "
+        "(mean pixel difference from the base model, same prompts and seeds; 0 = untouched)."
+    )
+
+
+def suggestion_text(steps: Sequence[int], suggested: int | None) -> str:
+    """Which numbered checkpoint the trainer suggests; the vote still decides."""
+    if suggested is None or suggested not in steps:
+        return ""
+    index = list(steps).index(suggested)
+    return (
+        f"⭐ Suggested: {NUMBER_EMOJI[index]} step {suggested}, the best balance of held-out "
+        "loss and change outside the trigger. The team's votes decide."
     )
 
 

@@ -17,6 +17,7 @@ architecture's choice (`trainer.architectures`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -139,6 +140,29 @@ def iter_dora(module: nn.Module) -> Iterator[tuple[str, DoraLayer]]:
     for name, child in module.named_modules():
         if isinstance(child, DoraLayer):
             yield name, child
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: LoadedModel) -> Iterator[None]:
+    """The base model for a moment: peft LoRA layers and DoRA layers switched off.
+
+    Used for the base column of validation grids and for preservation's base predictions."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    roots = (model.denoiser, *model.text_encoders)
+    layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
+    dora = [layer for root in roots for _, layer in iter_dora(root)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    for layer in dora:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for layer in dora:
+            layer.enabled = True
 
 
 # ---------------------------------------------------------------- inject

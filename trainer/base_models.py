@@ -86,6 +86,13 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    @property
+    def native_resolution(self) -> int:
+        """The side the model was trained at: the pipeline's default sample size in pixels."""
+        pipe = self.pipeline
+        latent = getattr(pipe, "default_sample_size", None) or self.unet.config.sample_size
+        return int(latent * getattr(pipe, "vae_scale_factor", 8))
+
 
 def resolve_base_model(name_or_path: str, settings: Settings) -> tuple[str, Architecture]:
     """Map a catalogue name (or builtin / local path) to `(path, architecture)` with the one

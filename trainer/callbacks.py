@@ -41,6 +41,7 @@ class CheckpointInfo:
     state_path: Path | None
     loss: float
     heldout_loss: float | None = None  # fixed-noise denoising loss on held-out images (None: none)
+    leakage: float | None = None  # trainer.leakage: mean pixel change (0-255) without the trigger
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class CheckpointInfo:
             heldout_loss=(
                 float(data["heldout_loss"]) if data.get("heldout_loss") is not None else None
             ),
+            leakage=float(data["leakage"]) if data.get("leakage") is not None else None,
         )
 
 
@@ -82,6 +84,7 @@ class TrainResult:
     loss_curve: Path | None = None
     heldout_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
     overfit_after: int | None = None  # see trainer.heldout.overfitting_from
+    suggested_step: int | None = None  # see trainer.leakage.suggest
 
     @property
     def final(self) -> CheckpointInfo | None:
@@ -104,6 +107,7 @@ class TrainResult:
             "loss_curve": str(self.loss_curve) if self.loss_curve else None,
             "heldout_losses": [[step, loss] for step, loss in self.heldout_losses],
             "overfit_after": self.overfit_after,
+            "suggested_step": self.suggested_step,
         }
 
 

@@ -17,6 +17,8 @@ Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Schedule = Literal["constant", "cosine", "linear"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Targets = Literal["attention", "attention_conv"]
+NOMINAL_RESOLUTION = 512
+"""Stands in for an unset resolution where the model is not loaded (dataset reports)."""
 
 
 class _Strict(BaseModel):
@@ -38,6 +40,12 @@ class ValidationConfig(_Strict):
     )
     scheduler: Literal["dpm++", "euler_a", "ddim", "euler"] = "dpm++"
     negative_prompt: str = ""
+    leak_prompts: list[str] | None = Field(
+        None,
+        max_length=4,
+        description="Prompts without the trigger shown below the trigger rows (leakage); "
+        "None: derived (see trainer.leakage), []: no leakage row.",
+    )
 
 
 class EmbeddingConfig(_Strict):
@@ -47,9 +55,33 @@ class EmbeddingConfig(_Strict):
         None, description="Token to learn; default: the trigger phrase."
     )
     num_vectors: int = Field(4, ge=1, le=16)
-    initializer_token: str = Field("person", min_length=1)
-    templates: Literal["object", "style", "captions"] = Field(
-        "captions", description="Use dataset captions, or 'a photo of a {}' style templates."
+    initializer_token: str = Field(
+        "person",
+        min_length=1,
+        description="Word the vectors start from; 'auto': chosen from the data "
+        "(trainer.initializer).",
+    )
+    templates: Literal["object", "style", "captions", "auto"] = Field(
+        "captions",
+        description="Use dataset captions, or 'a photo of a {}' style templates; 'auto': "
+        "captions when they describe the images, else object templates.",
+    )
+
+
+class PreservationConfig(_Strict):
+    """Differential output preservation (ai-toolkit's `diff_output_preservation`).
+
+    For a share of each batch the caption with the trigger replaced by `class_word` (or removed)
+    is also trained, with the base model's own prediction as the target: the adapter learns the
+    trigger and leaves prompts without it alone (see trainer.preservation)."""
+
+    enabled: bool = False
+    class_word: str = Field(
+        "", max_length=60, description="Replaces the trigger in preserved captions; '': removed."
+    )
+    weight: float = Field(1.0, gt=0.0, le=10.0, description="Preservation loss multiplier.")
+    share: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of each batch (rounded, at least 1) preserved."
     )
 
 
@@ -64,7 +96,13 @@ class TrainConfig(_Strict):
     output_dir: Path | None = None
 
     # data
-    resolution: int = Field(512, ge=32, le=2048, multiple_of=8)
+    resolution: int | None = Field(
+        None,
+        ge=32,
+        le=2048,
+        multiple_of=8,
+        description="Training side in px; None: the base model's native size.",
+    )
     bucketing: bool = True
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     shuffle_captions: bool = False
@@ -119,6 +157,7 @@ class TrainConfig(_Strict):
     targets: Targets = "attention"
     train_text_encoder: bool = False
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    preservation: PreservationConfig = Field(default_factory=PreservationConfig)
 
     # checkpoints and validation
     checkpoint_every: int = Field(250, ge=1)
@@ -134,6 +173,11 @@ class TrainConfig(_Strict):
                 )
             if not (self.embedding.placeholder_token or self.trigger):
                 raise ValueError("an embedding needs a trigger (the token it learns)")
+            if self.preservation.enabled:
+                raise ValueError(
+                    "preservation is for LoRA/DoRA: an embedding never changes prompts "
+                    "without its token"
+                )
         if self.warmup_steps >= self.steps:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
@@ -149,6 +193,17 @@ class TrainConfig(_Strict):
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
         return self
+
+    @property
+    def side(self) -> int:
+        """The training resolution; 512 (SD 1.x native) until the loop resolves a None."""
+        return self.resolution or NOMINAL_RESOLUTION
+
+    def with_native_resolution(self, native: int) -> TrainConfig:
+        """This config with `resolution` set: the member's value, else the model's `native`."""
+        if self.resolution is not None:
+            return self
+        return self.model_copy(update={"resolution": int(native)})
 
     @property
     def token(self) -> str:

@@ -103,7 +103,7 @@ def kohya_metadata(
     model: LoadedModel, config: TrainConfig, step: int, title: str, tensors: dict[str, torch.Tensor]
 ) -> dict[str, str]:
     """`ss_*` training metadata and `modelspec.*` (SAI model spec 1.0.1), all strings."""
-    resolution = f"{config.resolution}x{config.resolution}"
+    resolution = f"{config.side}x{config.side}"
     meta = {
         "ss_network_module": "lycoris.kohya" if config.method == "dora" else "networks.lora",
         "ss_network_dim": str(config.rank),
@@ -114,7 +114,7 @@ def kohya_metadata(
         "ss_steps": str(step),
         "ss_max_train_steps": str(config.steps),
         "ss_learning_rate": str(config.learning_rate),
-        "ss_resolution": f"({config.resolution}, {config.resolution})",
+        "ss_resolution": f"({config.side}, {config.side})",
         "ss_seed": str(config.seed),
         "ss_training_comment": "trained with Atelier",
         "ss_output_name": slug(title),
@@ -179,7 +179,7 @@ def _export_embedding(
         tensors = {"clip_l": vectors[0], "clip_g": vectors[1]}
     else:
         tensors = {"emb_params": vectors[0]}
-    resolution = f"{config.resolution}x{config.resolution}"
+    resolution = f"{config.side}x{config.side}"
     meta = _modelspec(model, config, title, "textual-inversion", resolution)
     meta |= {"ss_steps": str(step), "ss_base_model_version": model.arch.base_version}
     primary = out_dir / stem / f"{slug(config.token)}.safetensors"

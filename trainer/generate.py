@@ -109,10 +109,12 @@ def render(
     guidance: float = 7.0,
     scheduler: str = "dpm++",
     negative_prompt: str = "",
-    width: int = 512,
-    height: int = 512,
+    width: int | None = 512,
+    height: int | None = 512,
 ) -> Image.Image:
-    """One image with a CPU generator (same seed → same image on any device)."""
+    """One image with a CPU generator (same seed → same image on any device), with the
+    architecture's own sampler; a None side is the pipeline's default, the base model's
+    native size."""
     return for_pipeline(pipeline).sample(
         pipeline,
         prompt=prompt,

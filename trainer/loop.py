@@ -22,6 +22,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,8 +65,11 @@ from trainer.data import (
     training_caption,
 )
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
+from trainer.initializer import choose_initializer, resolve_templates
+from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
 from trainer.optimizers import make_optimizer
 from trainer.precision import Precision, keep_trainables_fp32, make_precision
+from trainer.preservation import Preserver
 from trainer.speed import apply_memory_options
 from trainer.validation import (
     ValidationPlan,
@@ -100,6 +104,7 @@ def train(
     tiny models and local paths resolve.
     """
     started = time.monotonic()
+    requested = config_hash(config)  # before anything is resolved from the model or data
     callbacks = callbacks or TrainCallbacks()
     output_dir, cache_dir = Path(output_dir), Path(cache_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +117,7 @@ def train(
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
+    config = config.with_native_resolution(model.native_resolution)
 
     # 3. data: captions, buckets, held-out split, resumable order (each image `repeats` times
     #    per epoch), caches (only where an option allows them)
@@ -119,6 +125,10 @@ def train(
     examples = dataset.train
     order = BatchOrder(examples, config.batch_size, config.seed)
     latents, texts = build_caches(model, config, examples, cache_dir)
+    config = resolve_embedding(model, config, examples, order, latents)
+    # preserved captions never drop out or shuffle: their text is cached unless the encoder trains
+    cached = config.cache_text and not config.train_text_encoder
+    preserver = make_preserver(model, config, dataset, cache_dir, cached=cached)
     heldout = HeldoutSet(model, dataset.heldout)
     parked = park_text_encoders(model) if texts is not None else None
     if len(heldout):
@@ -137,15 +147,16 @@ def train(
     optimizer = accelerator.prepare(optimizer)
 
     # 6. resume from the newest complete state, if any
-    state = TrainState(step=0, micro_index=0, config_hash=config_hash(config))
+    state = TrainState(step=0, micro_index=0, config_hash=requested)
     resumed_from = None
     if resume and (saved := newest_readable_state(output_dir)) is not None:
-        state = restore(saved, model, config, optimizer, lr_scheduler)
+        state = restore(saved, model, config, optimizer, lr_scheduler, requested)
         resumed_from = state.step
     checkpoints = [CheckpointInfo.from_json(item) for item in state.checkpoints]
     plan = make_plan(config, _initializer(config), concepts=dataset.concepts)
     prepare_pipeline(model, config)
     base_column: list = []
+    leaks = LeakCheck.for_job(config, plan.prompts, plan.width, plan.height, dataset.concepts)
     callbacks.on_start(state.step, config.steps)
     if resumed_from is not None:
         callbacks.on_resumed(list(checkpoints))
@@ -179,7 +190,7 @@ def train(
             module.train()
         loss = optimizer_step(
             model, config, accelerator, optimizer, lr_scheduler, params, examples, order, state,
-            latents, texts, prompt_token,
+            latents, texts, prompt_token, preserver,
         )  # fmt: skip
         state.step = step
         state.losses.append(loss)
@@ -225,6 +236,7 @@ def train(
                     checkpoints,
                     title,
                     heldout_loss=held,
+                    leaks=leaks,
                 )
             callbacks.on_checkpoint(info)
 
@@ -342,6 +354,44 @@ def build_caches(
     return latents, texts
 
 
+def resolve_embedding(
+    model: Any,
+    config: TrainConfig,
+    examples: list[Example],
+    order: BatchOrder,
+    latents: list[torch.Tensor] | None,
+) -> TrainConfig:
+    """An embedding's `"auto"` templates and initializer made concrete (trainer.initializer)."""
+    if config.method != "embedding":
+        return config
+    config = resolve_templates(config, [example.caption for example in examples])
+    micros = range(min(16, order.batches_per_epoch))
+
+    def loss_of(word: str) -> torch.Tensor:  # the first batches, fixed noise, token → word
+        losses = []
+        for m in micros:
+            batch = make_batch(model, config, examples, order.batch(m), m, latents, None, word)
+            generator = torch.Generator().manual_seed(config.seed * 7919 + m)
+            losses.append(micro_batch_loss(model, config, batch, generator))
+        return torch.stack(losses).mean()
+
+    return choose_initializer(model, config, [e.caption for e in examples], loss_of)
+
+
+def make_preserver(
+    model: Any, config: TrainConfig, dataset: DatasetSplit, cache_dir: Path, cached: bool
+) -> Preserver | None:
+    """Differential output preservation for this job (None: off)."""
+    text_file = None
+    if cached:
+        key = (model_fingerprint(model), dataset_fingerprint(dataset.train), config.side, False)
+        text_file = cache_files(cache_dir, *key)[1]
+    try:
+        return Preserver.for_job(model, config, dataset.concepts, dataset.train, text_file)
+    except ValueError as error:
+        raise TrainingFailed(str(error)) from None
+
+
 def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
     """What stands for the learned vectors in a training caption: `tok tok_1 … tok_{n-1}`."""
     if config.method != "embedding":
@@ -363,11 +413,17 @@ def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> 
 
 
 def restore(
-    saved: SavedState, model: Any, config: TrainConfig, optimizer: Any, lr_scheduler: Any
+    saved: SavedState,
+    model: Any,
+    config: TrainConfig,
+    optimizer: Any,
+    lr_scheduler: Any,
+    requested: str | None = None,
 ) -> TrainState:
-    """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs."""
+    """Load a saved state into the freshly built adapter, optimizer, scheduler and RNGs;
+    `requested` is the hash of the config as the job asked for it."""
     state, path = saved.meta, saved.path
-    if state.config_hash and state.config_hash != config_hash(config):
+    if state.config_hash and state.config_hash != (requested or config_hash(config)):
         raise TrainingFailed(
             f"{path.parent.parent} holds a run with different settings; use a new output folder"
         )
@@ -442,10 +498,34 @@ def diffusion_loss(
 
 
 def micro_batch_loss(
-    model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
+    model: Any,
+    config: TrainConfig,
+    batch: Batch,
+    generator: torch.Generator,
+    preserved: tuple[Preserver, Batch, Batch | None] | None = None,
 ) -> torch.Tensor:
     """Noise the latents at random timesteps and score the denoiser's prediction against the
-    architecture's target (ε or v for SD, the flow velocity for FLUX.1)."""
+    architecture's target (ε or v for SD, the flow velocity for FLUX.1); with `preserved`
+    (preserver, preserved batch, its base-text twin) add the preservation loss."""
+    arch = model.arch
+    noisy, timesteps, target = noised_inputs(model, config, batch, generator)
+
+    def loss_fn(prediction: torch.Tensor, goal: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return diffusion_loss(prediction, goal, arch.loss_weight(model, config, t))
+
+    def predict(inputs: Batch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return arch.predict(model, x, t, inputs.text)
+
+    if preserved is None:
+        return loss_fn(predict(batch, noisy, timesteps), target, timesteps)
+    preserver, kept, base = preserved
+    return preserver.loss(model, predict, batch, kept, noisy, timesteps, target, loss_fn, base)
+
+
+def noised_inputs(
+    model: Any, config: TrainConfig, batch: Batch, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, target) for one micro-batch, as the architecture trains."""
     arch = model.arch
     latents = batch.latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
@@ -454,8 +534,7 @@ def micro_batch_loss(
         noise = noise + config.noise_offset * offset.to(latents.device)
     timesteps = arch.sample_timesteps(model, config, latents, generator)
     noisy, target = arch.noisy_and_target(model, latents, noise, timesteps)
-    prediction = arch.predict(model, noisy, timesteps, batch.text)
-    return diffusion_loss(prediction, target, arch.loss_weight(model, config, timesteps))
+    return noisy, timesteps, target
 
 
 def optimizer_step(
@@ -471,6 +550,7 @@ def optimizer_step(
     latents: list[torch.Tensor] | None,
     texts: list[TextConditioning] | None,
     prompt_token: str | None,
+    preserver: Preserver | None = None,
 ) -> float:
     """One optimizer step over `gradient_accumulation` micro-batches; NaN if it was skipped.
 
@@ -485,11 +565,19 @@ def optimizer_step(
         if not finite:
             continue  # keep the data order aligned with step numbers
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro)
-        batch = make_batch(
-            model, config, examples, order.batch(micro), micro, latents, texts, prompt_token
-        )
+        indices = order.batch(micro)
+        batch = make_batch(model, config, examples, indices, micro, latents, texts, prompt_token)
+        preserved = None
+        if preserver is not None:
+            captions = [examples[i].caption for i in indices]
+            encode = partial(encode_prompts, model)
+            kept, base = preserver.batches(
+                model, batch, indices, captions, encode, config.train_text_encoder
+            )
+            preserved = (preserver, kept, base)
         with accelerator.autocast():
-            loss = micro_batch_loss(model, config, batch, generator) / config.gradient_accumulation
+            loss = micro_batch_loss(model, config, batch, generator, preserved)
+            loss = loss / config.gradient_accumulation
         if not torch.isfinite(loss):
             finite = False
             continue
@@ -520,17 +608,21 @@ def save_checkpoint(
     checkpoints: list[CheckpointInfo],
     title: str | None,
     heldout_loss: float | None = None,
+    leaks: LeakCheck | None = None,
 ) -> CheckpointInfo:
-    """Model file, validation grid, then the resume state (last: it marks the checkpoint done)."""
+    """Model file, validation grid (with the leakage rows and number), then the resume state
+    (last: it marks the checkpoint done)."""
     from trainer.export import export_checkpoint
 
     step = state.step
     exported = export_checkpoint(
         model, config, output_dir / "checkpoints", step, title or config.trigger or config.method
     )
+    rows, change = leaks.measure(model, config) if leaks is not None else ([], None)
     grid = validation_grid(
-        model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png"
-    )
+        model, config, plan, base_column, step, output_dir / "grids" / f"step-{step:08d}.png",
+        rows, [change_text(change)] if change is not None else None,
+    )  # fmt: skip
     info = CheckpointInfo(
         step=step,
         file=Path(exported.primary),
@@ -539,6 +631,7 @@ def save_checkpoint(
         state_path=None,
         loss=_recent_loss(state.losses),
         heldout_loss=heldout_loss,
+        leakage=change,
     )
     from trainer.checkpointing import state_dir
 
@@ -581,12 +674,19 @@ def _finish(
             (c.step, c.heldout_loss) for c in checkpoints if c.heldout_loss is not None
         ],
         overfit_after=overfitting_from([(c.step, c.loss, c.heldout_loss) for c in checkpoints]),
+        suggested_step=suggest([(c.step, c.heldout_loss, c.leakage) for c in checkpoints]),
     )
     if output_dir is not None and checkpoints:
         grids = [c.grid_path for c in checkpoints if c.grid_path and c.grid_path.is_file()]
         if grids:
-            steps = [c.step for c in checkpoints if c.grid_path and c.grid_path.is_file()]
-            result.comparison_grid = comparison_grid(grids, steps, output_dir / "comparison.png")
+            shown = [c for c in checkpoints if c.grid_path and c.grid_path.is_file()]
+            steps = [c.step for c in shown]
+            held, changes = [c.heldout_loss for c in shown], [c.leakage for c in shown]
+            footer = comparison_footer(steps, held, changes, result.suggested_step)
+            result.comparison_grid = comparison_grid(
+                grids, steps, output_dir / "comparison.png",
+                footer=footer, suggested=result.suggested_step,
+            )  # fmt: skip
         result.loss_curve = loss_curve(
             state.losses, output_dir / "loss.png", heldout=result.heldout_losses
         )

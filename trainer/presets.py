@@ -55,10 +55,11 @@ PRESETS: dict[str, Preset] = {
             lora={
                 "rank": 16, "alpha": 16.0, "learning_rate": 1e-4, "steps": 2000, "batch_size": 4,
                 "checkpoint_every": 250, "keep_last": 4, "caption_dropout": 0.05, "flip": False,
+                "preservation": {"enabled": True},
             },
             embedding={
                 **_EMBEDDING_BASE,
-                "embedding": {"templates": "object", "initializer_token": "person"},
+                "embedding": {"templates": "auto", "initializer_token": "auto"},
             },
         ),
         Preset(
@@ -81,10 +82,11 @@ PRESETS: dict[str, Preset] = {
             lora={
                 "rank": 8, "alpha": 8.0, "learning_rate": 1e-4, "steps": 1500, "batch_size": 4,
                 "checkpoint_every": 250, "keep_last": 4, "flip": True,
+                "preservation": {"enabled": True},
             },
             embedding={
                 **_EMBEDDING_BASE, "steps": 1500,
-                "embedding": {"templates": "object", "initializer_token": "object"},
+                "embedding": {"templates": "auto", "initializer_token": "auto"},
             },
         ),
         Preset(

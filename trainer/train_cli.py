@@ -221,7 +221,7 @@ def prepare_dataset(dataset: Path, config: TrainConfig, settings: Any) -> Path:
         from storage.ingest import IngestOptions, ingest_zip
         from storage.ingest.errors import IngestError
 
-        resolution = min(2048, max(256, config.resolution // 64 * 64))
+        resolution = min(2048, max(256, config.side // 64 * 64))
         options = IngestOptions(
             trigger=config.trigger,
             caption_prefix=config.caption_prefix,

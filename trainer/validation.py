@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from storage.drawing import Font, font, legible_size, line_height, text_width
+from storage.drawing import Font, draw_lines, font, legible_size, line_height, text_width, wrap
+from trainer.adapters import adapter_disabled
 from trainer.config import TrainConfig
 from trainer.grids import BG as _BG
 from trainer.grids import FG as _FG
@@ -96,29 +96,6 @@ def prepare_pipeline(model: Any, config: TrainConfig) -> None:
     model.arch.prepare_pipeline(model, config)
 
 
-@contextlib.contextmanager
-def adapter_disabled(model: Any) -> Iterator[None]:
-    """The base model for a moment: peft LoRA layers and DoRA layers switched off."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from trainer.adapters import iter_dora
-
-    roots = (model.denoiser, *model.text_encoders)
-    layers = [m for root in roots for m in root.modules() if isinstance(m, BaseTunerLayer)]
-    dora = [layer for root in roots for _, layer in iter_dora(root)]
-    for layer in layers:
-        layer.enable_adapters(False)
-    for layer in dora:
-        layer.enabled = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-        for layer in dora:
-            layer.enabled = True
-
-
 @torch.no_grad()
 def render(
     model: Any, config: TrainConfig, prompt: str, seed: int, width: int, height: int
@@ -165,8 +142,13 @@ def validation_grid(
     base: list[Image.Image],
     step: int,
     path: Path,
+    extra_rows: list[tuple[str, list[Image.Image]]] | None = None,
+    footer: list[str] | None = None,
 ) -> Path:
-    """Render the current weights for every prompt × seed and save the labelled grid PNG."""
+    """Render the current weights for every prompt × seed and save the labelled grid PNG.
+
+    `extra_rows` (label, [base, seed images…]) are drawn below (the leakage rows), `footer`
+    lines under the grid."""
     rows = [
         [
             base[row],
@@ -174,11 +156,15 @@ def validation_grid(
         ]
         for row, prompt in enumerate(plan.prompts)
     ]
+    labels = list(plan.labels)
+    for label, images in extra_rows or []:
+        rows.append(images)
+        labels.append(label)
     headers = [BASE_HEADER, *(f"seed {seed}" for seed in plan.seeds)]
     shown = [[enlarge(image) for image in row] for row in rows]
-    grid = draw_grid(shown, plan.labels, headers, title=f"step {step}")
-    save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), plan.labels)
-    save_strip([row[1] for row in rows], strip_path(path), plan.labels)
+    grid = with_footer(draw_grid(shown, labels, headers, title=f"step {step}"), footer)
+    save_strip([row[0] for row in rows], strip_path(path.parent / "base.png"), labels)
+    save_strip([row[1] for row in rows], strip_path(path), labels)
     return save_png(grid, path)
 
 
@@ -224,6 +210,22 @@ def _read_strip(path: Path) -> tuple[list[Image.Image], list[str]]:
 # ---------------------------------------------------------------- drawing
 
 
+def with_footer(image: Image.Image, lines: list[str] | None) -> Image.Image:
+    """The image with plain text lines added below it (numbers a team reads with the grid),
+    measured and wrapped to the image's width at the grid's legible size."""
+    if not lines:
+        return image
+    face = font(legible_size(image.width))
+    pad = max(4, face.size // 3)
+    wrapped = [part for line in lines for part in wrap(line, face, image.width - 2 * pad)]
+    out = Image.new(
+        "RGB", (image.width, image.height + line_height(face) * len(wrapped) + pad * 2), _BG
+    )
+    out.paste(image, (0, 0))
+    draw_lines(ImageDraw.Draw(out), (pad, image.height + pad), wrapped, face, _FG)
+    return out
+
+
 def save_png(image: Image.Image, path: Path, max_bytes: int = MAX_GRID_BYTES) -> Path:
     """Save as PNG, scaling down until the file is under `max_bytes` (Discord's upload limit)."""
     path = Path(path)
@@ -242,12 +244,18 @@ VOTE_NUMBERS = 10
 
 
 def comparison_grid(
-    paths: list[Path], steps: list[int], out: Path | None = None, min_tile: int = MIN_TILE
+    paths: list[Path],
+    steps: list[int],
+    out: Path | None = None,
+    min_tile: int = MIN_TILE,
+    footer: list[str] | None = None,
+    suggested: int | None = None,
 ) -> Path:
     """One table to vote on: a row per prompt (first seed), the base model, then one column per
     checkpoint numbered 1…N as the vote reactions are: the newest ten when there are more (the
     reactions 1️⃣…🔟 count those; older ones are voted with 👍 on their own grid). Tiles are
-    shown at least `min_tile` px."""
+    shown at least `min_tile` px. The `suggested` step's header says so; `footer` lines go
+    under the table."""
     if not paths:
         raise ValueError("comparison_grid needs at least one grid")
     newest = sorted(zip(steps, paths, strict=True))[-VOTE_NUMBERS:]  # 1️⃣…🔟 count these
@@ -256,7 +264,11 @@ def comparison_grid(
     columns = [base] + [_read_strip(strip_path(Path(p)))[0] for p in paths]
     rows = [[enlarge(column[row], min_tile) for column in columns] for row in range(len(labels))]
     headers = [BASE_HEADER, *(f"{number}: step {step}" for number, step in enumerate(steps, 1))]
-    grid = draw_blocks(rows, labels, headers, title="Vote for the best checkpoint")
+    if suggested in steps:
+        headers[steps.index(suggested) + 1] += " *"
+    grid = with_footer(
+        draw_blocks(rows, labels, headers, title="Vote for the best checkpoint"), footer
+    )
     return save_png(grid, out or Path(paths[0]).parent / "comparison.png")
 
 

@@ -122,6 +122,7 @@ class DatabaseCallbacks(TrainCallbacks):
             checkpoint,
             attempt=self.attempt,
             heldout_loss=_finite(info.heldout_loss),
+            leakage=_finite(info.leakage),
         )
         log.info("job %s: checkpoint at step %s (%s)", self.job_id, info.step, info.file.name)
 
@@ -373,6 +374,7 @@ class Worker:
                 steps_per_second=round(result.steps_per_second, 3),
                 nan_skipped=result.nan_skipped,
                 overfit_after=result.overfit_after,
+                suggested_step=result.suggested_step,
                 heldout_losses=[
                     [step, round(loss, 6)]
                     for step, loss in result.heldout_losses

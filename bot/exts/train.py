@@ -302,7 +302,7 @@ class Train(commands.Cog):
             trigger=config.trigger,
             caption_prefix=config.caption_prefix,
             method=config.method,
-            resolution=ingest_resolution(config.resolution),
+            resolution=ingest_resolution(config.side),
         )
         return await ingest_upload(
             bot.settings, dataset, url, options, interaction=interaction, job_limit=job_limit

@@ -89,3 +89,13 @@ def test_dataset_list_text() -> None:
         [{"name": "cats", "images": 6, "created_by": 5, "description": "six"}]
     )
     assert text == "• **cats** — 6 images, by <@5>: six"
+
+
+def test_checkpoint_caption_and_vote_text_show_leakage_and_suggestion() -> None:
+    text = render.checkpoint_caption(100, 500, 0.3, None, 0.2, None, 3.25)
+    assert "Outside the trigger, images changed by **3.2/255**" in text
+    assert "Outside the trigger" not in render.checkpoint_caption(100, 500, 0.3, None)
+    suggested = render.suggestion_text([100, 200, 300], 200)
+    assert suggested.startswith(f"⭐ Suggested: {render.NUMBER_EMOJI[1]} step 200")
+    assert render.suggestion_text([100, 200], None) == ""
+    assert render.suggestion_text([100, 200], 50) == ""  # not among the numbered checkpoints

@@ -136,3 +136,24 @@ def test_presets_follow_the_architecture() -> None:
         apply_preset("character", "lora", "flux1", trigger="ohwx", resolution=1000)
     with pytest.raises(PresetError, match="cannot train embeddings"):
         apply_preset("character", "embedding", "flux1", trigger="ohwx")
+
+
+def test_character_and_object_presets_preserve_and_pick_embedding_settings_from_data():
+    for name in ("character", "object"):
+        lora = apply_preset(name, "lora", trigger="ohwx")
+        assert lora.preservation.enabled and lora.resolution is None  # the model's native size
+        embedding = apply_preset(name, "embedding", trigger="ohwx")
+        assert not embedding.preservation.enabled
+        assert embedding.embedding.initializer_token == "auto"
+        assert embedding.embedding.templates == "auto"
+    assert not apply_preset("style", "lora", trigger="ohwx").preservation.enabled
+    off = apply_preset("character", "dora", trigger="ohwx", preservation={"enabled": False})
+    assert not off.preservation.enabled
+    assert apply_preset("character", "lora", resolution=768).resolution == 768
+
+
+def test_resolution_defaults_to_native_and_side_is_nominal_until_resolved():
+    config = TrainConfig()
+    assert config.resolution is None and config.side == 512
+    assert config.with_native_resolution(64).resolution == 64
+    assert TrainConfig(resolution=256).with_native_resolution(64).resolution == 256

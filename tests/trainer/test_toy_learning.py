@@ -48,7 +48,8 @@ def test_lora_learns_the_toy_concept(tmp_path: Path):
     scenes = make_concept_dataset(tmp_path / "data")
     prompts = new_context_prompts(scenes, count=6)
     seeds = [1, 2, 3]
-    overrides = {"learning_rate": LEARNING_RATE}
+    # measured without preservation (the preset's default now); test_preservation covers it
+    overrides = {"learning_rate": LEARNING_RATE, "preservation": {"enabled": False}}
     config = apply_preset(
         "character", "lora", base_model=BASE, trigger=shapes.TRIGGER, steps=STEPS,
         resolution=64, checkpoint_every=STEPS, seed=1, mixed_precision="no", heldout_fraction=0.0,

@@ -1,0 +1,129 @@
+"""Differential output preservation: trigger-free captions keep the base model's predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer.train_helpers import _one_thread, make_dataset, model_cache, tiny_config
+from trainer import adapters, loop
+from trainer.caches import encode_prompts
+from trainer.config import TrainConfig
+from trainer.preservation import Preserver, concat, preserved_caption, take
+
+__all__ = ["_one_thread", "model_cache"]
+
+
+@pytest.mark.parametrize(
+    ("caption", "class_word", "expected"),
+    [
+        ("ohwx, a photo of a cat, red", "", "a photo of a cat, red"),
+        ("a photo of ohwx outdoors", "", "a photo of outdoors"),
+        ("a big ohwx at the top left", "", "a big at the top left"),
+        ("a photo of ohwx, outdoors", "person", "a photo of person, outdoors"),
+        ("ohwxman stays, ohwx goes", "", "ohwxman stays, goes"),
+        ("ohwx", "", ""),
+    ],
+)
+def test_preserved_caption_replaces_or_removes_the_trigger(caption, class_word, expected):
+    assert preserved_caption(caption, ["ohwx"], class_word) == expected
+
+
+def test_longer_triggers_go_first_and_concepts_count():
+    config = tiny_config(trigger="sks", preservation={"enabled": True})
+    preserver = Preserver.from_config(config, concepts=["sks dog", "zzq"])
+    assert preserver is not None
+    assert preserver.triggers == ("sks dog", "sks", "zzq")  # longest first, then a-z
+    assert preserver.caption("a sks dog and zzq") == "a and"
+
+
+def test_share_rounds_and_keeps_at_least_one():
+    preserver = Preserver(("ohwx",), "", 1.0, 0.5)
+    assert [preserver.count(n) for n in (1, 2, 3, 4, 8)] == [1, 1, 2, 2, 4]
+
+
+def test_off_no_trigger_and_embedding_are_explained():
+    assert Preserver.from_config(tiny_config()) is None
+    with pytest.raises(ValueError, match="no trigger"):
+        Preserver.from_config(tiny_config(trigger="", preservation={"enabled": True}))
+    with pytest.raises(ValueError, match="preservation is for LoRA/DoRA"):
+        TrainConfig(method="embedding", trigger="ohwx", preservation={"enabled": True})
+
+
+def test_batches_take_and_concat_every_tensor_field(tmp_path, model_cache):
+    config = tiny_config(preservation={"enabled": True})
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    text = encode_prompts(model, ["ohwx a", "ohwx b", "ohwx c", "ohwx d"])
+    batch = loop.Batch(torch.randn(4, 4, 8, 8), text, None)
+    preserver = Preserver(("ohwx",), "", 1.0, 0.5)
+    captions = ["ohwx a", "ohwx b", "ohwx c", "ohwx d"]
+    kept, base = preserver.batches(
+        model, batch, [0, 1, 2, 3], captions, lambda c: encode_prompts(model, c), False
+    )
+    assert base is None and kept.latents.shape[0] == 2
+    assert torch.equal(kept.latents, batch.latents[:2])
+    expected = encode_prompts(model, ["a", "b"]).hidden
+    assert torch.allclose(kept.text.hidden, expected)
+    both = concat(batch, kept)
+    assert both.latents.shape[0] == 6 and both.text.hidden.shape[0] == 6
+    assert torch.equal(take(both, 4).latents, batch.latents)
+
+
+def _drift(model, config: TrainConfig, captions: list[str]) -> float:
+    """Mean |adapted − base| UNet prediction on trigger-free captions, fixed noisy latents."""
+    generator = torch.Generator().manual_seed(7)
+    latents = torch.randn((len(captions), 4, 8, 8), generator=generator)
+    timesteps = torch.full((len(captions),), 500)
+    with torch.no_grad():
+        text = encode_prompts(model, captions)
+        adapted = model.unet(latents, timesteps, text.hidden).sample
+        with adapters.adapter_disabled(model):
+            base = model.unet(latents, timesteps, text.hidden).sample
+    return float((adapted - base).abs().mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_preservation_keeps_trigger_free_captions_at_the_base(method, tmp_path, model_cache):
+    """The same training with preservation moves trigger-free predictions far less."""
+    dataset = make_dataset(tmp_path / "data", count=4, size=64)
+    drift = {}
+    for enabled in (False, True):
+        config = tiny_config(
+            method=method, steps=30, checkpoint_every=30, learning_rate=2e-2, batch_size=2,
+            heldout_fraction=0.0, preservation={"enabled": enabled},
+            validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
+                        "scheduler": "euler", "leak_prompts": []},
+        )  # fmt: skip
+        model = _trained(config, dataset, tmp_path / f"out-{enabled}", model_cache)
+        captions = [f"a photo of a cat, red, square {i}" for i in range(4)]
+        drift[enabled] = _drift(model, config, captions)
+    assert drift[False] > 0.0
+    assert drift[True] < 0.5 * drift[False], drift
+
+
+def _trained(config: TrainConfig, dataset: Path, out: Path, cache: Path):
+    """Train, then load the final checkpoint's adapter state into a fresh model."""
+    result = loop.train(config, dataset, out, cache_dir=cache, device="cpu")
+    assert result.status == "completed"
+    model = loop.load_model(config, cache, torch.device("cpu"), torch.float32, None)
+    adapters.inject_adapter(model, config)
+    state_path = result.checkpoints[-1].state_path
+    tensors = torch.load(state_path / "adapter.pt", map_location="cpu", weights_only=True)
+    adapters.load_adapter_state(model, config, tensors)
+    return model
+
+
+@pytest.mark.parametrize("cache_text", [True, False])
+def test_preservation_runs_on_sdxl_with_pooled_text_and_time_ids(cache_text, tmp_path, model_cache):
+    """The same module serves SDXL's batch (pooled text, time ids), cached text or not."""
+    dataset = make_dataset(tmp_path / "data", count=4, size=64)
+    config = tiny_config(
+        base_model="tiny-sdxl", steps=2, checkpoint_every=2, heldout_fraction=0.0,
+        cache_text=cache_text, preservation={"enabled": True, "class_word": "cat", "share": 1.0},
+        validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler",
+                    "leak_prompts": []},
+    )  # fmt: skip
+    result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
+    assert result.status == "completed" and result.final is not None

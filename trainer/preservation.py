@@ -1,0 +1,214 @@
+"""Differential output preservation: the adapter learns its trigger and leaves the rest alone.
+
+For a share of every batch, the caption with the trigger replaced by a class word (or removed) is
+trained as well, on the *same* noisy latents and timesteps as the training sample: the target is
+the base model's own prediction for that caption (the adapter switched off for one no-grad
+forward, no second copy of the model), so whatever the adapter changes on prompts without the
+trigger is pulled back. This is ai-toolkit's `diff_output_preservation` (there on the whole
+batch); the adapted pass here runs in the same forward as the training samples (one batch of
+n + k), and only `share` of the batch is preserved, which keeps the step under ~1.6× the time of
+training without it (`bench/learn.py` measures it).
+
+Nothing here knows the architecture: the caller hands over its batch (a dataclass whose tensor
+fields are batched along dim 0, with the text conditioning in a field named `text`), a `predict`
+function (batch, noisy, timesteps) → prediction, and its per-sample loss function. The adapter
+is switched off through `trainer.adapters.adapter_disabled`, which covers peft LoRA and DoRA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.adapters import adapter_disabled
+from trainer.config import TrainConfig
+
+Predict = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def trigger_words(config: TrainConfig, concepts: Sequence[str] = ()) -> list[str]:
+    """What preservation leaves out of a caption: the job's trigger and the dataset's concepts,
+    longest first (so a trigger containing another is removed whole)."""
+    words = {w.strip() for w in (config.trigger, *concepts) if w and w.strip()}
+    return sorted(words, key=lambda word: (-len(word), word))
+
+
+def preserved_caption(caption: str, triggers: Sequence[str], class_word: str = "") -> str:
+    """`caption` with every trigger replaced by `class_word`, or removed with its separators
+    tidied ("ohwx, a man" → "a man"; "a photo of ohwx outdoors" → "a photo of outdoors")."""
+    out = caption
+    for trigger in triggers:
+        out = re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", class_word, out)
+    if not class_word:
+        out = re.sub(r"\s*,\s*(,\s*)+", ", ", out)  # empty tags left by a removed trigger
+        out = re.sub(r"\s{2,}", " ", out)
+        out = re.sub(r"\s+([,.])", r"\1", out)
+        out = out.strip().strip(",").strip()
+    return out
+
+
+@dataclass
+class Preserver:
+    """How a job preserves: which words go, what replaces them, how much of a batch, how hard.
+
+    `texts` holds the preserved captions' encoder outputs per training example when the job
+    caches text (set by `cache_texts`); otherwise they are encoded each step."""
+
+    triggers: tuple[str, ...]
+    class_word: str
+    weight: float
+    share: float
+    texts: list[Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, concepts: Sequence[str] = ()) -> Preserver | None:
+        """None when the job does not preserve; ValueError (one line) when it cannot."""
+        settings = config.preservation
+        if not settings.enabled or config.method == "embedding":
+            return None
+        triggers = trigger_words(config, concepts)
+        if not triggers:
+            raise ValueError(
+                "preservation keeps prompts without the trigger unchanged, but this job has no "
+                "trigger; set one or turn preservation off"
+            )
+        return cls(tuple(triggers), settings.class_word.strip(), settings.weight, settings.share)
+
+    def count(self, batch_size: int) -> int:
+        """How many samples of a micro-batch are preserved: share × size, rounded, at least 1."""
+        return max(1, min(batch_size, round(batch_size * self.share)))
+
+    def caption(self, caption: str) -> str:
+        return preserved_caption(caption, self.triggers, self.class_word)
+
+    def captions(self, captions: Sequence[str]) -> list[str]:
+        return [self.caption(c) for c in captions]
+
+    @classmethod
+    def for_job(
+        cls,
+        model: Any,
+        config: TrainConfig,
+        concepts: Sequence[str],
+        examples: Sequence[Any],
+        text_file: Path | None,
+    ) -> Preserver | None:
+        """`from_config`, with every example's preserved caption encoded once into a cache file
+        beside the job's `text_file` when the job caches text (None: encoded each step)."""
+        preserver = cls.from_config(config, concepts)
+        if preserver is not None and text_file is not None:
+            from trainer.caches import text_cache
+
+            key = hashlib.sha256(repr((preserver.triggers, preserver.class_word)).encode())
+            own = text_file.with_name(f"preserved-{key.hexdigest()[:12]}-{text_file.name}")
+            captions = preserver.captions([example.caption for example in examples])
+            preserver.texts = text_cache(model, captions, own)[0]
+        return preserver
+
+    def batches(
+        self,
+        model: Any,
+        batch: Any,
+        indices: Sequence[int],
+        captions: Sequence[str],
+        encode: Callable[[list[str]], Any],
+        text_trained: bool,
+    ) -> tuple[Any, Any | None]:
+        """(preserved batch, the same as the base model reads it or None): the first k samples
+        of `batch` with their preserved captions' conditioning in place of `text`.
+
+        `captions` are the micro-batch's full captions (no dropout: a dropped caption is not a
+        trigger-free caption of the image); `encode` turns captions into conditioning."""
+        k = self.count(len(indices))
+        if self.texts is not None:
+            text = stack([self.texts[i] for i in indices[:k]], device=batch.text.hidden.device)
+            return take(batch, k, text=text), None
+        chosen = self.captions(captions[:k])
+        with torch.set_grad_enabled(text_trained):
+            text = encode(chosen)
+        base = None
+        if text_trained:  # the target reads the caption through the base text encoder
+            with torch.no_grad(), adapter_disabled(model):
+                base = take(batch, k, text=encode(chosen))
+        return take(batch, k, text=text), base
+
+    def loss(
+        self,
+        model: Any,
+        predict: Predict,
+        batch: Any,
+        preserved: Any,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        target: torch.Tensor,
+        loss_fn: LossFn,
+        base_preserved: Any | None = None,
+    ) -> torch.Tensor:
+        """Training loss on `batch` plus `weight` × the loss of the adapted model's prediction
+        for `preserved` (the first k samples with preserved captions) against the base model's.
+
+        `base_preserved` is `preserved` as the base model reads it (text encoded without the
+        adapter) when the text encoder is trained too; otherwise the same batch is used."""
+        k = len(preserved.text.hidden)
+        with torch.no_grad(), adapter_disabled(model):
+            prior = predict(base_preserved or preserved, noisy[:k], timesteps[:k]).detach()
+        both = predict(concat(batch, preserved), torch.cat([noisy, noisy[:k]]),
+                       torch.cat([timesteps, timesteps[:k]]))  # fmt: skip
+        n = len(noisy)
+        training = loss_fn(both[:n], target, timesteps)
+        kept = loss_fn(both[n:], prior, timesteps[:k])
+        return training + self.weight * kept
+
+
+def take(batch: Any, k: int, **replace: Any) -> Any:
+    """The first `k` samples of a batch dataclass (every tensor field sliced, nested too)."""
+    return dataclasses.replace(_map(batch, lambda t: t[:k]), **replace)
+
+
+def stack(items: Sequence[Any], device: torch.device | None = None) -> Any:
+    """Per-sample values (tensors or dataclasses of tensors) stacked into one batch."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(items)).to(device or first.device)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(
+            first,
+            **{
+                f.name: stack([getattr(item, f.name) for item in items], device)
+                for f in dataclasses.fields(first)
+            },
+        )
+    return first
+
+
+def concat(first: Any, second: Any) -> Any:
+    """Two batches of the same kind as one (tensor fields concatenated along dim 0)."""
+    if isinstance(first, torch.Tensor):
+        return torch.cat([first, second.to(first.device, first.dtype)])
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(
+            first,
+            **{
+                f.name: concat(getattr(first, f.name), getattr(second, f.name))
+                for f in dataclasses.fields(first)
+            },
+        )
+    return first
+
+
+def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _map(getattr(value, f.name), fn) for f in dataclasses.fields(value)}
+        )
+    return value
