@@ -88,10 +88,18 @@ class LoadedModel:
 
     @property
     def native_resolution(self) -> int:
-        """The side the model was trained at: the pipeline's default sample size in pixels."""
+        """The side the model was trained at, in pixels: a UNet's latent sample size times the
+        VAE's factor; else the VAE's own sample size (the DiT families' VAEs say 1024; the tiny
+        models' 64); else the pipeline's default."""
         pipe = self.pipeline
-        latent = getattr(pipe, "default_sample_size", None) or self.unet.config.sample_size
-        return int(latent * getattr(pipe, "vae_scale_factor", 8))
+        scale = int(getattr(pipe, "vae_scale_factor", 8))
+        latent = getattr(self.denoiser.config, "sample_size", None)
+        if isinstance(latent, int) and latent > 0:
+            return latent * scale
+        vae_side = getattr(pipe.vae.config, "sample_size", None)
+        if isinstance(vae_side, int) and vae_side > 0:
+            return vae_side
+        return int(getattr(pipe, "default_sample_size", 128)) * scale
 
 
 def resolve_base_model(name_or_path: str, settings: Settings) -> tuple[str, Architecture]:

@@ -266,7 +266,7 @@ def check_architecture(config: TrainConfig, architecture: str) -> None:
             f"{label} models cannot train {_PLURAL[config.method]}; train a {can} instead"
         )
     multiple = int(caps["multiple"])  # type: ignore[call-overload]
-    if config.resolution % multiple:
+    if config.resolution is not None and config.resolution % multiple:  # None: native size
         raise ArchitectureMismatch(
             f"{label} trains at sizes in steps of {multiple} px; {config.resolution} is not one"
         )

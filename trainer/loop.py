@@ -117,7 +117,8 @@ def train(
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
-    config = config.with_native_resolution(model.native_resolution)
+    if config.resolution is None:  # the member set none: the base model's native size
+        config = config.with_native_resolution(model.native_resolution)
 
     # 3. data: captions, buckets, held-out split, resumable order (each image `repeats` times
     #    per epoch), caches (only where an option allows them)

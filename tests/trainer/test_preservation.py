@@ -56,7 +56,7 @@ def test_batches_take_and_concat_every_tensor_field(tmp_path, model_cache):
     config = tiny_config(preservation={"enabled": True})
     model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
     text = encode_prompts(model, ["ohwx a", "ohwx b", "ohwx c", "ohwx d"])
-    batch = loop.Batch(torch.randn(4, 4, 8, 8), text, None)
+    batch = loop.Batch(torch.randn(4, 4, 8, 8), text)
     preserver = Preserver(("ohwx",), "", 1.0, 0.5)
     captions = ["ohwx a", "ohwx b", "ohwx c", "ohwx d"]
     kept, base = preserver.batches(
