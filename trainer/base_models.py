@@ -135,9 +135,10 @@ def load_base_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     single_file_config: str | Path | None = None,
+    quantize: str = "none",
 ) -> LoadedModel:
     """Load a pipeline, freeze every weight, move the denoiser/text encoders to `dtype` and the
-    VAE to fp32.
+    VAE to fp32; `quantize` (`int8` / `nf4`) quantises the denoiser's blocks (`trainer.quantize`).
 
     The VAE stays fp32 because SD VAEs overflow in fp16 (NaN latents).
     """
@@ -145,7 +146,10 @@ def load_base_model(
         known = ", ".join(sorted(set(BUILTINS.values())))
         raise BaseModelError(f"unknown architecture {architecture!r} (use one of: {known})")
     pipeline = _load_pipeline(path, architecture, cache_dir, single_file_config)
-    return _wrap(pipeline, architecture, device=torch.device(device), dtype=dtype, source=path)
+    return _wrap(
+        pipeline, architecture, device=torch.device(device), dtype=dtype, source=path,
+        quantize=quantize,
+    )  # fmt: skip
 
 
 def _load_pipeline(
@@ -249,11 +253,19 @@ def _wrap(
     device: torch.device,
     dtype: torch.dtype,
     source: str,
+    quantize: str = "none",
 ) -> LoadedModel:
     from trainer.architectures import get_architecture
 
     arch = get_architecture(architecture)
     denoiser = getattr(pipeline, arch.denoiser_name)
+    if quantize != "none":
+        if not arch.quantized_blocks:
+            raise BaseModelError(f"{architecture} bases cannot be quantised here")
+        from trainer.quantize import quantize_linears
+
+        _move(denoiser, torch.device("cpu"), dtype)
+        quantize_linears(denoiser, arch.quantized_blocks, quantize, device, dtype)
     text_encoders, tokenizers = [], []
     for suffix in ("", "_2"):
         if getattr(pipeline, f"text_encoder{suffix}", None) is not None:
@@ -275,4 +287,5 @@ def _wrap(
         tokenizers=tokenizers,
         noise_scheduler=arch.training_scheduler(pipeline),
         source=source,
+        extra={"quantized": quantize} if quantize != "none" else {},
     )
