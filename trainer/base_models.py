@@ -195,9 +195,18 @@ def _flux_single_file(cls: Any, checkpoint: Path, config: Path) -> Any:
                 f"{checkpoint.name} holds the FLUX.1 transformer only; its config folder {config} "
                 f"needs the other components with weights (missing: {part}/)"
             )
-    transformer = FluxTransformer2DModel.from_single_file(
-        str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
-    )
+    try:
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
+        )
+    except (KeyError, RuntimeError, ValueError) as error:
+        # diffusers' BFL converter pops FLUX.1's keys and splits at its widths: a file of another
+        # layout or size fails deep inside it
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise BaseModelError(
+            f"{checkpoint.name} is not a FLUX.1 transformer diffusers can convert "
+            f"(BFL or ComfyUI layout at FLUX.1's size): {reason}"
+        ) from None
     return cls.from_pretrained(config, transformer=transformer, local_files_only=True)
 
 

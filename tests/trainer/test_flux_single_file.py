@@ -55,9 +55,9 @@ def to_bfl(state: dict[str, torch.Tensor], doubles: int, singles: int) -> dict[s
     src = dict(state)
     out: dict[str, torch.Tensor] = {}
 
-    def move(old: str, new: str, suffixes: tuple[str, ...] = ("weight", "bias")) -> None:
-        for suffix in suffixes:
-            out[f"{new}.{suffix if suffix != 'scale' else 'scale'}"] = src.pop(f"{old}.{suffix}")
+    def move(old: str, new: str) -> None:
+        for suffix in ("weight", "bias"):
+            out[f"{new}.{suffix}"] = src.pop(f"{old}.{suffix}")
 
     def fuse(olds: list[str], new: str) -> None:
         for suffix in ("weight", "bias"):
@@ -147,5 +147,16 @@ def test_single_file_without_the_other_components_is_refused(cache: Path, tmp_pa
     checkpoint = bfl_file(cache, tmp_path)
     shutil.rmtree(tmp_path / "flux-tiny" / "text_encoder_2")
     with pytest.raises(BaseModelError, match="text_encoder_2") as refused:
+        load_base_model(str(checkpoint), "flux1", cache_dir=cache)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_file_diffusers_cannot_convert_is_refused_in_one_line(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Unpatched, diffusers' converter splits `linear1` at FLUX.1's widths: the tiny file is a
+    FLUX-layout file of another width, which must be one clear line, not a torch traceback."""
+    checkpoint = bfl_file(cache, tmp_path)
+    with pytest.raises(BaseModelError, match=r"not a FLUX\.1 transformer") as refused:
         load_base_model(str(checkpoint), "flux1", cache_dir=cache)
     assert "\n" not in str(refused.value)
