@@ -80,6 +80,23 @@ def test_lora_trains_on_a_quantised_base_and_exports_the_usual_file(
     assert not torch.allclose(flux_out(other), base, atol=1e-6)
 
 
+def test_zimage_lora_trains_on_an_nf4_base(tmp_path: Path, cache: Path) -> None:
+    """The other transformer: its layers and refiners quantised, a LoRA trained and exported."""
+    from tests.trainer.test_zimage import config as zimage_config
+
+    quant = load_base_model("builtin:tiny-zimage", "zimage", cache_dir=cache, quantize="nf4")
+    blocks = [getattr(quant.denoiser, name) for name in quant.arch.quantized_blocks]
+    linears = [m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
+    dataset = make_dataset(tmp_path / "data", count=10, size=48)
+    cfg = zimage_config(quantize_base="nf4", steps=2, checkpoint_every=2, learning_rate=1e-3)
+    result = loop.train(cfg, dataset, tmp_path / "out", cache_dir=cache, device="cpu")
+    assert result.status == "completed"
+    trained, _ = read_safetensors(result.checkpoints[-1].file)
+    ups = [v for k, v in trained.items() if k.endswith("lora_up.weight")]
+    assert ups and all(v.abs().sum() > 0 for v in ups)
+
+
 def test_quantize_base_is_refused_in_one_line_where_it_cannot_work() -> None:
     with pytest.raises(ValidationError, match="LoRA only") as refused:
         config(method="dora", quantize_base="nf4")
