@@ -70,11 +70,12 @@ def _quantized(
         layer.weight = bnb.nn.Params4bit(
             weight, requires_grad=False, quant_type="nf4", compress_statistics=True
         )
-        if linear.in_features % layer.weight.blocksize:
-            # bitsandbytes' CPU inference repacking (AVX512-bf16) reshapes the block scales to
-            # (out, in / blocksize) and fails on narrower inputs (only the tiny models have
-            # them); such layers keep the generic 4-bit matmul
-            layer.support_avx512bf16_for_cpu = False
+        # bitsandbytes' CPU inference repacking (AVX512-bf16; a no-grad forward in eval mode,
+        # i.e. the first validation grid) rewrites the weight in place into a layout whose
+        # gradient-enabled forward then fails ("a view of a leaf Variable ... in-place"), and
+        # fails outright on inputs narrower than a block (the tiny models): training keeps
+        # the generic 4-bit matmul. CUDA never takes that path.
+        layer.support_avx512bf16_for_cpu = False
     else:
         raise ValueError(f"unknown quantisation {kind!r} (use int8 or nf4)")
     if linear.bias is not None:

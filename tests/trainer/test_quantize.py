@@ -18,6 +18,7 @@ from trainer.base_models import load_base_model
 from trainer.callbacks import RecordingCallbacks
 from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
 from trainer.export import export_checkpoint, read_safetensors
+from trainer.quantize import quantize_linears
 
 bnb = pytest.importorskip("bitsandbytes")
 KINDS = {"int8": (bnb.nn.Linear8bitLt, torch.int8), "nf4": (bnb.nn.Linear4bit, torch.uint8)}
@@ -46,6 +47,27 @@ def test_blocks_are_quantised_and_close_to_the_base(kind: str, cache: Path) -> N
     want, got = flux_out(base), flux_out(quant)
     error = (got - want).norm() / want.norm()
     assert 0 < error < 0.2, error  # quantised (not equal), yet the same model
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_a_layer_trains_after_sampling(kind: str) -> None:
+    """Real-width layers (input a multiple of bitsandbytes' 64-wide blocks, which tiny-flux's
+    are not): a no-grad eval forward (a validation grid), then a training step through it."""
+    torch.manual_seed(0)
+    root = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(128, 64)))
+    plain = torch.nn.Linear(128, 64)
+    plain.load_state_dict(root[0][0].state_dict())
+    assert quantize_linears(root, ("0",), kind, torch.device("cpu"), torch.float32) == 1
+    root.eval()
+    with torch.no_grad():
+        root(torch.randn(3, 128))
+    root.train()
+    leaf = torch.randn(3, 128, requires_grad=True)
+    out = root(leaf * 1)
+    out.sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    error = (out - plain(leaf)).norm() / plain(leaf).norm()
+    assert 0 < error < 0.2
 
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
