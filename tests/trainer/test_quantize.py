@@ -119,6 +119,21 @@ def test_zimage_lora_trains_on_an_nf4_base(tmp_path: Path, cache: Path) -> None:
     assert ups and all(v.abs().sum() > 0 for v in ups)
 
 
+def test_the_option_keeps_earlier_runs_resumable_and_changes_the_run_hash() -> None:
+    import hashlib
+    import json
+
+    from trainer.checkpointing import config_hash
+
+    cfg = config()
+    dumped = cfg.model_dump(
+        mode="json", exclude={"output_dir", "dataset", "validation", "keep_last", "quantize_base"}
+    )
+    before = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(cfg) == before  # a state saved before the option existed still resumes
+    assert config_hash(config(quantize_base="nf4")) != before
+
+
 def test_quantize_base_is_refused_in_one_line_where_it_cannot_work() -> None:
     with pytest.raises(ValidationError, match="LoRA only") as refused:
         config(method="dora", quantize_base="nf4")
