@@ -150,9 +150,10 @@ def load_base_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     single_file_config: str | Path | None = None,
+    quantize: str = "none",
 ) -> LoadedModel:
     """Load a pipeline, freeze every weight, move the denoiser/text encoders to `dtype` and the
-    VAE to fp32.
+    VAE to fp32; `quantize` (`int8` / `nf4`) quantises the denoiser's blocks (`trainer.quantize`).
 
     The VAE stays fp32 because SD VAEs overflow in fp16 (NaN latents).
     """
@@ -160,7 +161,10 @@ def load_base_model(
         known = ", ".join(sorted(set(BUILTINS.values())))
         raise BaseModelError(f"unknown architecture {architecture!r} (use one of: {known})")
     pipeline = _load_pipeline(path, architecture, cache_dir, single_file_config)
-    return _wrap(pipeline, architecture, device=torch.device(device), dtype=dtype, source=path)
+    return _wrap(
+        pipeline, architecture, device=torch.device(device), dtype=dtype, source=path,
+        quantize=quantize,
+    )  # fmt: skip
 
 
 def _load_pipeline(
@@ -206,9 +210,18 @@ def _flux_single_file(cls: Any, checkpoint: Path, config: Path) -> Any:
                 f"{checkpoint.name} holds the FLUX.1 transformer only; its config folder {config} "
                 f"needs the other components with weights (missing: {part}/)"
             )
-    transformer = FluxTransformer2DModel.from_single_file(
-        str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
-    )
+    try:
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
+        )
+    except (KeyError, RuntimeError, ValueError) as error:
+        # diffusers' BFL converter pops FLUX.1's keys and splits at its widths: a file of another
+        # layout or size fails deep inside it
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise BaseModelError(
+            f"{checkpoint.name} is not a FLUX.1 transformer diffusers can convert "
+            f"(BFL or ComfyUI layout at FLUX.1's size): {reason}"
+        ) from None
     return cls.from_pretrained(config, transformer=transformer, local_files_only=True)
 
 
@@ -264,11 +277,19 @@ def _wrap(
     device: torch.device,
     dtype: torch.dtype,
     source: str,
+    quantize: str = "none",
 ) -> LoadedModel:
     from trainer.architectures import get_architecture
 
     arch = get_architecture(architecture)
     denoiser = getattr(pipeline, arch.denoiser_name)
+    if quantize != "none":
+        if not arch.quantized_blocks:
+            raise BaseModelError(f"{architecture} bases cannot be quantised here")
+        from trainer.quantize import quantize_linears
+
+        _move(denoiser, torch.device("cpu"), dtype)
+        quantize_linears(denoiser, arch.quantized_blocks, quantize, device, dtype)
     text_encoders, tokenizers = [], []
     for suffix in ("", "_2"):
         if getattr(pipeline, f"text_encoder{suffix}", None) is not None:
@@ -290,4 +311,5 @@ def _wrap(
         tokenizers=tokenizers,
         noise_scheduler=arch.training_scheduler(pipeline),
         source=source,
+        extra={"quantized": quantize} if quantize != "none" else {},
     )

@@ -55,6 +55,8 @@ def config_hash(config: TrainConfig) -> str:
     data = config.model_dump(
         mode="json", exclude={"output_dir", "dataset", "validation", "keep_last"}
     )
+    if data.get("quantize_base") == "none":  # added later: runs saved before it still resume
+        del data["quantize_base"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

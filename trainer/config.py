@@ -17,6 +17,7 @@ Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Schedule = Literal["constant", "cosine", "linear"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Targets = Literal["attention", "attention_conv"]
+Quantize = Literal["none", "int8", "nf4"]
 NOMINAL_RESOLUTION = 512
 """Stands in for an unset resolution where the model is not loaded (dataset reports)."""
 
@@ -148,6 +149,11 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, slower."
     )
+    quantize_base: Quantize = Field(
+        "none",
+        description="Quantise the frozen transformer's block layers with bitsandbytes (int8: "
+        "LLM.int8, nf4: 4-bit NormalFloat) under the LoRA: less memory (FLUX.1, Z-Image).",
+    )
     seed: int = 42
     max_nan_steps: int = Field(5, ge=1, description="Consecutive NaN/inf steps before failing.")
 
@@ -189,6 +195,11 @@ class TrainConfig(_Strict):
         if self.text_encoder_lr is not None and not self.train_text_encoder:
             raise ValueError(
                 "text_encoder_lr needs train_text_encoder (LoRA/DoRA on the text encoder)"
+            )
+        if self.quantize_base != "none" and self.method != "lora":
+            raise ValueError(
+                f"quantize_base {self.quantize_base!r} works under a LoRA only (DoRA needs the "
+                "base weights unquantised): train a LoRA or set quantize_base to 'none'"
             )
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
@@ -242,12 +253,13 @@ class ArchitectureMismatch(ValueError):
 ARCHITECTURES: dict[str, dict[str, object]] = {
     "sd1": {"label": "SD 1.x", "methods": ("lora", "dora", "embedding"), "multiple": 8},
     "sdxl": {"label": "SDXL", "methods": ("lora", "dora", "embedding"), "multiple": 8},
-    "flux1": {"label": "FLUX.1", "methods": ("lora", "dora"), "multiple": 16},
-    "zimage": {"label": "Z-Image", "methods": ("lora", "dora"), "multiple": 16},
+    "flux1": {"label": "FLUX.1", "methods": ("lora", "dora"), "multiple": 16, "quantize": True},
+    "zimage": {"label": "Z-Image", "methods": ("lora", "dora"), "multiple": 16, "quantize": True},
 }
 """What each base architecture can train (torch-free: the bot checks a job with it).
 `multiple`: the pixel step of training sizes (FLUX.1 packs, Z-Image patches, 2×2 latents of an
-8× VAE)."""
+8× VAE). `quantize`: `quantize_base` is offered (the large transformers; SD 1.x / SDXL fit
+without it)."""
 
 
 _PLURAL = {"lora": "LoRAs", "dora": "DoRAs", "embedding": "embeddings"}
@@ -269,6 +281,11 @@ def check_architecture(config: TrainConfig, architecture: str) -> None:
     if config.resolution is not None and config.resolution % multiple:  # None: native size
         raise ArchitectureMismatch(
             f"{label} trains at sizes in steps of {multiple} px; {config.resolution} is not one"
+        )
+    if config.quantize_base != "none" and not caps.get("quantize"):
+        raise ArchitectureMismatch(
+            f"{label} bases are not quantised here (quantize_base is for the FLUX.1 and "
+            "Z-Image transformers); set it to 'none'"
         )
     if architecture in ("flux1", "zimage"):
         _check_flow(config, str(label))

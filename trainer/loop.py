@@ -264,6 +264,11 @@ def check_runtime(config: TrainConfig) -> None:
         raise TrainingFailed(
             "optimizer 'adamw8bit' needs the bitsandbytes package on the worker; use 'adamw'"
         )
+    if config.quantize_base != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingFailed(
+            f"quantize_base {config.quantize_base!r} needs the bitsandbytes package on the "
+            "worker; set it to 'none'"
+        )
     if config.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise TrainingFailed(
             "optimizer 'prodigy' needs the prodigyopt package on the worker; use 'adamw'"
@@ -303,7 +308,10 @@ def load_model(
     try:
         path, architecture = resolve_model(config, settings)
         check_architecture(config, architecture)
-        return load_base_model(path, architecture, cache_dir=cache_dir, device=device, dtype=dtype)
+        return load_base_model(
+            path, architecture, cache_dir=cache_dir, device=device, dtype=dtype,
+            quantize=config.quantize_base,
+        )  # fmt: skip
     except (BaseModelError, ArchitectureMismatch) as error:
         raise TrainingFailed(str(error)) from None
 

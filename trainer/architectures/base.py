@@ -57,6 +57,9 @@ class Architecture(ABC):
     spec_implementation: ClassVar[str] = "diffusers"
     prediction_type: ClassVar[str | None] = None
     """What the denoiser predicts when the training scheduler does not say (FLUX.1: `flow`)."""
+    quantized_blocks: ClassVar[tuple[str, ...]] = ()
+    """The denoiser's block lists whose Linear layers `quantize_base` quantises (none: the
+    option is refused, `trainer.config.ARCHITECTURES`)."""
 
     # ---------------------------------------------------------------- loading
 

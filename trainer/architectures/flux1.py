@@ -52,6 +52,7 @@ class Flux1(Architecture):
     spec_architecture = "flux-1"
     spec_implementation = "https://github.com/black-forest-labs/flux"
     prediction_type = "flow"
+    quantized_blocks = ("transformer_blocks", "single_transformer_blocks")
 
     def pipeline_class(self) -> type:
         return _pipeline_cls()

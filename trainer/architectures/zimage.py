@@ -60,6 +60,7 @@ class ZImage(Architecture):
     spec_architecture = "Z-Image"
     spec_implementation = "https://github.com/Tongyi-MAI/Z-Image"
     prediction_type = "flow"
+    quantized_blocks = BLOCK_LISTS
 
     def pipeline_class(self) -> type:
         return _pipeline_cls()
