@@ -98,6 +98,7 @@ def noise_zip(count: int, side: int) -> bytes:
 
 async def test_long_ingest_shows_progress_in_the_reply(emu, atelier, monkeypatch) -> None:
     monkeypatch.setattr(ingesting, "PROGRESS_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(ingesting, "PROGRESS_POLL_SECONDS", 0.005)  # a quiet machine is quick
     monkeypatch.setattr(atelier.settings.limits, "member_storage_bytes", 1024**3)
     big = noise_zip(40, 384)
     d = emu.default

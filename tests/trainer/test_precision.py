@@ -49,6 +49,9 @@ def test_fp16_scaler_skips_a_non_finite_step_backs_off_and_goes_on():
     """Skipped steps still update the scaler: no "unscale_() has already been called"."""
     precision = make_precision("fp16", "cpu")
     layer = torch.nn.Linear(2, 2)
+    with torch.no_grad():  # small outputs: at the initial scale (2**16) their fp16 grads are finite
+        layer.weight.fill_(0.1)
+        layer.bias.zero_()
     optimizer = precision.prepare(torch.optim.AdamW(layer.parameters(), lr=0.1))
     assert _linear_step(precision, layer, optimizer)
     scale, weight = precision.loss_scale, layer.weight.detach().clone()
