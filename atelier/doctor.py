@@ -90,9 +90,9 @@ def check_base_model(name: str, entry: BaseModelEntry) -> Check:
             f"fix base_models.{name}.path in atelier.toml: a diffusers folder, or a "
             ".safetensors/.ckpt file with its config folder beside it"
             + (
-                " (for FLUX.1 the transformer file, and a diffusers FLUX.1 folder with the VAE "
-                "and text encoders)"
-                if entry.architecture == "flux1"
+                " (for FLUX.1 and Z-Image the transformer file, and the model's diffusers folder "
+                "with the VAE and text encoders)"
+                if entry.architecture in ("flux1", "zimage")
                 else ""
             ),
         )
@@ -117,7 +117,7 @@ PIPELINE_PREFIXES = {"flux1": "Flux", "zimage": "ZImage"}
 def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | None:
     """(what is wrong, how to fix it) for a local model, or None. A single file is checked
     through the config folder beside it (`<stem>/` or `<stem>.config/`), which offline loading
-    needs; for FLUX.1 it also holds the VAE and both text encoders with their weights."""
+    needs; for FLUX.1 and Z-Image it also holds the VAE and both text encoders with their weights."""
     folder = path
     if path.is_file():
         candidates = [path.with_suffix(""), path.with_suffix(".config")]
@@ -126,7 +126,7 @@ def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | Non
             return (
                 f"{path.name} has no diffusers config folder beside it ({candidates[0].name}/)",
                 "put the model's diffusers folder (configs, tokenizers"
-                + (", VAE and text encoders" if architecture == "flux1" else "")
+                + (", VAE and text encoders" if architecture in ("flux1", "zimage") else "")
                 + f") at {candidates[0]}",
             )
         folder = found[0]

@@ -9,9 +9,9 @@ Supported, all offline (the Hugging Face Hub is never contacted):
   `from_single_file` otherwise fetches configs and tokenizers from the Hub. The config folder is
   the `single_file_config` argument, else a folder next to the file named like it without the
   suffix, or `<stem>.config`; it needs the component configs and tokenizer files (weights not
-  needed). Without one, a `BaseModelError` says so. FLUX.1 single files hold the transformer
-  only (as BFL and ComfyUI distribute them): the config folder then also holds the VAE, both
-  text encoders and tokenizers with their weights (a diffusers FLUX.1 folder).
+  needed). Without one, a `BaseModelError` says so. FLUX.1 and Z-Image single files hold the
+  transformer only (as BFL and ComfyUI distribute them): the config folder then also holds the
+  VAE, text encoder(s) and tokenizer(s) with their weights (the model's diffusers folder).
 
 What differs per architecture (pipeline class, denoiser, training schedule) comes from
 `trainer.architectures`.
@@ -191,8 +191,8 @@ def _load_pipeline(
         return cls.from_pretrained(local, local_files_only=True, **extra)
     if local.is_file() and local.suffix in SINGLE_FILE_SUFFIXES:
         config = _single_file_config(local, single_file_config)
-        if architecture == "flux1":
-            return _flux_single_file(cls, local, config)
+        if architecture in TRANSFORMER_FILES:
+            return _transformer_single_file(cls, architecture, local, config)
         return cls.from_single_file(str(local), config=str(config), local_files_only=True, **extra)
     raise BaseModelError(
         f"base model {path!r} not found: give a diffusers folder, a .safetensors/.ckpt file "
@@ -200,27 +200,38 @@ def _load_pipeline(
     )
 
 
-def _flux_single_file(cls: Any, checkpoint: Path, config: Path) -> Any:
-    """A BFL-layout transformer file + a diffusers FLUX.1 folder for the other components."""
-    from diffusers import FluxTransformer2DModel
+TRANSFORMER_FILES = {
+    "flux1": ("FLUX.1", "FluxTransformer2DModel", ("vae", "text_encoder", "text_encoder_2",
+              "tokenizer", "tokenizer_2"), "BFL or ComfyUI layout at FLUX.1's size"),
+    "zimage": ("Z-Image", "ZImageTransformer2DModel", ("vae", "text_encoder", "tokenizer"),
+               "ComfyUI layout"),
+}  # fmt: skip
+"""Architectures whose single files hold the transformer only (as BFL and ComfyUI ship them):
+name, diffusers class, the components the config folder must hold with weights, layouts read."""
 
-    for part in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+
+def _transformer_single_file(cls: Any, architecture: str, checkpoint: Path, config: Path) -> Any:
+    """A transformer-only file + a diffusers folder of the same model for the other components."""
+    import diffusers
+
+    name, class_name, parts, layouts = TRANSFORMER_FILES[architecture]
+    for part in parts:
         if not (config / part).is_dir():
             raise BaseModelError(
-                f"{checkpoint.name} holds the FLUX.1 transformer only; its config folder {config} "
+                f"{checkpoint.name} holds the {name} transformer only; its config folder {config} "
                 f"needs the other components with weights (missing: {part}/)"
             )
     try:
-        transformer = FluxTransformer2DModel.from_single_file(
+        transformer = getattr(diffusers, class_name).from_single_file(
             str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True
         )
     except (KeyError, RuntimeError, ValueError) as error:
-        # diffusers' BFL converter pops FLUX.1's keys and splits at its widths: a file of another
-        # layout or size fails deep inside it
+        # diffusers' converters rename/split keys at the real model's widths: a file of another
+        # layout or size fails deep inside them
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise BaseModelError(
-            f"{checkpoint.name} is not a FLUX.1 transformer diffusers can convert "
-            f"(BFL or ComfyUI layout at FLUX.1's size): {reason}"
+            f"{checkpoint.name} is not a {name} transformer diffusers can convert "
+            f"({layouts}): {reason}"
         ) from None
     return cls.from_pretrained(config, transformer=transformer, local_files_only=True)
 
