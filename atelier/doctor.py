@@ -117,7 +117,7 @@ PIPELINE_PREFIXES = {"flux1": "Flux", "zimage": "ZImage"}
 def model_folder_problem(path: Path, architecture: str) -> tuple[str, str] | None:
     """(what is wrong, how to fix it) for a local model, or None. A single file is checked
     through the config folder beside it (`<stem>/` or `<stem>.config/`), which offline loading
-    needs; for FLUX.1 and Z-Image it also holds the VAE and both text encoders with their weights."""
+    needs; for FLUX.1 and Z-Image it also holds the VAE and text encoder(s) with their weights."""
     folder = path
     if path.is_file():
         candidates = [path.with_suffix(""), path.with_suffix(".config")]
