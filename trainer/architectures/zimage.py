@@ -99,14 +99,9 @@ class ZImage(Architecture):
         tokens = latents.shape[-2] * latents.shape[-1] // 4
         return Flux1.shift(model, u, tokens).float().to(latents.device)
 
-    def fixed_timesteps(self, model: Any, count: int) -> list[float]:
-        return [(k + 0.5) / count for k in range(count)]
-
-    def noisy_and_target(
-        self, model: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = t.float().reshape(-1, *([1] * (latents.ndim - 1)))
-        return (1 - sigma) * latents + sigma * noise, noise - latents
+    # the same rectified-flow interpolation and held-out grid as FLUX.1
+    fixed_timesteps = Flux1.fixed_timesteps
+    noisy_and_target = Flux1.noisy_and_target
 
     def predict(
         self, model: Any, noisy: torch.Tensor, t: torch.Tensor, text: TextConditioning
