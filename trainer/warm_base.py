@@ -22,12 +22,13 @@ import logging
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads with the first base, not with the worker module
+    import torch
+    from torch import nn
 
-from trainer.base_models import LoadedModel
+    from trainer.base_models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class BaseSnapshot:
     """The exact state of a freshly loaded base, restorable after a request changed it."""
 
     def __init__(self, model: LoadedModel) -> None:
+        from torch import nn
+
         self.model = model
         pipe = model.pipeline
         self.modules = [_record(m) for m in _all_modules(pipe)]
@@ -150,6 +153,8 @@ class WarmBase:
 
 
 def _all_modules(pipe: Any) -> list[nn.Module]:
+    from torch import nn
+
     seen: dict[int, nn.Module] = {}
     for component in pipe.components.values():
         if isinstance(component, nn.Module):
