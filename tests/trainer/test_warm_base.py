@@ -39,8 +39,9 @@ def _load(cache: Path, arch: str) -> LoadedModel:
 def _file(cache: Path, out: Path, arch: str, method: str) -> Path:
     """An exported file of `method`, its weights moved well away from their init."""
     extra = {"embedding": {"num_vectors": 2, "initializer_token": "cat"}}
+    text = arch in ("sd1", "sdxl") and method != "embedding"
     cfg = TrainConfig(rank=4, alpha=4.0, steps=10, checkpoint_every=5, trigger="sks",
-                      method=method, train_text_encoder=arch in ("sd1", "sdxl") and method != "embedding",
+                      method=method, train_text_encoder=text,
                       **(extra if method == "embedding" else {}))  # fmt: skip
     model = _load(cache, arch)
     params = inject_adapter(model, cfg)
