@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -84,10 +86,14 @@ def prompt_matrix(
     return cells
 
 
-def _load(worker: Worker, job: Job, checkpoint: Checkpoint) -> Any:
-    pipeline = render_pipeline(worker.settings, job.base_model, Path(checkpoint.path), 1.0)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+@contextmanager
+def _load(worker: Worker, job: Job, checkpoint: Checkpoint) -> Iterator[Any]:
+    model_file = Path(checkpoint.path)
+    with render_pipeline(
+        worker.settings, job.base_model, model_file, 1.0, worker.warm_base
+    ) as pipeline:
+        pipeline.set_progress_bar_config(disable=True)
+        yield pipeline
 
 
 def _render(pipeline: Any, config: TrainConfig, prompt: str, seed: int) -> Image.Image:
@@ -111,19 +117,17 @@ def render_iteration(worker: Worker, iteration_id: int) -> list[dict[str, Any]]:
     """Render every cell of the iteration's matrix with the model's winning checkpoint."""
     iteration, job, checkpoint = it.iteration_inputs(worker.engine, iteration_id)
     config = TrainConfig.model_validate(job.config)
-    pipeline = _load(worker, job, checkpoint)
     out = worker.settings.data_dir / "iterations" / str(iteration_id)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, cell in enumerate(
-        prompt_matrix(
-            config.trigger, iteration.count, iteration.contexts, base_seed=1000 * iteration_id
-        ),
-        start=1,
-    ):
-        path = out / f"{index:02d}.png"
-        _render(pipeline, config, cell.prompt, cell.seed).save(path)
-        rows.append({**asdict(cell), "image_path": str(path)})
+    cells = prompt_matrix(
+        config.trigger, iteration.count, iteration.contexts, base_seed=1000 * iteration_id
+    )
+    with _load(worker, job, checkpoint) as pipeline:
+        for index, cell in enumerate(cells, start=1):
+            path = out / f"{index:02d}.png"
+            _render(pipeline, config, cell.prompt, cell.seed).save(path)
+            rows.append({**asdict(cell), "image_path": str(path)})
     return rows
 
 
@@ -148,16 +152,9 @@ def render_comparison(worker: Worker, comparison_id: int) -> Path:
     columns: list[list[Image.Image]] = []
     for job, checkpoint in sides:
         config = TrainConfig.model_validate(job.config)
-        pipeline = _load(worker, job, checkpoint)  # a fresh base per side: adapters differ
-        columns.append(
-            [
-                _render(
-                    pipeline, config_a if config.resolution == config_a.resolution else config, p, s
-                )
-                for p in prompts
-                for s in seeds
-            ]
-        )
+        side_config = config_a if config.resolution == config_a.resolution else config
+        with _load(worker, job, checkpoint) as pipeline:  # the base restored between sides
+            columns.append([_render(pipeline, side_config, p, s) for p in prompts for s in seeds])
     labels = [comparison_label(job, comparison.diff, i) for i, (job, _) in enumerate(sides)]
     grid = comparison_image(columns, labels)
     path = worker.settings.data_dir / "comparisons" / f"{comparison_id}.png"

@@ -4,11 +4,14 @@ and a member-readable sentence for a crash. Imports neither the worker nor the d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storage.settings import Settings
+    from trainer.warm_base import WarmBase
 
 
 def resolve_device(setting: str) -> str:
@@ -32,23 +35,26 @@ def describe_crash(error: BaseException) -> str:
     )
 
 
-def render_pipeline(settings: Settings, base_model: str, model_file: Path, weight: float) -> Any:
+@contextmanager
+def render_pipeline(
+    settings: Settings, base_model: str, model_file: Path, weight: float, warm: WarmBase
+) -> Iterator[Any]:
     """The job's base model (resolved through the operator's catalogue) on the worker's device,
-    with `model_file` applied at `weight`.
+    with `model_file` applied at `weight`, for the length of the block.
 
-    Loaded per request on purpose: applying a file changes the base pipeline in place (LoRA
-    adapters, DoRA weights merged into the layers, new embedding tokens), so a base kept warm
-    between requests would carry the previous request's model."""
+    The base comes from the worker's `warm` cache: applying a file changes the base pipeline in
+    place (LoRA adapters, DoRA layers, new embedding tokens), so the cache restores the exact
+    base when the block ends, or drops it when it cannot (`trainer.warm_base`)."""
     from trainer.base_models import load_base_model, resolve_base_model
     from trainer.generate import load_for_generation
 
     if not Path(model_file).is_file():
         raise FileNotFoundError(2, "model file missing", str(model_file))
     path, architecture = resolve_base_model(base_model, settings)
-    base = load_base_model(
-        path,
-        architecture,
-        cache_dir=settings.cache_dir,
-        device=resolve_device(settings.worker.device),
-    )
-    return load_for_generation(base, Path(model_file), weight)
+    device = resolve_device(settings.worker.device)
+    key = (str(path), architecture, device, "float32")
+    with warm.checkout(
+        key,
+        lambda: load_base_model(path, architecture, cache_dir=settings.cache_dir, device=device),
+    ) as base:
+        yield load_for_generation(base, Path(model_file), weight)

@@ -34,6 +34,7 @@ from storage.worktime import claim_next
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import TrainConfig
 from trainer.render_pipeline import describe_crash, render_pipeline, resolve_device
+from trainer.warm_base import WarmBase
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.shutdown = threading.Event()
         self._last_sweep = -math.inf
+        self.warm_base = WarmBase()  # the base model renders share, kept loaded between them
 
     def requeue_stale(self) -> None:
         stale = timedelta(seconds=self.settings.worker.stale_after_seconds)
@@ -270,20 +272,21 @@ class Worker:
         if checkpoint is None or job is None:
             raise FileNotFoundError(2, "model file missing", checkpoint.path if checkpoint else "")
         config = TrainConfig.model_validate(job.config)
-        pipeline = render_pipeline(
-            self.settings, job.base_model, Path(checkpoint.path), request.weight
-        )
-        image = render(
-            pipeline,
-            request.prompt,
-            seed=request.seed,
-            steps=config.validation.steps,
-            guidance=config.validation.guidance,
-            scheduler=config.validation.scheduler,
-            negative_prompt=config.validation.negative_prompt,
-            width=config.resolution,
-            height=config.resolution,
-        )
+        model_file = Path(checkpoint.path)
+        with render_pipeline(
+            self.settings, job.base_model, model_file, request.weight, self.warm_base
+        ) as pipeline:
+            image = render(
+                pipeline,
+                request.prompt,
+                seed=request.seed,
+                steps=config.validation.steps,
+                guidance=config.validation.guidance,
+                scheduler=config.validation.scheduler,
+                negative_prompt=config.validation.negative_prompt,
+                width=config.resolution,
+                height=config.resolution,
+            )
         out = self.settings.data_dir / "generations" / f"{request.id}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         image.save(out)

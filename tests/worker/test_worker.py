@@ -164,6 +164,8 @@ def test_generation_request_is_rendered_with_the_trained_model(
     # the request's seed decides the image: same seed, same pixels; another seed, others
     assert images[0].tobytes() == images[1].tobytes() != images[2].tobytes()
     assert _kinds(engine, job_id)[-1] == "generated"
+    # one base model kept warm for the worker's renders: three requests, one load
+    assert worker.warm_base.loads == 1
 
 
 def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
