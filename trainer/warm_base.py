@@ -1,214 +1,106 @@
-"""One base model kept loaded per worker for renders, handed to each request clean.
+"""One base model kept loaded per worker for renders; each request works on its own view of it.
 
-Applying a member's file changes a base pipeline in place: diffusers' `load_lora_weights` wraps
-layers in peft LoRA layers, our kohya DoRA wraps layers in `KohyaDora`/`DoraSlice` modules (and
-attaches a `FusedDora` group to FLUX.1 blocks), `load_textual_inversion` adds tokens to the
-tokenizer and swaps the text encoder's embedding data for a larger matrix (transformers keeps the
-module, replaces `weight.data` and `num_embeddings`), and sampling swaps the scheduler.
+Applying a member's file changes a pipeline in place: diffusers' `load_lora_weights` wraps layers
+in peft LoRA layers, our kohya DoRA replaces layers with `KohyaDora` (FLUX.1: attaches a
+`FusedDora` group), `load_textual_inversion` adds tokens to the tokenizer and gives the text
+encoder a larger embedding matrix, and sampling may swap the scheduler. Undoing each of those
+exactly is fragile, so the warm base is never handed out: a request gets a *view* — a deep copy of
+the pipeline's Python objects (modules, configs, scheduler, tokenizers) in which every weight and
+buffer is a new tensor object over the same memory. Wrapping, replacing or resizing in the view
+leaves the warm base as it was, and the weights themselves are not copied.
 
-So before the first request the cache records the exact base state: every module's attributes
-with its child, parameter and buffer tables, each parameter's data tensor (a reference, not a
-copy: nothing we apply writes into base weights, it replaces or wraps them), each component's
-config, the pipeline's and `LoadedModel`'s attributes. A request gets private copies of the
-tokenizers (they are changed in place). Afterwards LoRA adapters are unloaded the documented way
-(`unload_lora_weights`), then everything recorded is put back and checked; any failure drops the
-entry, so the next request loads afresh and a dirty base is never served.
+Only an in-place write into a base weight could reach the warm base; none of the loaders does
+that, and each write bumps the tensor's version counter (shared with the view's tensor), so after
+every request the counters are checked and a base that was written to is dropped, never served.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
+import sys
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads with the first base, not with the worker module
     import torch
-    from torch import nn
 
     from trainer.base_models import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _ModuleState:
-    module: nn.Module
-    attributes: dict[str, Any]
-    children: dict[str, nn.Module | None]
-    parameters: dict[str, nn.Parameter | None]
-    buffers: dict[str, torch.Tensor | None]
-    data: dict[str, torch.Tensor]
-    versions: dict[str, int]
-
-
-class BaseSnapshot:
-    """The exact state of a freshly loaded base, restorable after a request changed it."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        from torch import nn
-
-        self.model = model
-        pipe = model.pipeline
-        self.modules = [_record(m) for m in _all_modules(pipe)]
-        self.configs = {
-            name: copy.deepcopy(c.config)
-            for name, c in pipe.components.items()
-            if isinstance(c, nn.Module) and hasattr(c, "config")
-        }
-        self.pipeline_attributes = dict(pipe.__dict__)
-        self.model_attributes = dict(model.__dict__)
-        self.tokenizers = {
-            name: value for name, value in pipe.components.items() if _is_tokenizer(value)
-        }
-
-    def prepare(self) -> None:
-        """Give the request its own tokenizers (adding tokens changes them in place)."""
-        pipe = self.model.pipeline
-        copies = {name: copy.deepcopy(tok) for name, tok in self.tokenizers.items()}
-        for name, tok in copies.items():
-            setattr(pipe, name, tok)
-        self.model.tokenizers = [
-            copies.get(_name_of(tok, self.tokenizers), tok) for tok in self.model.tokenizers
-        ]
-
-    def restore(self) -> None:
-        """Back to the recorded state; raises when that could not be done exactly."""
-        pipe = self.model.pipeline
-        if getattr(pipe, "unload_lora_weights", None) is not None:
-            pipe.unload_lora_weights()
-        for state in self.modules:
-            _put_back(state)
-        for name, config in self.configs.items():
-            component = self.pipeline_attributes.get(name)
-            if component is not None:
-                _set_config(component, copy.deepcopy(config))
-        pipe.__dict__.clear()
-        pipe.__dict__.update(self.pipeline_attributes)
-        self.model.__dict__.clear()
-        self.model.__dict__.update(self.model_attributes)
-        self.verify()
-
-    def verify(self) -> None:
-        """Raise unless the module tree and every weight are the recorded ones."""
-        recorded = {id(state.module) for state in self.modules}
-        current = _all_modules(self.model.pipeline)
-        if {id(m) for m in current} != recorded or len(current) != len(self.modules):
-            raise RuntimeError("the base's module tree differs from the recorded one")
-        for state in self.modules:
-            for name, param in state.module._parameters.items():
-                if param is None:
-                    continue
-                data = state.data[name]
-                if not _same(param, data):
-                    raise RuntimeError(f"weight {name} of {type(state.module).__name__} changed")
-                if param._version != state.versions[name]:
-                    raise RuntimeError(f"weight {name} of {type(state.module).__name__} written")
-
-
 class WarmBase:
-    """A worker's one warm base (LRU of one), keyed by resolved base model, device and dtype.
+    """A worker's one warm base (an LRU of one), keyed by resolved base model and device.
 
-    `loads` counts base loads, so a caller (and a test) can see reuse."""
+    `loads` counts base loads, so a caller (and a test) can see the reuse."""
 
     def __init__(self) -> None:
         self._key: Hashable | None = None
-        self._snapshot: BaseSnapshot | None = None
+        self._model: LoadedModel | None = None
+        self._versions: dict[int, int] = {}
         self.loads = 0
 
     @contextmanager
     def checkout(self, key: Hashable, load: Callable[[], LoadedModel]) -> Iterator[LoadedModel]:
-        """The base for `key` (loaded by `load` when not warm); restored when the block ends."""
-        snapshot = self._get(key, load)
+        """A view of the base for `key` (loaded by `load` unless warm) for the block's length."""
+        if self._model is None or self._key != key:
+            self.drop()  # one base at a time: the old one's memory goes before the new loads
+            self._model = load()
+            self.loads += 1
+            self._key = key
+            self._versions = _versions(self._model)
+        model = self._model
         try:
-            snapshot.prepare()
-            yield snapshot.model
+            yield view(model)
         finally:
-            self._give_back(snapshot)
+            if self._model is model and _versions(model) != self._versions:
+                log.warning("a render wrote into the warm base's weights; the next one reloads")
+                self.drop()
 
     def drop(self) -> None:
-        """Forget the warm base (its memory is freed once no request holds it)."""
-        self._key, self._snapshot = None, None
-
-    def _get(self, key: Hashable, load: Callable[[], LoadedModel]) -> BaseSnapshot:
-        if self._snapshot is not None and self._key == key:
-            snapshot, self._snapshot = self._snapshot, None  # not shared while in use
-            return snapshot
-        self.drop()
-        model = load()
-        self.loads += 1
-        self._key = key
-        return BaseSnapshot(model)
-
-    def _give_back(self, snapshot: BaseSnapshot) -> None:
-        try:
-            snapshot.restore()
-        except Exception:
-            log.warning("could not restore the warm base; the next render reloads", exc_info=True)
-            self.drop()
-        else:
-            self._snapshot = snapshot
+        """Forget the warm base and free its memory (before training, or for another base)."""
+        if self._model is None:
+            return
+        self._key, self._model, self._versions = None, None, {}
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _all_modules(pipe: Any) -> list[nn.Module]:
+def view(model: LoadedModel) -> LoadedModel:
+    """`model`'s Python objects copied, its weights and buffers shared (new tensor objects over
+    the same memory, so a copy's `weight.data = …` or module swap never reaches `model`)."""
     from torch import nn
 
-    seen: dict[int, nn.Module] = {}
-    for component in pipe.components.values():
+    memo: dict[int, Any] = {}
+    for tensor in _tensors(model):
+        if type(tensor) is nn.Parameter:
+            memo[id(tensor)] = nn.Parameter(tensor.detach(), requires_grad=tensor.requires_grad)
+        elif isinstance(tensor, nn.Parameter):  # a quantised weight class: shared as it is
+            memo[id(tensor)] = tensor
+        else:
+            memo[id(tensor)] = tensor.detach()
+    return copy.deepcopy(model, memo)
+
+
+def _tensors(model: LoadedModel) -> list[torch.Tensor]:
+    """Every parameter and buffer of every module the pipeline holds, once each."""
+    from torch import nn
+
+    seen: dict[int, torch.Tensor] = {}
+    for component in model.pipeline.components.values():
         if isinstance(component, nn.Module):
             for module in component.modules():
-                seen.setdefault(id(module), module)
+                for table in (module._parameters, module._buffers):
+                    for tensor in table.values():
+                        if tensor is not None:
+                            seen.setdefault(id(tensor), tensor)
     return list(seen.values())
 
 
-def _record(module: nn.Module) -> _ModuleState:
-    params = {k: p for k, p in module._parameters.items() if p is not None}
-    return _ModuleState(
-        module=module,
-        attributes=dict(module.__dict__),
-        children=dict(module._modules),
-        parameters=dict(module._parameters),
-        buffers=dict(module._buffers),
-        data={k: p.data for k, p in params.items()},
-        versions={k: p._version for k, p in params.items()},
-    )
-
-
-def _put_back(state: _ModuleState) -> None:
-    module = state.module
-    module.__dict__.clear()
-    module.__dict__.update(state.attributes)
-    tables = (module._modules, module._parameters, module._buffers)
-    for table, saved in zip(tables, (state.children, state.parameters, state.buffers), strict=True):
-        table.clear()
-        table.update(saved)
-    for name, param in state.parameters.items():
-        data = state.data.get(name)
-        if param is not None and data is not None and not _same(param, data):
-            param.data = data
-
-
-def _same(param: torch.Tensor, data: torch.Tensor) -> bool:
-    return param.data_ptr() == data.data_ptr() and param.shape == data.shape
-
-
-def _set_config(component: nn.Module, config: Any) -> None:
-    """diffusers models keep their config in `_internal_dict`; transformers in `config`."""
-    if "_internal_dict" in component.__dict__:
-        component.__dict__["_internal_dict"] = config
-    else:
-        component.__dict__["config"] = config
-
-
-def _is_tokenizer(value: Any) -> bool:
-    return (
-        value is not None
-        and hasattr(value, "add_tokens")
-        and hasattr(value, "convert_ids_to_tokens")
-    )
-
-
-def _name_of(tokenizer: Any, originals: dict[str, Any]) -> str:
-    return next((name for name, tok in originals.items() if tok is tokenizer), "")
+def _versions(model: LoadedModel) -> dict[int, int]:
+    return {id(t): t._version for t in _tensors(model)}
