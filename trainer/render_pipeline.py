@@ -42,9 +42,9 @@ def render_pipeline(
     """The job's base model (resolved through the operator's catalogue) on the worker's device,
     with `model_file` applied at `weight`, for the length of the block.
 
-    The base comes from the worker's `warm` cache: applying a file changes the base pipeline in
-    place (LoRA adapters, DoRA layers, new embedding tokens), so the cache restores the exact
-    base when the block ends, or drops it when it cannot (`trainer.warm_base`)."""
+    The base comes from the worker's `warm` cache (one base per worker, loaded once); the file is
+    applied to a view of it that shares its weights, so the warm base itself never changes
+    (`trainer.warm_base`)."""
     from trainer.base_models import load_base_model, resolve_base_model
     from trainer.generate import load_for_generation
 

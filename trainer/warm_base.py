@@ -60,6 +60,11 @@ class WarmBase:
                 log.warning("a render wrote into the warm base's weights; the next one reloads")
                 self.drop()
 
+    @property
+    def warm(self) -> bool:
+        """Whether a base is loaded."""
+        return self._model is not None
+
     def drop(self) -> None:
         """Forget the warm base and free its memory (before training, or for another base)."""
         if self._model is None:

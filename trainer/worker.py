@@ -310,6 +310,7 @@ class Worker:
         )
         heartbeat.start()
         started = time.monotonic()
+        self.warm_base.drop()  # training needs the memory the renders' base holds
         try:
             result = self._train(job, control)
             self._conclude(job, control, result)

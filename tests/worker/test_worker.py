@@ -165,7 +165,20 @@ def test_generation_request_is_rendered_with_the_trained_model(
     assert images[0].tobytes() == images[1].tobytes() != images[2].tobytes()
     assert _kinds(engine, job_id)[-1] == "generated"
     # one base model kept warm for the worker's renders: three requests, one load
-    assert worker.warm_base.loads == 1
+    assert worker.warm_base.loads == 1 and worker.warm_base.warm
+    # training takes the memory back; the next render loads the base again
+    _enqueue(settings, engine, tmp_path, steps=2, checkpoint_every=2)
+    assert worker.run_once() and not worker.warm_base.warm
+    with session_scope(engine) as session:
+        last = request_generation(
+            session, guild_id=1, channel_id=2, user_id=3, checkpoint_id=checkpoint.id,
+            prompt="tkxw on a beach", weight=0.8, seed=4,
+        )  # fmt: skip
+    assert worker.run_once()
+    with session_scope(engine) as session:
+        path = session.get(type(last), last.id).image_path
+    assert Image.open(path).convert("RGB").tobytes() == images[0].tobytes()
+    assert worker.warm_base.loads == 2
 
 
 def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
