@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from storage.settings import Settings, SettingsError, get_settings
+from atelier.settings import AtelierSettings, get_settings, load_settings
+from storage.settings import SettingsError
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "run the bot and one worker per GPU, supervised",
@@ -47,7 +48,7 @@ def _run_dataset(argv: list[str]) -> int:
 def _run_train(argv: list[str]) -> int:
     from trainer.train_cli import train_cli
 
-    return train_cli(argv)
+    return train_cli(argv, load_settings)
 
 
 def _run_generate(argv: list[str]) -> int:
@@ -59,13 +60,13 @@ def _run_generate(argv: list[str]) -> int:
 def _run_worker(argv: list[str]) -> int:
     from trainer.worker import worker_cli
 
-    return worker_cli(argv)
+    return worker_cli(argv, get_settings)
 
 
 def _run_bot(argv: list[str]) -> int:
-    from bot.__main__ import bot_cli
+    from bot.run import bot_cli
 
-    return bot_cli(argv)
+    return bot_cli(argv, get_settings)
 
 
 def _run_serve(argv: list[str]) -> int:
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_or_none() -> Settings | None:
+def _settings_or_none() -> AtelierSettings | None:
     try:
         return get_settings()
     except SettingsError:

@@ -119,10 +119,10 @@ def _summary(row: Any) -> dict[str, Any]:
 
 def _ingest(args: argparse.Namespace) -> int:
     """Ingest an unnamed dataset and record its row (the same content gives the same row)."""
+    from atelier.settings import get_settings
     from storage.datasets import record_dataset
     from storage.db import session_scope
     from storage.ingest import IngestError, IngestOptions, ingest_zip, render_report_text
-    from storage.settings import get_settings
 
     settings = get_settings()
     if not args.zip.is_file():
@@ -150,10 +150,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from atelier.settings import get_settings
     from storage.datasets import add_named_dataset, clean_name, find_dataset
     from storage.db import session_scope
     from storage.ingest import IngestOptions, ingest_zip
-    from storage.settings import get_settings
 
     settings = get_settings()
     name = clean_name(args.name)
@@ -182,9 +182,9 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from atelier.settings import get_settings
     from storage.datasets import list_datasets
     from storage.db import session_scope
-    from storage.settings import get_settings
 
     engine = _engine(get_settings())
     try:
@@ -204,9 +204,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from atelier.settings import get_settings
     from storage.datasets import caption_samples, find_dataset
     from storage.db import session_scope
-    from storage.settings import get_settings
 
     engine = _engine(get_settings())
     try:
@@ -232,9 +232,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    from atelier.settings import get_settings
     from storage.datasets import delete_folder, find_dataset, remove_dataset
     from storage.db import session_scope
-    from storage.settings import get_settings
 
     settings = get_settings()
     engine = _engine(settings)

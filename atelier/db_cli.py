@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from atelier.settings import get_settings
 from storage.db import make_engine
 from storage.migrate import current_revision, head_revision, upgrade
-from storage.settings import get_settings
 
 
 def db_cli(argv: list[str]) -> int:

@@ -27,10 +27,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from atelier.settings import AtelierSettings, load_settings
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
 from storage.models import Checkpoint, Job
-from storage.settings import Settings, load_settings
 
 log = logging.getLogger("atelier.demo")
 
@@ -70,7 +70,7 @@ def dataset_zip(count: int = 12, seed: int = 3) -> bytes:
     return buffer.getvalue()
 
 
-def demo_settings(data_dir: Path, base_model: str) -> Settings:
+def demo_settings(data_dir: Path, base_model: str) -> AtelierSettings:
     return load_settings(
         data_dir=data_dir,
         default_base_model=base_model,
@@ -82,7 +82,7 @@ def demo_settings(data_dir: Path, base_model: str) -> Settings:
     )  # fmt: skip
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: AtelierSettings, log_path: Path) -> subprocess.Popen[bytes]:
     """A real `atelier worker` process on the demo's data folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     env.pop("DISCORD_TOKEN", None)

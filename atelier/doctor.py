@@ -16,7 +16,8 @@ from pathlib import Path
 
 from atelier.checks import Check
 from atelier.doctor_links import link_checks
-from storage.settings import BaseModelEntry, Settings, SettingsError, load_settings, mask_url
+from atelier.settings import AtelierSettings, load_settings
+from storage.settings import BaseModelEntry, SettingsError, mask_url
 
 MIN_FREE_DISK_BYTES = 10 * 1024**3
 DISCORD_TIMEOUT_SECONDS = 30.0
@@ -34,7 +35,7 @@ REQUIRED_PERMISSIONS = (
 """What the bot needs in the channels it works in (the README's invite integer is their sum)."""
 
 
-def check_token(settings: Settings) -> Check:
+def check_token(settings: AtelierSettings) -> Check:
     if settings.discord_token is None:
         return Check(
             "discord token",
@@ -45,7 +46,7 @@ def check_token(settings: Settings) -> Check:
     return Check("discord token", "ok", "DISCORD_TOKEN is set")
 
 
-def check_database(settings: Settings) -> Check:
+def check_database(settings: AtelierSettings) -> Check:
     from storage.db import make_engine
     from storage.migrate import current_revision, head_revision
 
@@ -168,7 +169,7 @@ def check_gpu() -> Check:
     return Check("gpu", "ok", "; ".join(parts))
 
 
-def check_disk(settings: Settings) -> Check:
+def check_disk(settings: AtelierSettings) -> Check:
     folder = settings.data_dir
     probe = folder if folder.exists() else Path(".")
     free = shutil.disk_usage(probe).free
@@ -242,7 +243,7 @@ async def discord_checks(token: str, timeout: float = DISCORD_TIMEOUT_SECONDS) -
     return [Check("discord login", "ok", f"logged in as {client.user}"), *checks]
 
 
-def run_checks(settings: Settings) -> list[Check]:
+def run_checks(settings: AtelierSettings) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_token(settings),
         lambda: check_database(settings),

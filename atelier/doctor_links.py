@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from atelier.checks import Check
-from storage.settings import Settings
+from atelier.settings import AtelierSettings
 
 COMPOSE_FILE = Path("docker") / "compose.yaml"
 ALL_INTERFACES = ("", "0.0.0.0", "::", "[::]")
@@ -28,7 +28,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_public_url(settings: Settings) -> Check:
+def check_public_url(settings: AtelierSettings) -> Check:
     """Members open links in their own browser: a loopback or plain-HTTP URL is a problem."""
     url = settings.discord.public_url
     parts = urlsplit(url)
@@ -69,7 +69,7 @@ def published_plain_ports(compose: dict[str, Any], port: int) -> list[str]:
     return found
 
 
-def check_compose(settings: Settings, path: Path = COMPOSE_FILE) -> Check | None:
+def check_compose(settings: AtelierSettings, path: Path = COMPOSE_FILE) -> Check | None:
     """Warn when the compose file publishes the link port over plain HTTP on every interface."""
     if not path.is_file():
         return None
@@ -91,7 +91,7 @@ def check_compose(settings: Settings, path: Path = COMPOSE_FILE) -> Check | None
     return Check("compose ports", "ok", f"{path} keeps the link port off public interfaces")
 
 
-def link_checks(settings: Settings) -> list[Check]:
+def link_checks(settings: AtelierSettings) -> list[Check]:
     """The download links' address and, when a compose file is here, its published ports."""
     compose = check_compose(settings)
     return [check_public_url(settings), *([compose] if compose else [])]

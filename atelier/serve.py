@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from storage.settings import Settings, get_settings
+from atelier.settings import AtelierSettings, get_settings
 
 log = logging.getLogger("atelier.serve")
 
@@ -95,7 +95,7 @@ def worker_id(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}-{index}"
 
 
-def plan_children(settings: Settings, with_bot: bool, workers: int | None) -> list[Child]:
+def plan_children(settings: AtelierSettings, with_bot: bool, workers: int | None) -> list[Child]:
     atelier = [sys.executable, "-m", "atelier.cli"]
     children = []
     if with_bot:

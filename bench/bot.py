@@ -33,11 +33,11 @@ sys.path[0] = str(ROOT)
 
 from pydantic import SecretStr  # noqa: E402
 
+from atelier.settings import AtelierSettings, load_settings  # noqa: E402
 from discord_emulator import DiscordEmulator  # noqa: E402
 from discord_emulator.interactions import InteractionHandle  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from storage.settings import Settings, load_settings  # noqa: E402
 
 SIDE = 768  # one noise PNG ≈ 1.7 MB (incompressible)
 WAIT_SECONDS = 180.0  # for the followups of one round, at most
@@ -219,7 +219,7 @@ async def bot_child(config: dict[str, Any]) -> None:
         engine.dispose()
 
 
-def bench_settings(data_dir: Path, token: str) -> Settings:
+def bench_settings(data_dir: Path, token: str) -> AtelierSettings:
     settings = load_settings(
         data_dir=data_dir,
         link_secret="bench-secret-of-at-least-32-characters",

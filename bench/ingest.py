@@ -149,9 +149,9 @@ def heavy_png_zip(path: Path, seed: int, count: int = 2) -> Path:
 
 
 async def _bot_ingests(zips: list[Path], data_dir: Path) -> dict:
+    from atelier.settings import load_settings
     from bot.ingesting import Ingests
     from storage.ingest import IngestOptions
-    from storage.settings import load_settings
 
     settings = load_settings(data_dir=data_dir)
     ingests = Ingests(settings)

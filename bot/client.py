@@ -17,10 +17,10 @@ from bot.ingesting import Ingests
 from bot.links import LinkServer, LinkSigner, stored_link_secret
 from bot.notifier import Notifier
 from bot.permissions import guild_allowed
+from bot.settings import BotSettings
 from bot.sync import sync_if_changed
 from bot.voting import Voting
 from storage.migrate import ensure_schema
-from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class AtelierTree(app_commands.CommandTree):
 
 
 class AtelierBot(commands.Bot):
-    def __init__(self, settings: Settings, engine: Engine, *, start_tasks: bool = True) -> None:
+    def __init__(self, settings: BotSettings, engine: Engine, *, start_tasks: bool = True) -> None:
         intents = discord.Intents.default()  # guilds + guild_reactions; nothing privileged
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -116,7 +116,7 @@ class AtelierBot(commands.Bot):
         await super().close()
 
 
-async def run_bot(settings: Settings, engine: Engine) -> AtelierBot:
+async def run_bot(settings: BotSettings, engine: Engine) -> AtelierBot:
     """Start the bot in the running loop and return once it is connected and ready (for
     `atelier demo` and tests). Stop it with `await bot.close()`."""
     if settings.discord_token is None:

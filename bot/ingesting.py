@@ -28,9 +28,9 @@ from sqlalchemy.engine import Engine
 
 from bot.db import run_db
 from bot.errors import LimitReached
+from bot.settings import BotSettings
 from storage import quotas
 from storage.ingest import IngestOptions, IngestResult, ingest_zip
-from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class Progress:
 class Ingests:
     """The bot's upload bookkeeping and its thread pools (one per bot)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: BotSettings) -> None:
         self.settings = settings
         limits = settings.limits
         self.ingest_threads = ThreadPoolExecutor(limits.concurrent_ingests, "ingest")
@@ -177,7 +177,7 @@ async def show_progress(interaction: discord.Interaction, progress: Progress, ev
 _fallback: dict[int, Ingests] = {}
 
 
-def ingests_of(client: Any, settings: Settings) -> Ingests:
+def ingests_of(client: Any, settings: BotSettings) -> Ingests:
     """The bot's `Ingests` (one made on first use for clients without one)."""
     found = getattr(client, "ingests", None)
     if isinstance(found, Ingests):

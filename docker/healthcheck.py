@@ -11,8 +11,8 @@ import sys
 def check_db() -> None:
     from sqlalchemy import text
 
+    from atelier.settings import get_settings
     from storage.db import make_engine
-    from storage.settings import get_settings
 
     engine = make_engine(get_settings().db_url)
     try:

@@ -1,4 +1,4 @@
-"""One logging set-up for every entry point (`atelier …`, `python -m bot`, the worker).
+"""One logging set-up for every entry point (every `atelier …` command: bot, worker, serve, …).
 
 It lives in `storage` because every process imports it. discord.py's loggers stay at WARNING
 or above whatever the level: at DEBUG they print gateway payloads and request URLs that hold

@@ -1,17 +1,19 @@
-"""The one validated settings object, read from `ATELIER_*` env vars and an optional TOML file.
+"""The shared core of the one validated settings object, read from `ATELIER_*` env vars and an
+optional TOML file: data folder, database, secrets, limits, base models, and the loading,
+validation and masking every section uses.
 
-Every part of Atelier (bot, worker, CLI) reads its configuration from `Settings`. Nested
-sections use `__` in environment variables, e.g. `ATELIER_LIMITS__MAX_ZIP_BYTES=500000000`.
-The file is `atelier.toml` in the working directory, or the path in `ATELIER_CONFIG`.
+Nested sections use `__` in environment variables, e.g. `ATELIER_LIMITS__MAX_ZIP_BYTES=500000000`.
+The file is `atelier.toml` in the working directory, or the path in `ATELIER_CONFIG`. Sections
+that configure one package live with it (`bot.settings`, `trainer.settings`); the process-wide
+object is `atelier.settings.AtelierSettings`, composed of all of them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -27,6 +29,8 @@ TINY_MODEL = "tiny"
 TINY_SDXL_MODEL = "tiny-sdxl"
 TINY_FLUX_MODEL = "tiny-flux"
 TINY_ZIMAGE_MODEL = "tiny-zimage"
+
+SettingsT = TypeVar("SettingsT", bound="Settings")
 
 MIN_LINK_SECRET = 32
 """Shortest accepted `link_secret`: it is an HMAC key, and a short one can be guessed."""
@@ -89,41 +93,6 @@ class Limits(BaseModel):
     )
 
 
-class DiscordSettings(BaseModel):
-    """Discord-side behaviour (the token itself is top-level `DISCORD_TOKEN`)."""
-
-    model_config = {"extra": "forbid"}
-
-    allowed_guilds: list[int] = Field(default_factory=list, description="Empty: any guild.")
-    sync_guild: int | None = Field(None, description="Sync commands to this guild only (dev).")
-    link_host: str = Field("127.0.0.1", description="Bind address of the download-link server.")
-    link_port: int = Field(8765, ge=0, le=65535)
-    public_url: str = Field("http://127.0.0.1:8765", description="Base URL members can reach.")
-    link_ttl_hours: float = Field(24.0, gt=0)
-    progress_edit_seconds: float = Field(5.0, ge=1.0, description="Min seconds between edits.")
-    allow_insecure_dataset_urls: bool = Field(
-        False, description="Tests/demo only: also accept http://127.0.0.1 dataset links."
-    )
-
-
-class WorkerSettings(BaseModel):
-    """Trainer-process behaviour."""
-
-    model_config = {"extra": "forbid"}
-
-    heartbeat_seconds: float = Field(10.0, gt=0)
-    stale_after_seconds: float = Field(60.0, gt=0, description="Requeue a job after this silence.")
-    poll_seconds: float = Field(2.0, gt=0)
-    progress_event_seconds: float = Field(5.0, ge=0)
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-
-    @model_validator(mode="after")
-    def _stale_after_heartbeat(self) -> WorkerSettings:
-        if self.stale_after_seconds <= self.heartbeat_seconds:
-            raise ValueError("stale_after_seconds must be larger than heartbeat_seconds")
-        return self
-
-
 BUILTIN_MODELS: dict[str, BaseModelEntry] = {
     TINY_MODEL: BaseModelEntry(path="builtin:tiny", description="Built-in tiny SD-1 model"),
     TINY_SDXL_MODEL: BaseModelEntry(
@@ -142,7 +111,9 @@ BUILTIN_MODELS: dict[str, BaseModelEntry] = {
 
 
 class Settings(BaseSettings):
-    """Atelier's configuration. Safe defaults: SQLite in ./data and the built-in tiny model."""
+    """What every process shares (storage reads it too). Safe defaults: SQLite in ./data and the
+    built-in tiny model. The bot's `discord` and the worker's `worker` sections are added by
+    `bot.settings` and `trainer.settings`; `atelier.settings` composes all of them."""
 
     model_config = SettingsConfigDict(
         env_prefix="ATELIER_",
@@ -172,8 +143,6 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept after finalize.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     limits: Limits = Field(default_factory=Limits)
-    discord: DiscordSettings = Field(default_factory=DiscordSettings)
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @field_validator("database_url")
     @classmethod
@@ -261,15 +230,12 @@ def _explain(error: ValidationError) -> str:
     return f"invalid setting '{where}': {message}" if where else f"invalid settings: {message}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings from env + file + overrides; a bad value raises one clear `SettingsError`."""
+def validate_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """`cls` built from env + file + overrides; a bad value raises one clear `SettingsError`.
+
+    Entry points call it once, through `atelier.settings.get_settings`, with the composed class,
+    so every process validates every section."""
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as error:
         raise SettingsError(_explain(error)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, created once."""
-    return load_settings()

@@ -226,3 +226,31 @@ def test_modules_are_short_or_say_why() -> None:
         ):
             long.append(f"{name} ({text.count(chr(10))} lines)")
     assert long == []
+
+
+SETTINGS_CLASSES = {"Settings", "BotSettings", "TrainerSettings", "AtelierSettings"}
+
+
+def test_settings_sections_live_with_their_package_and_only_atelier_builds_them() -> None:
+    """storage holds the shared core, the bot its `discord` section, the worker its `worker`
+    section; `atelier.settings` composes them and is the only place a settings object is built
+    (entry points call its `get_settings`/`load_settings`, so every process validates it all)."""
+    from atelier.settings import AtelierSettings
+    from bot.settings import BotSettings
+    from storage.settings import Settings
+    from trainer.settings import TrainerSettings
+
+    core = set(Settings.model_fields)
+    assert not {"discord", "worker"} & core
+    assert set(BotSettings.model_fields) - core == {"discord"}
+    assert set(TrainerSettings.model_fields) - core == {"worker"}
+    assert set(AtelierSettings.model_fields) == core | {"discord", "worker"}
+    builders = []
+    for name, path in _files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            called = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if called in SETTINGS_CLASSES | {"validate_settings"} and name != "atelier.settings":
+                builders.append(f"{name}: {called}(…)")
+    assert builders == []

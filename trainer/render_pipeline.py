@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from storage.settings import Settings
+    from trainer.settings import TrainerSettings
     from trainer.warm_base import WarmBase
 
 
@@ -37,7 +37,7 @@ def describe_crash(error: BaseException) -> str:
 
 @contextmanager
 def render_pipeline(
-    settings: Settings, base_model: str, model_file: Path, weight: float, warm: WarmBase
+    settings: TrainerSettings, base_model: str, model_file: Path, weight: float, warm: WarmBase
 ) -> Iterator[Any]:
     """The job's base model (resolved through the operator's catalogue) on the worker's device,
     with `model_file` applied at `weight`, for the length of the block.

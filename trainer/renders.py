@@ -1,16 +1,23 @@
-"""The worker's side of render requests (`/generate`, `/iterate start`, `/compare`): each runs
-under a lease with a heartbeat, like a training job, so a worker that dies mid-render leaves a
-request that is requeued (`storage.requests.requeue_stale`), and a worker whose lease was taken
-over writes nothing."""
+"""The worker's side of render requests (`/generate` here, `/iterate start` and `/compare` in
+`trainer.iterate`): each runs under a lease with a heartbeat, like a training job, so a worker
+that dies mid-render leaves a request that is requeued (`storage.requests.requeue_stale`), and a
+worker whose lease was taken over writes nothing. All of them share the worker's warm base."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage import requests
+from storage.db import session_scope
+from storage.generations import complete_generation, fail_generation
+from storage.models import Checkpoint, Generation, Job
 from storage.worktime import Claimed
+from trainer.config import TrainConfig
+from trainer.render_pipeline import describe_crash, render_pipeline
 
 if TYPE_CHECKING:
     from trainer.worker import Worker
@@ -52,10 +59,62 @@ def run_render(worker: Worker, claimed: Claimed) -> None:
     beat.start()
     try:
         if claimed.kind == "generation":
-            worker.run_generation(claimed.row, lease)
+            run_generation(worker, claimed.row, lease)
         elif claimed.kind == "iteration":
             iterate.run_iteration(worker, claimed.row, lease)
         else:
             iterate.run_comparison(worker, claimed.row, lease)
     finally:
         beat.stop()
+
+
+def run_generation(
+    worker: Worker, request: Generation, lease: requests.Lease | None = None
+) -> None:
+    """Render a claimed `/generate` request; written only while `lease` holds it."""
+    started = time.monotonic()
+    try:
+        path = _render_generation(worker, request)
+    except Exception as error:
+        log.exception("generation %s: failed", request.id)
+        written = fail_generation(
+            worker.engine,
+            request.id,  # type: ignore[arg-type]
+            describe_crash(error),
+            lease=lease,
+        )
+    else:
+        written = complete_generation(worker.engine, request.id, str(path), lease=lease)  # type: ignore[arg-type]
+        log.info("generation %s: %.1f s", request.id, time.monotonic() - started)
+    if not written:
+        log.warning("generation %s: another worker holds it now; result dropped", request.id)
+
+
+def _render_generation(worker: Worker, request: Generation) -> Path:
+    from trainer.generate import render
+
+    with session_scope(worker.engine) as session:
+        checkpoint = session.get(Checkpoint, request.checkpoint_id)
+        job = session.get(Job, checkpoint.job_id) if checkpoint else None
+    if checkpoint is None or job is None:
+        raise FileNotFoundError(2, "model file missing", checkpoint.path if checkpoint else "")
+    config = TrainConfig.model_validate(job.config)
+    model_file = Path(checkpoint.path)
+    with render_pipeline(
+        worker.settings, job.base_model, model_file, request.weight, worker.warm_base
+    ) as pipeline:
+        image = render(
+            pipeline,
+            request.prompt,
+            seed=request.seed,
+            steps=config.validation.steps,
+            guidance=config.validation.guidance,
+            scheduler=config.validation.scheduler,
+            negative_prompt=config.validation.negative_prompt,
+            width=config.resolution,
+            height=config.resolution,
+        )
+    out = worker.settings.data_dir / "generations" / f"{request.id}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return out

@@ -16,12 +16,14 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from storage.settings import Settings, SettingsError
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
 from trainer.presets import (
@@ -113,12 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_cli(argv: list[str]) -> int:
-    """Run `atelier train`; returns the exit status (0 done, 1 stopped early, 2 refused)."""
+def train_cli(argv: list[str], load_settings: Callable[[], Settings]) -> int:
+    """Run `atelier train` with the settings `load_settings` builds (the entry point's composed
+    settings); returns the exit status (0 done, 1 stopped early, 2 refused)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = _settings()
+        settings = _settings(load_settings)
         config, dataset = resolve_job(args, settings)
         dataset_dir = prepare_dataset(dataset, config, settings)
         output_dir = args.out or config.output_dir or settings.data_dir / "runs" / _run_name(config)
@@ -204,9 +207,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _settings() -> Any:
-    from storage.settings import SettingsError, load_settings
-
+def _settings(load_settings: Callable[[], Settings]) -> Settings:
     try:
         return load_settings()
     except SettingsError as error:
@@ -285,7 +286,3 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-if __name__ == "__main__":
-    sys.exit(train_cli(sys.argv[1:]))

@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,15 +26,14 @@ from sqlalchemy.engine import Engine
 
 from storage import jobs, requests
 from storage.db import make_engine, session_scope
-from storage.generations import complete_generation, fail_generation
 from storage.migrate import ensure_schema
-from storage.models import Checkpoint, Dataset, Generation, GuildSettings, Job, utcnow
-from storage.settings import Settings, get_settings
+from storage.models import Checkpoint, Dataset, GuildSettings, Job, utcnow
 from storage.states import JobState
 from storage.worktime import claim_next
 from trainer.callbacks import CheckpointInfo, Progress, TrainCallbacks, TrainingFailed, TrainResult
 from trainer.config import TrainConfig
-from trainer.render_pipeline import describe_crash, render_pipeline, resolve_device
+from trainer.render_pipeline import describe_crash, resolve_device
+from trainer.settings import TrainerSettings
 from trainer.warm_base import WarmBase
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,9 @@ def default_worker_id() -> str:
 class Worker:
     """Claims and runs jobs one at a time."""
 
-    def __init__(self, settings: Settings, engine: Engine, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: TrainerSettings, engine: Engine, worker_id: str | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.worker_id = worker_id or default_worker_id()
@@ -243,54 +245,6 @@ class Worker:
                 log.error("not claiming work: %s", error)
             return False
         return True
-
-    def run_generation(self, request: Generation, lease: requests.Lease | None = None) -> None:
-        """Render a claimed `/generate` request; written only while `lease` holds it."""
-        started = time.monotonic()
-        try:
-            path = self._render(request)
-        except Exception as error:
-            log.exception("generation %s: failed", request.id)
-            written = fail_generation(
-                self.engine,
-                request.id,  # type: ignore[arg-type]
-                describe_crash(error),
-                lease=lease,
-            )
-        else:
-            written = complete_generation(self.engine, request.id, str(path), lease=lease)  # type: ignore[arg-type]
-            log.info("generation %s: %.1f s", request.id, time.monotonic() - started)
-        if not written:
-            log.warning("generation %s: another worker holds it now; result dropped", request.id)
-
-    def _render(self, request: Generation) -> Path:
-        from trainer.generate import render
-
-        with session_scope(self.engine) as session:
-            checkpoint = session.get(Checkpoint, request.checkpoint_id)
-            job = session.get(Job, checkpoint.job_id) if checkpoint else None
-        if checkpoint is None or job is None:
-            raise FileNotFoundError(2, "model file missing", checkpoint.path if checkpoint else "")
-        config = TrainConfig.model_validate(job.config)
-        model_file = Path(checkpoint.path)
-        with render_pipeline(
-            self.settings, job.base_model, model_file, request.weight, self.warm_base
-        ) as pipeline:
-            image = render(
-                pipeline,
-                request.prompt,
-                seed=request.seed,
-                steps=config.validation.steps,
-                guidance=config.validation.guidance,
-                scheduler=config.validation.scheduler,
-                negative_prompt=config.validation.negative_prompt,
-                width=config.resolution,
-                height=config.resolution,
-            )
-        out = self.settings.data_dir / "generations" / f"{request.id}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        image.save(out)
-        return out
 
     def run_forever(self) -> None:
         while not self.shutdown.is_set():
@@ -421,8 +375,9 @@ class Worker:
             log.warning("job %s: not failing it; another worker holds it", job.id)
 
 
-def worker_cli(argv: list[str]) -> int:
-    """`atelier worker [--once] [--id NAME]`."""
+def worker_cli(argv: list[str], load_settings: Callable[[], TrainerSettings]) -> int:
+    """`atelier worker [--once] [--id NAME]`, with the settings `load_settings` builds (the entry
+    point's composed settings)."""
     from storage.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="atelier worker", description="Run one trainer worker.")
@@ -430,7 +385,7 @@ def worker_cli(argv: list[str]) -> int:
     parser.add_argument("--until-idle", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--id", default=None, help="worker name (default host:pid)")
     args = parser.parse_args(argv)
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings=settings)
     engine = make_engine(settings.db_url)
     ensure_schema(engine)

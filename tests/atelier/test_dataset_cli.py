@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from atelier.cli import main
+from atelier.settings import get_settings
 from storage import jobs
 from storage.datasets import find_dataset
 from storage.db import make_engine, session_scope
 from storage.models import Job
-from storage.settings import get_settings
 from tests.datasets import write_dataset_zip
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atelier.dataset_cli import ingest_cli
-from storage.settings import get_settings
+from atelier.settings import get_settings
 from tests.storage.ingest_support import make_zip, png
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from atelier.settings import AtelierSettings, load_settings
 from storage.db import make_engine
 from storage.migrate import upgrade
-from storage.settings import Settings, load_settings
 
 
 def make_zip(count: int = 6, side: int = 96) -> bytes:
@@ -47,7 +47,7 @@ def dataset_zip() -> bytes:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path) -> AtelierSettings:
     return load_settings(
         data_dir=tmp_path / "data",
         discord={
@@ -69,7 +69,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def bot_engine(settings: Settings) -> Iterator[Engine]:
+def bot_engine(settings: AtelierSettings) -> Iterator[Engine]:
     engine = make_engine(settings.db_url)
     upgrade(engine)
     yield engine
@@ -84,7 +84,7 @@ async def emu() -> AsyncIterator[Any]:
         yield emulator
 
 
-async def start_bot(emu: Any, settings: Settings, engine: Engine) -> Any:
+async def start_bot(emu: Any, settings: AtelierSettings, engine: Engine) -> Any:
     from bot.client import run_bot
 
     settings = settings.model_copy(update={"discord_token": _secret(emu.token)})
@@ -110,7 +110,7 @@ async def stop_bot(bot: Any) -> None:
 
 
 @pytest.fixture
-async def atelier(emu: Any, settings: Settings, bot_engine: Engine) -> AsyncIterator[Any]:
+async def atelier(emu: Any, settings: AtelierSettings, bot_engine: Engine) -> AsyncIterator[Any]:
     bot = await start_bot(emu, settings, bot_engine)
     try:
         yield bot
@@ -121,7 +121,7 @@ async def atelier(emu: Any, settings: Settings, bot_engine: Engine) -> AsyncIter
 class WorkerThread:
     """A real trainer worker running jobs in a thread until stopped."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: AtelierSettings, engine: Engine) -> None:
         from trainer.worker import Worker
 
         self.worker = Worker(settings, engine, worker_id="test-worker")
@@ -140,7 +140,7 @@ class WorkerProcess:
     """A real `atelier worker` in its own process (its own GIL), with short timings; kill it
     with SIGKILL to simulate a lost worker."""
 
-    def __init__(self, settings: Settings, worker_id: str, log_path: Path) -> None:
+    def __init__(self, settings: AtelierSettings, worker_id: str, log_path: Path) -> None:
         self.worker_id = worker_id
         self.log_path = log_path
         self.env = worker_env(settings)
@@ -182,7 +182,7 @@ class WorkerProcess:
         self.stop()
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: AtelierSettings) -> dict[str, str]:
     """The parent's environment without its ATELIER_* settings, pointed at the test data."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     worker = settings.worker

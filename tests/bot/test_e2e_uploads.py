@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from atelier.settings import AtelierSettings
 from bot import ingesting
-from storage.settings import Settings
 from tests.bot.conftest import make_zip
 from tests.bot.e2e_jobs import train
 
@@ -20,7 +20,7 @@ SECOND = make_zip(7)
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
+def settings(settings: AtelierSettings) -> AtelierSettings:
     """Room for the first zip's images, not for a second zip as well."""
     limits = settings.limits.model_copy(
         update={"member_storage_bytes": len(FIRST) + len(SECOND) // 2, "jobs_per_member": 5}
@@ -28,12 +28,12 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"limits": limits})
 
 
-def dataset_folders(settings: Settings) -> list[str]:
+def dataset_folders(settings: AtelierSettings) -> list[str]:
     root = settings.datasets_dir
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-def incoming(settings: Settings) -> list[Path]:
+def incoming(settings: AtelierSettings) -> list[Path]:
     folder = settings.data_dir / "incoming"
     return list(folder.iterdir()) if folder.is_dir() else []
 

@@ -10,8 +10,8 @@ import aiohttp
 import yaml
 
 from atelier.doctor_links import check_compose, check_public_url, published_plain_ports
+from atelier.settings import load_settings
 from bot.links import LinkServer, LinkSigner, stored_link_secret
-from storage.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

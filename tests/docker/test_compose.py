@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from storage.settings import Settings
+from atelier.settings import AtelierSettings
 from tests.lockfile import read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def compose() -> dict[str, Any]:
 
 
 def _settings_env_names(model: type[BaseModel], prefix: str) -> set[str]:
-    """Every environment variable name `Settings` reads: ATELIER_ prefix, nested with `__`."""
+    """Every environment variable name the settings read: ATELIER_ prefix, nested with `__`."""
     names: set[str] = set()
     for name, field in model.model_fields.items():
         alias = field.validation_alias
@@ -43,7 +43,7 @@ def _settings_env_names(model: type[BaseModel], prefix: str) -> set[str]:
     return names
 
 
-SETTINGS_ENV = _settings_env_names(Settings, "ATELIER_")
+SETTINGS_ENV = _settings_env_names(AtelierSettings, "ATELIER_")
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -96,7 +96,7 @@ def test_environment_names_are_real_settings(compose: dict[str, Any]) -> None:
             if match:
                 used.add(match.group(1))
     unknown = {name for name in used if name not in SETTINGS_ENV and not ALLOWED_OTHER.match(name)}
-    assert not unknown, f"not fields of storage.settings.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of atelier.settings.AtelierSettings: {sorted(unknown)}"
 
 
 def test_postgres_only_under_its_profile(compose: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from atelier.doctor import check_base_model
+from atelier.settings import load_settings
 from storage.base_models import (
     ResolvedModel,
     UnknownBaseModel,
@@ -16,7 +17,7 @@ from storage.base_models import (
     public_name,
     resolve,
 )
-from storage.settings import BaseModelEntry, load_settings
+from storage.settings import BaseModelEntry
 
 
 def _single_file(tmp_path: Path, suffix: str, with_config: bool) -> Path:

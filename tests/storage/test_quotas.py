@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from atelier.settings import load_settings
 from storage import quotas
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
 from storage.models import Dataset
-from storage.settings import Limits, load_settings
+from storage.settings import Limits
 
 GUILD, ALICE, BOB = 10, 1, 2
 

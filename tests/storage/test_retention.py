@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from atelier.settings import AtelierSettings, load_settings
 from bot.errors import LimitReached
 from bot.uploads import require_disk_space
 from storage import retention
@@ -19,18 +20,17 @@ from storage.db import make_engine, session_scope
 from storage.finalize import delete_checkpoint_files
 from storage.migrate import upgrade
 from storage.models import Checkpoint, Job, utcnow
-from storage.settings import Settings, load_settings
 from storage.states import JobState
 from tests.storage.helpers import make_jobs
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path) -> AtelierSettings:
     return load_settings(data_dir=tmp_path / "data")
 
 
 @pytest.fixture
-def db(settings: Settings) -> Engine:
+def db(settings: AtelierSettings) -> Engine:
     engine = make_engine(settings.db_url)
     upgrade(engine)
     return engine
@@ -78,7 +78,7 @@ def test_a_lora_diffusers_copy_is_deleted(tmp_path: Path) -> None:
     assert not primary.exists() and not copy.parent.exists()
 
 
-def test_the_worker_runs_the_sweep(settings: Settings, db: Engine) -> None:
+def test_the_worker_runs_the_sweep(settings: AtelierSettings, db: Engine) -> None:
     """`sweep_deleted` was promised but never called: a crash after finalize's commit left
     the unchosen files for good."""
     from trainer.worker import Worker
@@ -93,7 +93,9 @@ def test_the_worker_runs_the_sweep(settings: Settings, db: Engine) -> None:
     assert not leftover.exists()
 
 
-def test_cancelled_go_failed_stay_for_the_retry_window(settings: Settings, db: Engine) -> None:
+def test_cancelled_go_failed_stay_for_the_retry_window(
+    settings: AtelierSettings, db: Engine
+) -> None:
     cancelled, failed_recent, failed_old = make_jobs(db, [1, 2, 3])
     _set_state(db, cancelled, JobState.CANCELLED, timedelta(0))
     _set_state(db, failed_recent, JobState.FAILED, timedelta(days=1))
@@ -109,7 +111,7 @@ def test_cancelled_go_failed_stay_for_the_retry_window(settings: Settings, db: E
         assert all(c.deleted for c in session.query(Checkpoint).all())
 
 
-def test_the_sweep_removes_old_temporary_files(settings: Settings, db: Engine) -> None:
+def test_the_sweep_removes_old_temporary_files(settings: AtelierSettings, db: Engine) -> None:
     old = _touch(settings.jobs_dir / "4" / "checkpoints" / ".m.safetensors-abc.tmp")
     past = time.time() - 7200
     os.utime(old, (past, past))

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from atelier.settings import AtelierSettings, load_settings
 from storage import redact
 from storage.db import make_engine
 from storage.migrate import current_revision, head_revision, upgrade
-from storage.settings import Settings, SettingsError, load_settings
+from storage.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "top%25secret"  # "top%secret", %-encoded as a URL needs it
 
 
 def test_repr_and_str_of_settings_hide_the_database_url() -> None:
-    settings = Settings(database_url=f"postgresql://atelier:{PASSWORD}@db:5432/atelier")
+    settings = AtelierSettings(database_url=f"postgresql://atelier:{PASSWORD}@db:5432/atelier")
     for text in (repr(settings), str(settings)):
         assert "top%" not in text and "atelier:" not in text
     assert settings.db_url_masked == "postgresql://atelier:***@db:5432/atelier"
@@ -51,7 +52,7 @@ def test_a_crashing_db_upgrade_prints_no_password(tmp_path: Path) -> None:
 
 
 def test_log_records_and_tracebacks_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(
+    settings = AtelierSettings(
         database_url=f"postgresql://atelier:{PASSWORD}@db/atelier",
         link_secret="L" * 40,
         DISCORD_TOKEN="tok.en.value-1234",

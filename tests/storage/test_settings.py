@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.settings import SettingsError, load_settings
+from atelier.settings import load_settings
+from storage.settings import SettingsError
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from atelier.settings import load_settings
 from tests.trainer.train_helpers import make_dataset
 from trainer.callbacks import TrainingFailed
 from trainer.config import TrainConfig
@@ -97,7 +98,7 @@ def test_cli_refusals_exit_2_with_one_error_line(argv, message, tmp_path, capsys
     bad.write_text("steps: [1,\n")
     argv = [a.format(data=data, yaml=bad) for a in argv]
     argv = ["tiny-flux" if a == "x" else a for a in argv]
-    assert train_cli(argv) == 2
+    assert train_cli(argv, load_settings) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert "Traceback" not in "".join(err)
@@ -111,7 +112,10 @@ def test_cli_unknown_base_model_is_a_refusal(tmp_path, capsys, monkeypatch):
         f"dataset: {data}\ntrigger: t\nbase_model: nowhere\nsteps: 2\ncheckpoint_every: 2\n"
     )
     assert (
-        train_cli([str(config), "--out", str(tmp_path / "out"), "--cache-dir", str(Path(tmp_path))])
+        train_cli(
+            [str(config), "--out", str(tmp_path / "out"), "--cache-dir", str(Path(tmp_path))],
+            load_settings,
+        )
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()

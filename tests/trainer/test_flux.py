@@ -268,6 +268,7 @@ def test_train_and_generate_clis_on_tiny_flux(cache: Path, tmp_path: Path, monke
     """`atelier train --base-model tiny-flux` then `atelier generate --base tiny-flux`."""
     from PIL import Image
 
+    from atelier.settings import load_settings
     from trainer.generate import generate_cli
     from trainer.train_cli import train_cli
 
@@ -277,7 +278,7 @@ def test_train_and_generate_clis_on_tiny_flux(cache: Path, tmp_path: Path, monke
     argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-flux",
             "--preset", "quick-test", "--steps", "2", "--out", str(out),
             "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
-    assert train_cli(argv) == 0
+    assert train_cli(argv, load_settings) == 0
     files = sorted((out / "checkpoints").glob("*.safetensors"))
     assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "flux1"
     png = tmp_path / "x.png"

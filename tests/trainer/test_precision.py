@@ -105,7 +105,7 @@ def test_atelier_train_in_mixed_precision_on_cpu(precision, tmp_path, model_cach
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude={"output_dir"})))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ATELIER_DATA_DIR": str(tmp_path / "home")}
     done = subprocess.run(
-        [sys.executable, "-m", "trainer.train_cli", str(config_file), "--out",
+        [sys.executable, "-m", "atelier.cli", "train", str(config_file), "--out",
          str(tmp_path / "out"), "--cache-dir", str(model_cache), "--device", "cpu", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -85,14 +85,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, model_cache):
 
 def _cli(config_file: Path, out: Path, cache: Path) -> list[str]:
     return [
-        sys.executable, "-m", "trainer.train_cli", str(config_file), "--out", str(out),
+        sys.executable, "-m", "atelier.cli", "train", str(config_file), "--out", str(out),
         "--cache-dir", str(cache), "--device", "cpu", "--json",
     ]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_sigkilled_process_resumes_to_the_same_weights(tmp_path, model_cache):
-    """A real `python -m trainer.train_cli` killed with SIGKILL after its first checkpoint."""
+    """A real `atelier train` killed with SIGKILL after its first checkpoint."""
     dataset = make_dataset(tmp_path / "data", count=3, size=32)
     config = tiny_config(steps=40, checkpoint_every=4, resolution=32, dataset=str(dataset))
     config_file = tmp_path / "job.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.settings import Settings
+from atelier.settings import AtelierSettings
 from trainer.base_models import BaseModelError, load_base_model, resolve_base_model
 from trainer.tiny_model import ensure_tiny_model
 
@@ -62,7 +62,7 @@ def test_load_base_model_frozen_and_renders(
 
 
 def test_folder_path_and_catalogue(tiny_cache: Path) -> None:
-    settings = Settings(data_dir=tiny_cache)
+    settings = AtelierSettings(data_dir=tiny_cache)
     assert resolve_base_model("tiny", settings) == ("builtin:tiny", "sd1")
     assert resolve_base_model("tiny-sdxl", settings) == ("builtin:tiny-sdxl", "sdxl")
     folder = ensure_tiny_model(tiny_cache, "sdxl")

@@ -233,6 +233,7 @@ def test_train_and_generate_clis_on_tiny_zimage(cache: Path, tmp_path: Path, mon
     """`atelier train --base-model tiny-zimage` then `atelier generate --base tiny-zimage`."""
     from PIL import Image
 
+    from atelier.settings import load_settings
     from trainer.generate import generate_cli
     from trainer.train_cli import train_cli
 
@@ -242,7 +243,7 @@ def test_train_and_generate_clis_on_tiny_zimage(cache: Path, tmp_path: Path, mon
     argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-zimage",
             "--preset", "quick-test", "--steps", "2", "--out", str(out),
             "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
-    assert train_cli(argv) == 0
+    assert train_cli(argv, load_settings) == 0
     files = sorted((out / "checkpoints").glob("*.safetensors"))
     assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "zimage"
     png = tmp_path / "x.png"

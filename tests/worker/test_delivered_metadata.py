@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from atelier.settings import load_settings
 from storage import jobs
 from storage.base_models import fingerprint
 from storage.datasets import record_dataset
@@ -15,7 +16,6 @@ from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
 from storage.models import Checkpoint, Job
-from storage.settings import load_settings
 from tests.datasets import write_dataset_zip
 from trainer.export import read_safetensors
 from trainer.presets import apply_preset

@@ -9,13 +9,13 @@ import torch
 from safetensors import safe_open
 from sqlmodel import select
 
+from atelier.settings import load_settings
 from storage import jobs
 from storage.datasets import record_dataset
 from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
 from storage.models import Checkpoint, Job
-from storage.settings import load_settings
 from storage.states import JobState
 from tests.datasets import write_dataset_zip
 from trainer import loop

@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from atelier.settings import load_settings
 from storage import jobs
 from storage.datasets import record_dataset
 from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
 from storage.models import Event, Job
-from storage.settings import load_settings
 from tests.conftest import POSTGRES_URL, _postgres_database
 from tests.datasets import write_dataset_zip
 from trainer.presets import apply_preset

@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from atelier.settings import AtelierSettings, load_settings
 from storage import jobs
 from storage.datasets import record_dataset
 from storage.db import make_engine, session_scope
 from storage.ingest import IngestOptions, ingest_zip
 from storage.migrate import upgrade
 from storage.models import Checkpoint, Event, Job, utcnow
-from storage.settings import Settings, load_settings
 from storage.states import JobState
 from tests.datasets import write_dataset_zip
 from trainer.presets import apply_preset
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path) -> AtelierSettings:
     return load_settings(
         data_dir=tmp_path / "data",
         worker={"heartbeat_seconds": 0.2, "stale_after_seconds": 30, "progress_event_seconds": 0},
@@ -35,13 +35,13 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings) -> Engine:
+def engine(settings: AtelierSettings) -> Engine:
     engine = make_engine(settings.db_url)
     upgrade(engine)
     return engine
 
 
-def _enqueue(settings: Settings, engine: Engine, tmp_path: Path, **overrides: object) -> int:
+def _enqueue(settings: AtelierSettings, engine: Engine, tmp_path: Path, **overrides: object) -> int:
     zip_path = write_dataset_zip(tmp_path / "data.zip", count=4, size=64)
     result = ingest_zip(
         zip_path, settings.datasets_dir, IngestOptions(trigger="tkxw"), settings.limits
@@ -70,7 +70,7 @@ def _kinds(engine: Engine, job_id: int) -> list[str]:
 
 
 def test_worker_trains_a_job_to_awaiting_vote(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = _enqueue(settings, engine, tmp_path, steps=20, checkpoint_every=10)
     assert Worker(settings, engine, "w1").run_once()
@@ -88,7 +88,9 @@ def test_worker_trains_a_job_to_awaiting_vote(
     assert not Worker(settings, engine, "w1").run_once(), "queue is empty now"
 
 
-def test_cancel_is_seen_within_a_step(settings: Settings, engine: Engine, tmp_path: Path) -> None:
+def test_cancel_is_seen_within_a_step(
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
+) -> None:
     job_id = _enqueue(settings, engine, tmp_path, steps=400, checkpoint_every=400)
 
     def cancel_when_training() -> None:
@@ -112,7 +114,7 @@ def test_cancel_is_seen_within_a_step(settings: Settings, engine: Engine, tmp_pa
 
 
 def test_missing_dataset_fails_with_a_clear_reason(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = _enqueue(settings, engine, tmp_path, steps=20, checkpoint_every=10)
     import shutil
@@ -126,7 +128,7 @@ def test_missing_dataset_fails_with_a_clear_reason(
 
 
 def test_generation_request_is_rendered_with_the_trained_model(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     from PIL import Image
 
@@ -182,7 +184,7 @@ def test_generation_request_is_rendered_with_the_trained_model(
 
 
 def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = _enqueue(settings, engine, tmp_path, steps=40, checkpoint_every=40)
     first = Worker(settings, engine, "w-old")
@@ -220,7 +222,7 @@ def test_shutdown_saves_progress_requeues_and_the_next_worker_resumes(
 
 
 def test_resumed_job_records_checkpoints_saved_but_never_recorded(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     """A worker dies after saving step 4's state and before recording it: the next worker
     resumes and records step 4 (once), so the team can vote on it."""
@@ -254,7 +256,7 @@ def test_resumed_job_records_checkpoints_saved_but_never_recorded(
 
 
 def test_a_worker_whose_claim_was_requeued_stops_and_writes_nothing(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: AtelierSettings, engine: Engine, tmp_path: Path
 ) -> None:
     """A missed heartbeat (a database blip) requeues the job and the same worker name claims
     it again: the first claim is fenced off by its attempt number and stops training."""

@@ -1,5 +1,8 @@
-"""`atelier bot` / `python -m bot`: build the client and run it; one clear line and exit code 2
-on a start-up error (the token never appears in a log or a message)."""
+"""`atelier bot`: build the client and run it; one clear line and exit code 2 on a start-up error
+(the token never appears in a log or a message).
+
+The settings come from the entry point (`atelier.cli`), which builds the composed settings the
+bot's code types against as `BotSettings`."""
 
 from __future__ import annotations
 
@@ -8,13 +11,15 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import discord
 
+from bot.settings import BotSettings
 from storage.db import make_engine
 from storage.logs import configure_logging
 from storage.migrate import SchemaMismatch
-from storage.settings import SettingsError, get_settings
+from storage.settings import SettingsError
 
 log = logging.getLogger("bot")
 
@@ -23,10 +28,10 @@ class StartupError(RuntimeError):
     """A problem the operator fixes in the configuration."""
 
 
-async def _main() -> None:
+async def _main(load_settings: Callable[[], BotSettings]) -> None:
     from bot.client import AtelierBot
 
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings=settings)
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
         raise StartupError("DISCORD_TOKEN is not set; put the bot token in the environment")
@@ -39,12 +44,12 @@ async def _main() -> None:
         await bot.start(settings.discord_token.get_secret_value())
 
 
-def bot_cli(argv: list[str]) -> int:
+def bot_cli(argv: list[str], load_settings: Callable[[], BotSettings]) -> int:
     """Run the bot until stopped; 2 on a start-up error."""
     parser = argparse.ArgumentParser(prog="atelier bot", description="Run the Discord bot.")
     parser.parse_args(argv)
     try:
-        asyncio.run(_main())
+        asyncio.run(_main(load_settings))
     except (StartupError, SettingsError, SchemaMismatch) as error:
         print(f"atelier bot: {error}", file=sys.stderr)
         return 2
@@ -62,7 +67,3 @@ def bot_cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(bot_cli(sys.argv[1:]))
