@@ -7,7 +7,9 @@ encoder a larger embedding matrix, and sampling may swap the scheduler. Undoing 
 exactly is fragile, so the warm base is never handed out: a request gets a *view* — a deep copy of
 the pipeline's Python objects (modules, configs, scheduler, tokenizers) in which every weight and
 buffer is a new tensor object over the same memory. Wrapping, replacing or resizing in the view
-leaves the warm base as it was, and the weights themselves are not copied.
+leaves the warm base as it was, and the weights themselves are not copied. Functions are shared
+as deepcopy shares them: the one we install, the VAE's fp32 `decode` (`trainer.base_models`),
+calls the warm VAE, which no render changes.
 
 Only an in-place write into a base weight could reach the warm base; none of the loaders does
 that, and each write bumps the tensor's version counter (shared with the view's tensor), so after
