@@ -110,6 +110,11 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=3)
     parser.add_argument("--arch", nargs="+", default=list(PATHS), choices=list(PATHS))
     args = parser.parse_args()
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         result = {a: bench(a, args.renders, cache, Path(tmp)) for a in args.arch}
