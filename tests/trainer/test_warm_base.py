@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from atelier.settings import load_settings
 from trainer.adapters import inject_adapter
 from trainer.base_models import LoadedModel, load_base_model
 from trainer.config import TrainConfig
 from trainer.export import export_checkpoint
 from trainer.generate import load_for_generation, render
+from trainer.render_pipeline import render_pipeline
 from trainer.warm_base import WarmBase
 
 PATHS = {
@@ -28,7 +30,8 @@ METHODS = {"sd1": ("lora", "dora", "embedding"), "sdxl": ("lora", "dora", "embed
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny")
+    """The tiny models' cache, where a worker with data_dir `cache.parent` looks for them."""
+    return tmp_path_factory.mktemp("data") / "cache"
 
 
 def _load(cache: Path, arch: str) -> LoadedModel:
@@ -99,3 +102,18 @@ def test_another_base_replaces_the_warm_one(cache: Path) -> None:
     with warm.checkout("sdxl", lambda: _load(cache, "sdxl")):
         pass
     assert warm.loads == 2
+
+
+def test_renders_for_jobs_on_other_bases_get_their_own_base(cache: Path, tmp_path: Path) -> None:
+    """The worker's path (`render_pipeline`): jobs on tiny and tiny-sdxl in turn; each render is
+    the one a fresh load of its base gives, and one base is kept at a time."""
+    settings = load_settings(data_dir=cache.parent, worker={"device": "cpu"})
+    names = {"sd1": "tiny", "sdxl": "tiny-sdxl"}
+    files = {arch: _file(cache, tmp_path / arch, arch, "lora") for arch in names}
+    warm = WarmBase()
+    for arch in ("sd1", "sdxl", "sd1"):
+        with render_pipeline(settings, names[arch], files[arch], 1.0, warm) as pipe:
+            got = _image(pipe, arch)
+        expected = _image(load_for_generation(_load(cache, arch), files[arch], 1.0), arch)
+        assert np.array_equal(got, expected), arch
+    assert warm.loads == 3
