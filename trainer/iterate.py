@@ -153,7 +153,7 @@ def render_comparison(worker: Worker, comparison_id: int) -> Path:
     for job, checkpoint in sides:
         config = TrainConfig.model_validate(job.config)
         side_config = config_a if config.resolution == config_a.resolution else config
-        with _load(worker, job, checkpoint) as pipeline:  # the base restored between sides
+        with _load(worker, job, checkpoint) as pipeline:  # each side on its own view of the base
             columns.append([_render(pipeline, side_config, p, s) for p in prompts for s in seeds])
     labels = [comparison_label(job, comparison.diff, i) for i, (job, _) in enumerate(sides)]
     grid = comparison_image(columns, labels)
