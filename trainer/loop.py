@@ -70,7 +70,7 @@ from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
 from trainer.optimizers import make_optimizer
 from trainer.precision import Precision, keep_trainables_fp32, make_precision
 from trainer.preservation import Preserver
-from trainer.speed import apply_memory_options
+from trainer.speed import apply_attention_kernel, apply_memory_options
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -140,6 +140,7 @@ def train(
     params = adapters.inject_adapter(model, config)
     keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
     apply_memory_options(model, config)
+    apply_attention_kernel(model, accelerator.device, weight_dtype)
     prompt_token = embedding_prompt(model, config)
 
     # 5. optimizer and learning-rate schedule
