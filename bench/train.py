@@ -68,7 +68,7 @@ def plain_model(config, cache: Path):
     if config.method == "embedding":
         params = adapters.inject_adapter(model, plain)
     else:
-        names = adapters.target_modules(model.unet, "unet", plain)
+        names = model.arch.target_modules("unet", model.unet, plain)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=names,
                           use_dora=config.method == "dora")  # fmt: skip
         model.unet.add_adapter(lora)

@@ -70,7 +70,7 @@ from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
 from trainer.optimizers import make_optimizer
 from trainer.precision import Precision, keep_trainables_fp32, make_precision
 from trainer.preservation import Preserver
-from trainer.speed import apply_attention_kernel, apply_memory_options
+from trainer.speed import apply_attention_kernel, apply_memory_options, keep_freed_memory
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -114,6 +114,7 @@ def train(
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(config, device)
     weight_dtype = accelerator.dtype
+    keep_freed_memory(accelerator.device)
 
     # 2. the frozen base model (VAE stays fp32)
     model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)

@@ -7,10 +7,19 @@
   attends over on a CPU (64-1024 tokens, head dim 8-64, 77 text tokens), forward and backward
   (docs/benchmarks.md). There the UNet's attention runs as diffusers' `AttnProcessor` (explicit
   `baddbmm` → softmax → `bmm`): the same attention, another kernel. fp32 and CUDA keep SDPA.
+- Freed memory kept on CPU: glibc's malloc hands every block above its (adaptive) mmap threshold
+  back to the kernel when it is freed, and trims the heap top; a training step frees and
+  reallocates the same activations each time, so the next step takes ~5000 fresh-page faults
+  (~10 ms of kernel time a step on the mid benchmark model). A CPU job raises both thresholds
+  (what jemalloc/tcmalloc, which fast CPU trainers preload, do by design): freed activations are
+  reused, at the cost of the process keeping its peak memory until it exits.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from typing import Any
 
 import torch
@@ -52,3 +61,28 @@ def apply_attention_kernel(model: Any, device: torch.device, dtype: torch.dtype)
         return False
     denoiser.set_attn_processor(AttnProcessor())
     return True
+
+
+MMAP_THRESHOLD = 64 << 20
+"""Blocks up to 64 MiB come from the heap (glibc's own adaptive threshold stops at 32 MiB)."""
+TRIM_THRESHOLD = 1 << 30
+"""Up to 1 GiB of free heap top stays with the process."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(device: torch.device) -> bool:
+    """On a CPU job under glibc, stop malloc returning freed activations to the kernel after
+    every step (see the module docstring); True if applied. Idempotent, process-wide."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
