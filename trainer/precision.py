@@ -35,7 +35,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 CPU_BF16_MIN_PARAMS = 8_000_000
 """The smallest denoiser `auto` trains in bf16 on a CPU with bf16 instructions. Measured
 (docs/benchmarks.md, AVX512-BF16 CPU, explicit-matmul attention): the mid benchmark UNet (16 M)
-trains 1.3-1.45× faster in bf16 than fp32. The built-in tiny/toy models (≤ 1 M, what tests and
+trains 1.3-1.7× faster in bf16 than fp32. The built-in tiny/toy models (≤ 1 M, what tests and
 the demo train) stay fp32 under `auto`: their results stay bit-comparable with earlier runs and
 across CPUs with and without bf16; real SD/SDXL/FLUX denoisers are 100× above the line."""
 

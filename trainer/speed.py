@@ -2,11 +2,12 @@
 
 - `gradient_checkpointing`: the UNet (and any text encoder being trained) drop activations in
   the forward pass and recompute them in the backward pass: less memory, ~20-30 % more time.
-- Attention on CPU in bf16/fp16: torch's CPU flash-attention kernel (what `scaled_dot_product_
-  attention` picks) is 2-4× slower in bf16 than two matmuls and a softmax at the sizes a UNet
-  attends over on a CPU (64-1024 tokens, head dim 8-64, 77 text tokens), forward and backward
+- Attention on CPU in bf16: torch's CPU flash-attention kernel (what `scaled_dot_product_
+  attention` picks) is 2-4× slower in bf16 than two matmuls and a softmax at the sizes measured
+  (64-256 image tokens, head dim 16-32, 77 text tokens), forward and backward
   (docs/benchmarks.md). There the UNet's attention runs as diffusers' `AttnProcessor` (explicit
-  `baddbmm` → softmax → `bmm`): the same attention, another kernel. fp32 and CUDA keep SDPA.
+  `baddbmm` → softmax → `bmm`): the same attention, another kernel. fp32 (where the flash kernel
+  wins on self-attention), fp16 (not measured) and CUDA keep SDPA.
 - Freed memory kept on CPU: glibc's malloc hands every block above its (adaptive) mmap threshold
   back to the kernel when it is freed, and trims the heap top; a training step frees and
   reallocates the same activations each time, so the next step takes ~5000 fresh-page faults
@@ -43,11 +44,11 @@ def apply_memory_options(model: Any, config: TrainConfig) -> None:
 
 def uses_matmul_attention(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a UNet on `device` computing in `dtype` attends faster with explicit matmuls."""
-    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    return device.type == "cpu" and dtype == torch.bfloat16
 
 
 def apply_attention_kernel(model: Any, device: torch.device, dtype: torch.dtype) -> bool:
-    """Explicit-matmul attention for a UNet denoiser on CPU in bf16/fp16; True if applied.
+    """Explicit-matmul attention for a UNet denoiser on CPU in bf16; True if applied.
 
     Only SD-style UNets (diffusers' `Attention` with the default SDPA processor) are switched;
     FLUX.1 and Z-Image transformers keep their own processors."""

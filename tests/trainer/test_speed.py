@@ -13,7 +13,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from tests.trainer.train_helpers import _one_thread, model_cache
 from trainer.base_models import load_base_model
-from trainer.speed import apply_attention_kernel, keep_freed_memory
+from trainer.speed import apply_attention_kernel, keep_freed_memory, uses_matmul_attention
 
 __all__ = ["_one_thread", "model_cache"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +85,11 @@ def test_cpu_job_keeps_freed_activations_instead_of_faulting_fresh_pages():
 
 def test_freed_memory_is_kept_only_for_cpu_jobs():
     assert not keep_freed_memory(torch.device("meta"))
+
+
+def test_matmul_attention_only_where_measured_faster():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_matmul_attention(cpu, torch.bfloat16)
+    assert not uses_matmul_attention(cpu, torch.float32)  # the flash kernel wins in fp32
+    assert not uses_matmul_attention(cpu, torch.float16)  # not measured
+    assert not uses_matmul_attention(cuda, torch.bfloat16)
