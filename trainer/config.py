@@ -144,7 +144,9 @@ class TrainConfig(_Strict):
     min_snr_gamma: float | None = Field(5.0, gt=0.0)
     noise_offset: float = Field(0.0, ge=0.0, le=1.0)
     mixed_precision: Precision = Field(
-        "auto", description="'auto': bf16 on a CUDA GPU that supports it, else full fp32."
+        "auto",
+        description="'auto': bf16 on a CUDA GPU that supports it (fp16 on older ones); on a CPU "
+        "with bf16 instructions bf16 for denoisers of 8 M weights or more; else full fp32.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, slower."

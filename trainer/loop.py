@@ -68,9 +68,9 @@ from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
 from trainer.initializer import choose_initializer, resolve_templates
 from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
 from trainer.optimizers import make_optimizer
-from trainer.precision import Precision, keep_trainables_fp32, make_precision
+from trainer.precision import Precision, keep_trainables_fp32, make_precision, settle_auto
 from trainer.preservation import Preserver
-from trainer.speed import apply_memory_options
+from trainer.speed import apply_attention_kernel, apply_memory_options, keep_freed_memory
 from trainer.validation import (
     ValidationPlan,
     comparison_grid,
@@ -113,10 +113,11 @@ def train(
     # 1. seed and precision (device, mixed precision, fp16 loss scaling)
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(config, device)
-    weight_dtype = accelerator.dtype
+    keep_freed_memory(accelerator.device)
 
-    # 2. the frozen base model (VAE stays fp32)
-    model = load_model(config, cache_dir, accelerator.device, weight_dtype, settings)
+    # 2. the frozen base model (VAE stays fp32); `auto` on CPU settles once its size is known
+    model = load_model(config, cache_dir, accelerator.device, accelerator.dtype, settings)
+    accelerator = settle_auto(accelerator, model)
     if config.resolution is None:  # the member set none: the base model's native size
         config = config.with_native_resolution(model.native_resolution)
 
@@ -140,6 +141,7 @@ def train(
     params = adapters.inject_adapter(model, config)
     keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
     apply_memory_options(model, config)
+    apply_attention_kernel(model, accelerator.device, accelerator.dtype)
     prompt_token = embedding_prompt(model, config)
 
     # 5. optimizer and learning-rate schedule

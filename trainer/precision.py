@@ -12,9 +12,12 @@ is a plain object made per job: nothing survives between jobs.
   scale backs off (`backoff_factor`), and it grows again after `growth_interval` good steps.
   The scaler's state travels with the optimizer's state (resume keeps the scale).
 
-`auto` picks bf16 on a CUDA GPU that supports it, fp16 on an older CUDA GPU, and on CPU what
-`CPU_AUTO` says (measured: see docs/benchmarks.md). bf16 runs on any CPU torch supports it on
-(fast with AVX512-BF16 / AMX); fp16 on CPU runs wherever torch's CPU autocast has fp16.
+`auto` picks bf16 on a CUDA GPU that supports it, fp16 on an older CUDA GPU, and on CPU bf16
+when the CPU has bf16 instructions (AVX512-BF16 or AMX) and the denoiser has at least
+`CPU_BF16_MIN_PARAMS` weights, else fp32 (`cpu_auto`; measured: docs/benchmarks.md). The CPU
+choice needs the model, so `make_precision` starts an `auto` CPU job in fp32 and `settle_auto`
+moves it to bf16 once the model is loaded. bf16 runs on any CPU torch supports it on (fast with
+AVX512-BF16 / AMX); fp16 on CPU runs wherever torch's CPU autocast has fp16.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import torch
 from trainer.callbacks import TrainingFailed
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
-CPU_AUTO = "no"
-"""What `auto` means on CPU. Measured (docs/benchmarks.md, AVX512-BF16 CPU): bf16 is 1.08-1.32×
-faster on the mid benchmark model but 11-16 % slower on the tiny/toy models CPU jobs use by
-default, so fp32; a bigger model on such a CPU should ask for bf16."""
+CPU_BF16_MIN_PARAMS = 8_000_000
+"""The smallest denoiser `auto` trains in bf16 on a CPU with bf16 instructions. Measured
+(docs/benchmarks.md, AVX512-BF16 CPU, explicit-matmul attention): the mid benchmark UNet (16 M)
+trains 1.3-1.7× faster in bf16 than fp32. The built-in tiny/toy models (≤ 1 M, what tests and
+the demo train) stay fp32 under `auto`: their results stay bit-comparable with earlier runs and
+across CPUs with and without bf16; real SD/SDXL/FLUX denoisers are 100× above the line."""
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -45,12 +50,26 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def auto_precision(device: torch.device) -> str:
-    """bf16 on GPUs that have it, fp16 on older GPUs, `CPU_AUTO` on CPU."""
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX tiles), as torch sees them."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_auto(denoiser_params: int | None) -> str:
+    """`auto` on CPU: bf16 for a denoiser of `CPU_BF16_MIN_PARAMS` or more on a CPU with bf16
+    instructions, else fp32 (`None`: the model is not known yet)."""
+    if denoiser_params is None or denoiser_params < CPU_BF16_MIN_PARAMS:
+        return "no"
+    return "bf16" if cpu_has_fast_bf16() else "no"
+
+
+def auto_precision(device: torch.device, denoiser_params: int | None = None) -> str:
+    """bf16 on GPUs that have it, fp16 on older GPUs, `cpu_auto` on CPU."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu":
-        return CPU_AUTO
+        return cpu_auto(denoiser_params)
     return "no"
 
 
@@ -98,9 +117,10 @@ class ScaledOptimizer:
 class Precision:
     """Device, mixed precision and (fp16) loss scaling of one job. Made per job, never shared."""
 
-    def __init__(self, device: torch.device, mixed_precision: str) -> None:
+    def __init__(self, device: torch.device, mixed_precision: str, requested: str = "") -> None:
         self.device = device
         self.mixed_precision = mixed_precision
+        self.requested = requested or mixed_precision  # `auto` or the precision itself
         self.dtype = DTYPES[mixed_precision]
         self.scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
 
@@ -177,4 +197,21 @@ def make_precision(requested: str, device: str | torch.device | None) -> Precisi
     check_supported(precision, target)
     if target.type == "cuda" and target.index is not None:
         torch.cuda.set_device(target)
-    return Precision(target, precision)
+    return Precision(target, precision, requested)
+
+
+def settle_auto(precision: Precision, model: Any) -> Precision:
+    """An `auto` CPU job once its (fp32-loaded) model is known: bf16 where `cpu_auto` says so,
+    with the frozen denoiser and text encoders cast to bf16 as `load_base_model` would have.
+    Any other job (an explicit precision, CUDA, a quantised base) is returned as it is."""
+    if precision.requested != "auto" or precision.device.type != "cpu":
+        return precision
+    if model.extra.get("quantized"):
+        return precision
+    chosen = cpu_auto(sum(p.numel() for p in model.denoiser.parameters()))
+    if chosen == precision.mixed_precision:
+        return precision
+    settled = Precision(precision.device, chosen, "auto")
+    for module in (model.denoiser, *model.text_encoders):
+        module.to(dtype=settled.dtype)
+    return settled

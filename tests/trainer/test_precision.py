@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ from safetensors import safe_open
 
 from tests.trainer.train_helpers import _one_thread, make_dataset, model_cache, tiny_config
 from trainer import adapters, loop
+from trainer import precision as precision_module
+from trainer.base_models import load_base_model
 from trainer.callbacks import RecordingCallbacks
 from trainer.checkpointing import latest_state
 from trainer.config import TrainConfig
-from trainer.precision import CPU_AUTO, Precision, make_precision
+from trainer.precision import Precision, cpu_auto, make_precision, settle_auto
 
 __all__ = ["_one_thread", "model_cache"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +32,64 @@ def test_cpu_accepts_bf16_and_fp16_and_auto_is_the_measured_choice():
         made = loop.make_accelerator(TrainConfig(mixed_precision=precision), "cpu")
         assert made.mixed_precision == precision and made.device.type == "cpu"
         assert (made.scaler is not None) == (precision == "fp16")
-    assert loop.make_accelerator(TrainConfig(), "cpu").mixed_precision == CPU_AUTO
+    auto = loop.make_accelerator(TrainConfig(), "cpu")
+    assert auto.mixed_precision == "no" and auto.requested == "auto"  # until the model is known
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_cpu_auto_is_bf16_for_a_big_enough_denoiser_on_a_cpu_with_bf16(fast_bf16, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    big = precision_module.CPU_BF16_MIN_PARAMS
+    assert cpu_auto(big) == ("bf16" if fast_bf16 else "no")
+    assert cpu_auto(big - 1) == "no"  # the built-in tiny/toy models (about 1 M)
+    assert cpu_auto(None) == "no"
+
+
+def test_cpu_has_fast_bf16_reads_the_cpu_flags():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or platform.machine() != "x86_64":
+        pytest.skip("reads x86 flags from Linux's /proc/cpuinfo")
+    flags = cpuinfo.read_text().split()
+    expected = "avx512_bf16" in flags or "amx_tile" in flags
+    assert precision_module.cpu_has_fast_bf16() == expected
+
+
+def test_settle_auto_moves_a_big_denoiser_to_bf16_and_leaves_the_rest(model_cache, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: True)
+    model = load_base_model("builtin:tiny", "sd1", cache_dir=model_cache)
+    auto = make_precision("auto", "cpu")
+    assert settle_auto(auto, model) is auto  # tiny: below the line, stays fp32
+    assert next(model.denoiser.parameters()).dtype == torch.float32
+    monkeypatch.setattr(precision_module, "CPU_BF16_MIN_PARAMS", 1000)
+    explicit = make_precision("no", "cpu")
+    assert settle_auto(explicit, model) is explicit  # an explicit fp32 job is never changed
+    settled = settle_auto(auto, model)
+    assert settled.mixed_precision == "bf16" and settled.dtype == torch.bfloat16
+    for module in (model.denoiser, *model.text_encoders):
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    assert next(model.vae.parameters()).dtype == torch.float32
+
+
+def test_an_auto_cpu_job_trains_in_what_settle_auto_chose(tmp_path, model_cache, monkeypatch):
+    """The loop loads, settles and trains in the settled precision (bf16 here: the line is
+    lowered under the tiny model), to checkpoints and exports."""
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "CPU_BF16_MIN_PARAMS", 1000)
+    chosen: list[str] = []
+    real = loop.settle_auto
+
+    def recording(precision, model):
+        settled = real(precision, model)
+        chosen.append(settled.mixed_precision)
+        return settled
+
+    monkeypatch.setattr(loop, "settle_auto", recording)
+    config = tiny_config(steps=2, checkpoint_every=2, resolution=32, validation={"steps": 1})
+    result = loop.train(
+        config, make_dataset(tmp_path / "data", count=2, size=32), tmp_path / "out",
+        RecordingCallbacks(), cache_dir=model_cache, device="cpu",
+    )  # fmt: skip
+    assert chosen == ["bf16"] and result.status == "completed" and result.checkpoints
 
 
 def _linear_step(precision: Precision, layer, optimizer, poison: bool = False) -> bool:
