@@ -146,7 +146,11 @@ def run_method(
         **overrides,
     }  # fmt: skip
     if method != "embedding":
-        values["preservation"] = {"enabled": preserve, **({"share": share} if share else {})}
+        values["preservation"] = {
+            **values.get("preservation", {}),
+            "enabled": preserve,
+            **({"share": share} if share else {}),
+        }
     elif preserve:
         return None  # an embedding cannot change prompts without its token: nothing to preserve
     config = apply_preset(preset, method, **values)
@@ -176,6 +180,10 @@ def run_method(
         "preset": preset,
         "preservation": bool(config.preservation.enabled),
         "preservation_share": config.preservation.share if config.preservation.enabled else None,
+        "preservation_weight": config.preservation.weight if config.preservation.enabled else None,
+        "optimizer": config.optimizer,
+        "alpha": config.alpha if method != "embedding" else None,
+        "overrides": {k: v for k, v in overrides.items() if k != "learning_rate"},
         "seed": seed,
         "steps": steps,
         "resolution": config.resolution or "native",
@@ -279,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=None, help="preservation share override")
     parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=JSON",
+        help="override a config value with JSON, e.g. preservation='{\"weight\": 2}'",
+    )  # fmt: skip
     parser.add_argument("--eval-seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
@@ -289,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.lr is not None:
         overrides["learning_rate"] = args.lr
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
 
     with tempfile.TemporaryDirectory(prefix="atelier-learn-") as tmp:
         work = Path(tmp)

@@ -127,3 +127,50 @@ def test_preservation_runs_on_sdxl_with_pooled_text_and_time_ids(cache_text, tmp
     )  # fmt: skip
     result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
     assert result.status == "completed" and result.final is not None
+
+
+def test_base_predictions_are_stored_and_reused(tmp_path, model_cache):
+    """After `pool` draws of an example, its preservation target comes from the store: the base
+    model is not run again, and the stored noisy latent, timestep and prediction come back."""
+    config = tiny_config(preservation={"enabled": True})
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    adapters.inject_adapter(model, config)
+    captions = ["ohwx a", "ohwx b"]
+    batch = loop.Batch(torch.randn(2, 4, 8, 8), encode_prompts(model, captions))
+    preserver = Preserver(("ohwx",), "", 1.0, 0.5, pool=2)
+    base_calls: list[torch.Tensor] = []
+
+    def predict(inputs, x, t):
+        if not torch.is_grad_enabled():
+            base_calls.append(t.clone())
+        return model.arch.predict(model, x, t, inputs.text)
+
+    def step(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        noisy = torch.randn((2, 4, 8, 8), generator=generator)
+        timesteps = torch.randint(0, 1000, (2,), generator=generator)
+        kept, _ = preserver.batches(
+            model, batch, [5, 6], captions, lambda c: encode_prompts(model, c), False
+        )
+        return preserver.targets(model, predict, kept, noisy[:1], timesteps[:1])
+
+    first, second = step(1), step(2)
+    assert len(base_calls) == 2 and preserver.fresh() == []
+    third, fourth = step(3), step(4)
+    assert len(base_calls) == 2  # the base model ran only for the stored draws
+    for stored, reused in ((first, third), (second, fourth)):
+        assert all(torch.equal(a, b) for a, b in zip(stored, reused, strict=True))
+    with torch.no_grad(), adapters.adapter_disabled(model):
+        text = encode_prompts(model, ["a"])  # the preserved caption of "ohwx a"
+        expected = model.arch.predict(model, first[0], first[1], text)
+    assert torch.allclose(first[2], expected, atol=1e-6)
+
+
+def test_without_a_pool_the_base_model_predicts_every_step(tmp_path, model_cache):
+    config = tiny_config(preservation={"enabled": True, "pool": 0})
+    preserver = Preserver.from_config(config)
+    assert preserver is not None and preserver.pool == 0
+    preserver.current = [3]
+    assert preserver.fresh() == [0]
+    preserver.draws[3] = []
+    assert preserver.fresh() == [0]
