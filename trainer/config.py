@@ -91,6 +91,12 @@ class PreservationConfig(_Strict):
         description="Base-model predictions kept per training image and reused (0: the base "
         "model predicts every step).",
     )
+    prior: bool = Field(
+        False,
+        description="Preserve on the base model's own renders of the preserved captions "
+        "(rendered once at the start, as DreamBooth's class images) instead of the training "
+        "images.",
+    )
 
 
 class TrainConfig(_Strict):

@@ -68,7 +68,9 @@ class Preserver:
     caches text (set by `for_job`); otherwise they are encoded each step. `pool` is how many
     (noisy latent, timestep, base prediction) draws are kept per training example (0: the base
     model predicts every step); `draws` holds them, `current` the micro-batch's preserved
-    example indices (set by `batches`)."""
+    example indices (set by `batches`). `priors` (when the job asks for them) are the base
+    model's own latents for each example's preserved caption, noised in place of the example's
+    latent (DreamBooth's class images, in latent space)."""
 
     triggers: tuple[str, ...]
     class_word: str
@@ -76,8 +78,11 @@ class Preserver:
     share: float
     texts: list[Any] | None = None
     pool: int = 0
+    priors: list[torch.Tensor] | None = None
+    seed: int = 0
     draws: dict[int, list[Draw]] = field(default_factory=dict)
     uses: dict[int, int] = field(default_factory=dict)
+    noised: dict[int, int] = field(default_factory=dict)
     current: list[int] = field(default_factory=list)
 
     @classmethod
@@ -94,7 +99,7 @@ class Preserver:
             )
         return cls(
             tuple(triggers), settings.class_word.strip(), settings.weight, settings.share,
-            pool=settings.pool,
+            pool=settings.pool, seed=config.seed,
         )  # fmt: skip
 
     def count(self, batch_size: int) -> int:
@@ -119,6 +124,8 @@ class Preserver:
         """`from_config`, with every example's preserved caption encoded once into a cache file
         beside the job's `text_file` when the job caches text (None: encoded each step)."""
         preserver = cls.from_config(config, concepts)
+        if preserver is not None and config.preservation.prior:
+            preserver.priors = render_priors(model, config, preserver, examples)
         if preserver is not None and text_file is not None:
             from trainer.caches import text_cache
 
@@ -198,6 +205,10 @@ class Preserver:
         they are stored), a stored draw (taken in turn) for the rest."""
         fresh = self.fresh()
         prior = torch.empty_like(noisy)
+        if fresh and self.priors is not None:
+            noisy = noisy.clone()
+            for j in fresh:
+                noisy[j] = self.noised_prior(model, self.current[j], t[j : j + 1])
         if fresh:
             rows = torch.tensor(fresh, device=noisy.device)
             with torch.no_grad(), adapter_disabled(model):
@@ -216,6 +227,47 @@ class Preserver:
             draw = store[turn % len(store)]
             noisy[j], t[j], prior[j] = (v.to(noisy.device) for v in draw)
         return noisy, t, prior
+
+    def noised_prior(self, model: Any, index: int, t: torch.Tensor) -> torch.Tensor:
+        """Example `index`'s prior latent noised at timestep `t` (seeded per example and draw)."""
+        latent = self.priors[index][None].to(t.device)  # type: ignore[index]
+        draw = self.noised.get(index, 0)
+        self.noised[index] = draw + 1
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 64 + draw)
+        noise = torch.randn(latent.shape, generator=generator).to(latent.device, latent.dtype)
+        return model.arch.noisy_and_target(model, latent, noise, t)[0][0]
+
+
+PRIOR_STEPS = 20
+"""Sampler steps of a prior render at least (grids may sample fewer for speed)."""
+
+
+def render_priors(
+    model: Any, config: TrainConfig, preserver: Preserver, examples: Sequence[Any]
+) -> list[torch.Tensor]:
+    """The base model's latent for every example's preserved caption at the example's bucket
+    size (seed: the job's + the example's index), rendered once before the adapter exists."""
+    import numpy as np
+
+    from trainer.caches import encode_images
+    from trainer.validation import render
+
+    steps = max(config.validation.steps, PRIOR_STEPS)
+    settings = config.model_copy(
+        update={"validation": config.validation.model_copy(update={"steps": steps})}
+    )
+    latents = []
+    for example in examples:
+        width, height = example.bucket
+        image = render(
+            model, settings, preserver.caption(example.caption), config.seed + example.index,
+            width, height,
+        )  # fmt: skip
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+        pixels = pixels.permute(2, 0, 1) / 127.5 - 1.0
+        with torch.no_grad():
+            latents.append(encode_images(model.vae, pixels[None])[0].float().cpu())
+    return latents
 
 
 class Draw(NamedTuple):
