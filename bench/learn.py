@@ -174,6 +174,10 @@ def run_method(
             "leak_pixel_change": round(
                 pixel_change(scores["_leak_images"], base_eval["_leak_images"]), 2
             ),
+            "leak_pixel_change_per_image": [
+                round(pixel_change([a], [b]), 1)
+                for a, b in zip(scores["_leak_images"], base_eval["_leak_images"], strict=True)
+            ],
         })  # fmt: skip
     return {
         "method": method,
