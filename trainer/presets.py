@@ -148,8 +148,10 @@ ZIMAGE_SAMPLING: dict[str, Any] = {
 """Z-Image values every LoRA/DoRA preset takes (quick-test keeps its own few steps)."""
 ZIMAGE_TRAINING: dict[str, Any] = {
     # ai-toolkit's Z-Image examples (train_lora_zimage_turbo_32gb.yaml) use rank 128 with the
-    # adaptive Prodigy optimiser (lr 1.0), which Atelier does not have; with AdamW we keep the
-    # FLUX.1 preset's rank 16 / alpha 16 / lr 1e-4 (ai-toolkit's AdamW FLUX.1 example)
+    # adaptive Prodigy optimiser (lr 1.0); `optimizer: prodigy` is available, but on the toy
+    # benchmark it chose a step size that changed ordinary prompts 2-3x more than AdamW
+    # (docs/toy-model/learn_bench_sweep.json), so the presets keep the FLUX.1 preset's AdamW
+    # rank 16 / alpha 16 / lr 1e-4 (ai-toolkit's AdamW FLUX.1 example)
     "rank": 16,
     "alpha": 16.0,
     "learning_rate": 1e-4,
