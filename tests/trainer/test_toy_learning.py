@@ -74,12 +74,15 @@ def test_lora_learns_the_toy_concept(tmp_path: Path):
 PRESET_STEPS = 1000
 """Half the character preset's own 2000 steps: its schedule is constant without warm-up, so these
 are exactly the first 1000 steps of the preset's run (`bench/learn.py` checkpoints there)."""
-PRESET_MARGIN = 0.0
-"""Required concept gain of the character preset (its own lr, preservation on) at step 1000; set
-from `docs/toy-model/learn_bench_presets.json` below the smallest gain of three training seeds."""
-PRESET_MAX_CHANGE = 0.0
-"""Largest allowed mean pixel change (0-255) on the ordinary prompts at step 1000: above the
-largest of the three seeds' measurements, so only a real regression of preservation trips it."""
+PRESET_MARGIN = 0.07
+"""Required concept gain of the character preset (its own lr, preservation on) at step 1000.
+
+`docs/toy-model/learn_bench_presets_v2.json`: gains at step 1000 of 0.111 / 0.125 / 0.181 for
+training seeds 1 / 2 / 3 (mean 0.139, sd 0.03); the margin is below the smallest."""
+PRESET_MAX_CHANGE = 11.0
+"""Largest allowed mean pixel change (0-255) on the ordinary prompts at step 1000: the three
+seeds measured 6.8 / 8.7 / 7.5, so this catches a gross leak (Prodigy's 13-22 in the sweep), not
+the difference preservation makes at this lr (about 1/255, below the seed spread)."""
 
 
 @pytest.mark.slow
