@@ -138,7 +138,7 @@ def test_base_predictions_are_stored_and_reused(tmp_path, model_cache):
     model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
     adapters.inject_adapter(model, config)
     captions = ["ohwx a", "ohwx b"]
-    batch = loop.Batch(torch.randn(shape), encode_prompts(model, captions))
+    batch = loop.Batch(torch.randn(2, 4, 8, 8), encode_prompts(model, captions))
     preserver = Preserver(("ohwx",), "", 1.0, 0.5, pool=2)
     base_calls: list[torch.Tensor] = []
 
