@@ -13,6 +13,7 @@ first `pool` times an image is preserved, its noisy latent, timestep and the bas
 stored; later steps draw from that store instead of running the base model again, as DreamBooth
 renders its prior images once. What remains per step is the k extra adapted samples, so the step
 costs about (n + k) / n of one without preservation (`bench/learn.py --cost-steps` measures it).
+The store lives in memory: a resumed job fills it again (the same images, new draws).
 
 Nothing here knows the architecture: the caller hands over its batch (a dataclass whose tensor
 fields are batched along dim 0, with the text conditioning in a field named `text`), a `predict`
