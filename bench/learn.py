@@ -146,7 +146,11 @@ def run_method(
         **overrides,
     }  # fmt: skip
     if method != "embedding":
-        values["preservation"] = {"enabled": preserve, **({"share": share} if share else {})}
+        values["preservation"] = {
+            **values.get("preservation", {}),
+            "enabled": preserve,
+            **({"share": share} if share else {}),
+        }
     elif preserve:
         return None  # an embedding cannot change prompts without its token: nothing to preserve
     config = apply_preset(preset, method, **values)
@@ -170,12 +174,20 @@ def run_method(
             "leak_pixel_change": round(
                 pixel_change(scores["_leak_images"], base_eval["_leak_images"]), 2
             ),
+            "leak_pixel_change_per_image": [
+                round(pixel_change([a], [b]), 1)
+                for a, b in zip(scores["_leak_images"], base_eval["_leak_images"], strict=True)
+            ],
         })  # fmt: skip
     return {
         "method": method,
         "preset": preset,
         "preservation": bool(config.preservation.enabled),
         "preservation_share": config.preservation.share if config.preservation.enabled else None,
+        "preservation_weight": config.preservation.weight if config.preservation.enabled else None,
+        "optimizer": config.optimizer,
+        "alpha": config.alpha if method != "embedding" else None,
+        "overrides": {k: v for k, v in overrides.items() if k != "learning_rate"},
         "seed": seed,
         "steps": steps,
         "resolution": config.resolution or "native",
@@ -189,6 +201,31 @@ def run_method(
     }
 
 
+class StepClock:
+    """Training-step durations from progress events, on the process's CPU-time clock (the
+    machine is shared: wall time measures the neighbours too) and the wall clock."""
+
+    def __init__(self) -> None:
+        from trainer.callbacks import RecordingCallbacks
+
+        self.recorder = RecordingCallbacks()
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+        self.recorder.on_progress = self._tick  # type: ignore[method-assign]
+
+    def _tick(self, progress: Any) -> None:
+        self.cpu.append(time.process_time())
+        self.wall.append(time.perf_counter())
+
+    def per_step(self, clock: str, second_half: bool = False) -> float:
+        """Mean seconds per step between the first and the last progress event (or over the
+        second half of the steps: preservation's store is full by then)."""
+        ticks = self.cpu if clock == "cpu" else self.wall
+        if second_half:
+            ticks = ticks[len(ticks) // 2 :]
+        return (ticks[-1] - ticks[0]) / (len(ticks) - 1)
+
+
 def step_cost(
     methods: list[str],
     steps: int,
@@ -198,37 +235,51 @@ def step_cost(
     cache_dir: Path,
     base_model: str = BASE,
     share: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training steps/s without and with preservation, alternated `rounds` times in this one
-    process (the machine's load changes; alternating keeps the ratio fair)."""
-    from trainer.callbacks import RecordingCallbacks
+    """Seconds per training step without and with preservation, alternated `rounds` times in
+    this one process (the machine's load changes; alternating keeps the ratio fair), on the
+    CPU-time clock and the wall clock. The mean runs over all `steps`, so the preservation
+    store's first fills (one base forward per preserved sample) are included."""
     from trainer.loop import train
     from trainer.presets import apply_preset
 
     out = []
     for method in [m for m in methods if m != "embedding"]:
-        rates: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[tuple[bool, str], list[float]] = {}
         for index in range(rounds):
             for preserve in (False, True):
+                values = dict(overrides or {})
+                preservation = {**values.pop("preservation", {}), "enabled": preserve}
+                if share:
+                    preservation["share"] = share
                 config = apply_preset(
                     "character", method, base_model=base_model, trigger=shapes.TRIGGER,
                     steps=steps, checkpoint_every=steps, seed=1, mixed_precision="no",
-                    heldout_fraction=0.0,
-                    preservation={"enabled": preserve, **({"share": share} if share else {})},
+                    heldout_fraction=0.0, preservation=preservation,
                     validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
                                 "scheduler": "euler", "leak_prompts": []},
+                    **values,
                 )  # fmt: skip
-                recorder = RecordingCallbacks()
+                clock = StepClock()
                 folder = work / f"cost-{method}-{int(preserve)}-{index}"
-                train(config, dataset, folder, recorder, cache_dir=cache_dir, device="cpu",
+                train(config, dataset, folder, clock.recorder, cache_dir=cache_dir, device="cpu",
                       resume=False)  # fmt: skip
-                rates[preserve].append(recorder.progress[-1].steps_per_second)
-        plain, kept = float(np.mean(rates[False])), float(np.mean(rates[True]))
-        out.append({
-            "method": method, "steps": steps, "rounds": rounds, "share": share or "preset",
-            "steps_per_second_without": round(plain, 3), "steps_per_second_with": round(kept, 3),
-            "step_time_ratio": round(plain / kept, 3),
-        })  # fmt: skip
+                for name in ("cpu", "wall"):
+                    times.setdefault((preserve, name), []).append(clock.per_step(name))
+                times.setdefault((preserve, "cpu_second_half"), []).append(
+                    clock.per_step("cpu", second_half=True)
+                )
+        row: dict[str, Any] = {"method": method, "steps": steps, "rounds": rounds,
+                               "share": share or "preset"}  # fmt: skip
+        for name in ("cpu", "wall", "cpu_second_half"):
+            plain = float(np.mean(times[(False, name)]))
+            kept = float(np.mean(times[(True, name)]))
+            row[f"{name}_ms_per_step_without"] = round(plain * 1000, 1)
+            row[f"{name}_ms_per_step_with"] = round(kept * 1000, 1)
+            row[f"{name}_step_time_ratio"] = round(kept / plain, 3)
+        row["step_time_ratio"] = row["cpu_step_time_ratio"]
+        out.append(row)
     return out
 
 
@@ -279,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=None, help="preservation share override")
     parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=JSON",
+        help="override a config value with JSON, e.g. preservation='{\"weight\": 2}'",
+    )  # fmt: skip
     parser.add_argument("--eval-seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
@@ -289,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.lr is not None:
         overrides["learning_rate"] = args.lr
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
 
     with tempfile.TemporaryDirectory(prefix="atelier-learn-") as tmp:
         work = Path(tmp)
@@ -337,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.cache_dir,
                 args.base,
                 args.share,
+                overrides,
             )
     print(json.dumps(report, indent=1))
     return 0

@@ -84,6 +84,19 @@ class PreservationConfig(_Strict):
     share: float = Field(
         0.5, gt=0.0, le=1.0, description="Share of each batch (rounded, at least 1) preserved."
     )
+    pool: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Base-model predictions kept per training image and reused (0: the base "
+        "model predicts every step).",
+    )
+    prior: bool = Field(
+        False,
+        description="Preserve on the base model's own renders of the preserved captions "
+        "(rendered once at the start, as DreamBooth's class images) instead of the training "
+        "images.",
+    )
 
 
 class TrainConfig(_Strict):

@@ -6,8 +6,14 @@ the base model's own prediction for that caption (the adapter switched off for o
 forward, no second copy of the model), so whatever the adapter changes on prompts without the
 trigger is pulled back. This is ai-toolkit's `diff_output_preservation` (there on the whole
 batch); the adapted pass here runs in the same forward as the training samples (one batch of
-n + k), and only `share` of the batch is preserved, which keeps the step under ~1.6× the time of
-training without it (`bench/learn.py` measures it).
+n + k), and only `share` of the batch is preserved.
+
+The base model's predictions are kept (`pool` per training image, on the CPU) and reused: the
+first `pool` times an image is preserved, its noisy latent, timestep and the base prediction are
+stored; later steps draw from that store instead of running the base model again, as DreamBooth
+renders its prior images once. What remains per step is the k extra adapted samples, so the step
+costs about (n + k) / n of one without preservation (`bench/learn.py --cost-steps` measures it).
+The store lives in memory: a resumed job fills it again (the same images, new draws).
 
 Nothing here knows the architecture: the caller hands over its batch (a dataclass whose tensor
 fields are batched along dim 0, with the text conditioning in a field named `text`), a `predict`
@@ -21,9 +27,9 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -60,13 +66,25 @@ class Preserver:
     """How a job preserves: which words go, what replaces them, how much of a batch, how hard.
 
     `texts` holds the preserved captions' encoder outputs per training example when the job
-    caches text (set by `cache_texts`); otherwise they are encoded each step."""
+    caches text (set by `for_job`); otherwise they are encoded each step. `pool` is how many
+    (noisy latent, timestep, base prediction) draws are kept per training example (0: the base
+    model predicts every step); `draws` holds them, `current` the micro-batch's preserved
+    example indices (set by `batches`). `priors` (when the job asks for them) are the base
+    model's own latents for each example's preserved caption, noised in place of the example's
+    latent (DreamBooth's class images, in latent space)."""
 
     triggers: tuple[str, ...]
     class_word: str
     weight: float
     share: float
     texts: list[Any] | None = None
+    pool: int = 0
+    priors: list[torch.Tensor] | None = None
+    seed: int = 0
+    draws: dict[int, list[Draw]] = field(default_factory=dict)
+    uses: dict[int, int] = field(default_factory=dict)
+    noised: dict[int, int] = field(default_factory=dict)
+    current: list[int] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: TrainConfig, concepts: Sequence[str] = ()) -> Preserver | None:
@@ -80,7 +98,10 @@ class Preserver:
                 "preservation keeps prompts without the trigger unchanged, but this job has no "
                 "trigger; set one or turn preservation off"
             )
-        return cls(tuple(triggers), settings.class_word.strip(), settings.weight, settings.share)
+        return cls(
+            tuple(triggers), settings.class_word.strip(), settings.weight, settings.share,
+            pool=settings.pool, seed=config.seed,
+        )  # fmt: skip
 
     def count(self, batch_size: int) -> int:
         """How many samples of a micro-batch are preserved: share × size, rounded, at least 1."""
@@ -104,6 +125,8 @@ class Preserver:
         """`from_config`, with every example's preserved caption encoded once into a cache file
         beside the job's `text_file` when the job caches text (None: encoded each step)."""
         preserver = cls.from_config(config, concepts)
+        if preserver is not None and config.preservation.prior:
+            preserver.priors = render_priors(model, config, preserver, examples)
         if preserver is not None and text_file is not None:
             from trainer.caches import text_cache
 
@@ -128,6 +151,7 @@ class Preserver:
         `captions` are the micro-batch's full captions (no dropout: a dropped caption is not a
         trigger-free caption of the image); `encode` turns captions into conditioning."""
         k = self.count(len(indices))
+        self.current = [int(i) for i in indices[:k]]
         if self.texts is not None:
             text = stack([self.texts[i] for i in indices[:k]], device=batch.text.hidden.device)
             return take(batch, k, text=text), None
@@ -135,7 +159,7 @@ class Preserver:
         with torch.set_grad_enabled(text_trained):
             text = encode(chosen)
         base = None
-        if text_trained:  # the target reads the caption through the base text encoder
+        if text_trained and self.fresh():  # the target reads the caption through the base encoder
             with torch.no_grad(), adapter_disabled(model):
                 base = take(batch, k, text=encode(chosen))
         return take(batch, k, text=text), base
@@ -158,14 +182,101 @@ class Preserver:
         `base_preserved` is `preserved` as the base model reads it (text encoded without the
         adapter) when the text encoder is trained too; otherwise the same batch is used."""
         k = len(preserved.text.hidden)
-        with torch.no_grad(), adapter_disabled(model):
-            prior = predict(base_preserved or preserved, noisy[:k], timesteps[:k]).detach()
-        both = predict(concat(batch, preserved), torch.cat([noisy, noisy[:k]]),
-                       torch.cat([timesteps, timesteps[:k]]))  # fmt: skip
+        noisy_k, t_k, prior = self.targets(
+            model, predict, base_preserved or preserved, noisy[:k], timesteps[:k]
+        )
+        both = predict(concat(batch, preserved), torch.cat([noisy, noisy_k]),
+                       torch.cat([timesteps, t_k]))  # fmt: skip
         n = len(noisy)
         training = loss_fn(both[:n], target, timesteps)
-        kept = loss_fn(both[n:], prior, timesteps[:k])
+        kept = loss_fn(both[n:], prior, t_k)
         return training + self.weight * kept
+
+    def fresh(self) -> list[int]:
+        """Positions in `current` whose base prediction must be computed this step."""
+        if not self.pool:
+            return list(range(len(self.current)))
+        return [j for j, i in enumerate(self.current) if len(self.draws.get(i, ())) < self.pool]
+
+    def targets(
+        self, model: Any, predict: Predict, base_batch: Any, noisy: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, base predictions) for the k preserved samples: this
+        step's own where the example's store is not yet full (the base model predicts them, and
+        they are stored), a stored draw (taken in turn) for the rest."""
+        fresh = self.fresh()
+        prior = torch.empty_like(noisy)
+        if fresh and self.priors is not None:
+            noisy = noisy.clone()
+            for j in fresh:
+                noisy[j] = self.noised_prior(model, self.current[j], t[j : j + 1])
+        if fresh:
+            rows = torch.tensor(fresh, device=noisy.device)
+            with torch.no_grad(), adapter_disabled(model):
+                chosen = _map(base_batch, lambda tensor: tensor[rows])
+                prior[rows] = predict(chosen, noisy[rows], t[rows]).detach().to(prior.dtype)
+        if not self.pool:
+            return noisy, t, prior
+        noisy, t = noisy.clone(), t.clone()
+        for j, index in enumerate(self.current):
+            store = self.draws.setdefault(index, [])
+            if j in fresh:
+                store.append(Draw(*(v[j].to("cpu", copy=True) for v in (noisy, t, prior))))
+                continue
+            turn = self.uses.get(index, 0)
+            self.uses[index] = turn + 1
+            draw = store[turn % len(store)]
+            noisy[j], t[j], prior[j] = (v.to(noisy.device) for v in draw)
+        return noisy, t, prior
+
+    def noised_prior(self, model: Any, index: int, t: torch.Tensor) -> torch.Tensor:
+        """Example `index`'s prior latent noised at timestep `t` (seeded per example and draw)."""
+        latent = self.priors[index][None].to(t.device)  # type: ignore[index]
+        draw = self.noised.get(index, 0)
+        self.noised[index] = draw + 1
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 64 + draw)
+        noise = torch.randn(latent.shape, generator=generator).to(latent.device, latent.dtype)
+        return model.arch.noisy_and_target(model, latent, noise, t)[0][0]
+
+
+PRIOR_STEPS = 20
+"""Sampler steps of a prior render at least (grids may sample fewer for speed)."""
+
+
+def render_priors(
+    model: Any, config: TrainConfig, preserver: Preserver, examples: Sequence[Any]
+) -> list[torch.Tensor]:
+    """The base model's latent for every example's preserved caption at the example's bucket
+    size (seed: the job's + the example's index), rendered once before the adapter exists."""
+    import numpy as np
+
+    from trainer.caches import encode_images
+    from trainer.validation import render
+
+    steps = max(config.validation.steps, PRIOR_STEPS)
+    settings = config.model_copy(
+        update={"validation": config.validation.model_copy(update={"steps": steps})}
+    )
+    latents = []
+    for example in examples:
+        width, height = example.bucket
+        image = render(
+            model, settings, preserver.caption(example.caption), config.seed + example.index,
+            width, height,
+        )  # fmt: skip
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+        pixels = pixels.permute(2, 0, 1) / 127.5 - 1.0
+        with torch.no_grad():
+            latents.append(encode_images(model.vae, pixels[None])[0].float().cpu())
+    return latents
+
+
+class Draw(NamedTuple):
+    """One stored preservation target: the noisy latent, its timestep, the base prediction."""
+
+    noisy: torch.Tensor
+    timestep: torch.Tensor
+    prior: torch.Tensor
 
 
 def take(batch: Any, k: int, **replace: Any) -> Any:

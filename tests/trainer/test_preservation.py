@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +129,85 @@ def test_preservation_runs_on_sdxl_with_pooled_text_and_time_ids(cache_text, tmp
     )  # fmt: skip
     result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
     assert result.status == "completed" and result.final is not None
+
+
+def test_base_predictions_are_stored_and_reused(tmp_path, model_cache):
+    """After `pool` draws of an example, its preservation target comes from the store: the base
+    model is not run again, and the stored noisy latent, timestep and prediction come back."""
+    config = tiny_config(preservation={"enabled": True})
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    adapters.inject_adapter(model, config)
+    captions = ["ohwx a", "ohwx b"]
+    batch = loop.Batch(torch.randn(2, 4, 8, 8), encode_prompts(model, captions))
+    preserver = Preserver(("ohwx",), "", 1.0, 0.5, pool=2)
+    base_calls: list[torch.Tensor] = []
+
+    def predict(inputs, x, t):
+        if not torch.is_grad_enabled():
+            base_calls.append(t.clone())
+        return model.arch.predict(model, x, t, inputs.text)
+
+    def step(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        noisy = torch.randn((2, 4, 8, 8), generator=generator)
+        timesteps = torch.randint(0, 1000, (2,), generator=generator)
+        kept, _ = preserver.batches(
+            model, batch, [5, 6], captions, lambda c: encode_prompts(model, c), False
+        )
+        return preserver.targets(model, predict, kept, noisy[:1], timesteps[:1])
+
+    first, second = step(1), step(2)
+    assert len(base_calls) == 2 and preserver.fresh() == []
+    third, fourth = step(3), step(4)
+    assert len(base_calls) == 2  # the base model ran only for the stored draws
+    for stored, reused in ((first, third), (second, fourth)):
+        assert all(torch.equal(a, b) for a, b in zip(stored, reused, strict=True))
+    with torch.no_grad(), adapters.adapter_disabled(model):
+        text = encode_prompts(model, ["a"])  # the preserved caption of "ohwx a"
+        expected = model.arch.predict(model, first[0], first[1], text)
+    assert torch.allclose(first[2], expected, atol=1e-6)
+
+
+def test_without_a_pool_the_base_model_predicts_every_step(tmp_path, model_cache):
+    config = tiny_config(preservation={"enabled": True, "pool": 0})
+    preserver = Preserver.from_config(config)
+    assert preserver is not None and preserver.pool == 0
+    preserver.current = [3]
+    assert preserver.fresh() == [0]
+    preserver.draws[3] = []
+    assert preserver.fresh() == [0]
+
+
+def test_prior_renders_replace_the_training_latents_in_preservation(tmp_path, model_cache):
+    """With `prior`, each example gets the base model's render of its preserved caption (at its
+    bucket size), and the preserved samples are that render noised, not the training image."""
+    from trainer.data import Example
+    from trainer.validation import render
+
+    config = tiny_config(preservation={"enabled": True, "prior": True}, seed=3)
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    examples = [
+        Example(i, tmp_path / f"{i}.png", f"ohwx, a cat {i}", 64, 64, (64, 64)) for i in range(2)
+    ]
+    preserver = Preserver.for_job(model, config, [], examples, None)
+    assert preserver is not None and preserver.priors is not None
+    settings = config.model_copy(
+        update={"validation": config.validation.model_copy(update={"steps": 20})}
+    )
+    image = render(model, settings, "a cat 1", 3 + 1, 64, 64)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    expected = loop.encode_images(model.vae, (pixels.permute(2, 0, 1) / 127.5 - 1.0)[None])[0]
+    assert [p.shape for p in preserver.priors] == [expected.shape] * 2  # the bucket's size
+    assert torch.allclose(preserver.priors[1], expected, atol=1e-4)
+    shape = (2, *expected.shape)
+
+    adapters.inject_adapter(model, config)
+    captions = ["ohwx a", "ohwx b"]
+    batch = loop.Batch(torch.randn(shape), encode_prompts(model, captions))
+    encode = partial(encode_prompts, model)
+    kept, _ = preserver.batches(model, batch, [1, 0], captions, encode, False)
+    noisy = torch.randn(shape[1:])[None] * 3
+    got, _, _ = preserver.targets(model, lambda b, x, t: x * 0, kept, noisy, torch.tensor([0]))
+    # at t = 0 the noised prior is almost the prior itself, far from the training sample
+    assert float((got[0] - preserver.priors[1]).abs().mean()) < 0.1
+    assert float((noisy[0] - preserver.priors[1]).abs().mean()) > 1.0

@@ -69,3 +69,56 @@ def test_lora_learns_the_toy_concept(tmp_path: Path):
     pipe.set_progress_bar_config(disable=True)
     lora_score = score(pipe)
     assert lora_score >= base_score + MARGIN, (base_score, lora_score)
+
+
+PRESET_STEPS = 1000
+"""Half the character preset's own 2000 steps: its schedule is constant without warm-up, so these
+are exactly the first 1000 steps of the preset's run (`bench/learn.py` checkpoints there)."""
+PRESET_MARGIN = 0.07
+"""Required concept gain of the character preset (its own lr, preservation on) at step 1000.
+
+`docs/toy-model/learn_bench_presets_v2.json`: gains at step 1000 of 0.111 / 0.125 / 0.181 for
+training seeds 1 / 2 / 3 (mean 0.139, sd 0.03); the margin is below the smallest."""
+PRESET_MAX_CHANGE = 11.0
+"""Largest allowed mean pixel change (0-255) on the ordinary prompts at step 1000: the three
+seeds measured 6.8 / 8.7 / 7.5, so this catches a gross leak (Prodigy's 13-22 in the sweep), not
+the difference preservation makes at this lr (about 1/255, below the seed spread)."""
+
+
+@pytest.mark.slow
+def test_character_preset_learns_with_preservation(tmp_path: Path):
+    """The `character` preset as a member gets it (lr, rank, preservation), on the toy model's
+    native 64 px, learns the concept and keeps ordinary prompts near the base model's images."""
+    from bench.learn import (
+        BASE,
+        evaluate,
+        leak_scenes,
+        load_base,
+        make_concept_dataset,
+        new_context_prompts,
+    )
+    from trainer.generate import load_for_generation
+    from trainer.leakage import pixel_change
+    from trainer.loop import train
+    from trainer.presets import apply_preset
+    from trainer.toy import shapes
+
+    scenes = make_concept_dataset(tmp_path / "data")
+    prompts, leaks, seeds = new_context_prompts(scenes, count=6), leak_scenes(), [1, 2, 3]
+    config = apply_preset(
+        "character", "lora", base_model=BASE, trigger=shapes.TRIGGER, steps=PRESET_STEPS,
+        checkpoint_every=PRESET_STEPS, seed=1, mixed_precision="no", heldout_fraction=0.0,
+        validation={"steps": 2, "seeds": [1], "prompts": ["{trigger}"], "scheduler": "euler",
+                    "leak_prompts": []},
+    )  # fmt: skip
+    assert config.preservation.enabled and config.resolution is None
+    result = train(config, tmp_path / "data", tmp_path / "out", cache_dir=tmp_path / "cache",
+                   device="cpu")  # fmt: skip
+    assert result.status == "completed"
+    base = evaluate(load_base(tmp_path / "cache").pipeline, prompts, leaks, seeds, 20)
+    pipe = load_for_generation(load_base(tmp_path / "cache"), result.checkpoints[-1].file)
+    pipe.set_progress_bar_config(disable=True)
+    trained = evaluate(pipe, prompts, leaks, seeds, 20)
+    assert trained["concept"] >= base["concept"] + PRESET_MARGIN, (base, trained)
+    change = pixel_change(trained["_leak_images"], base["_leak_images"])
+    assert change <= PRESET_MAX_CHANGE, change
