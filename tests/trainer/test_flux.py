@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import torch
 from tests.trainer import transformer_helpers as shared
 from trainer.architectures.base import TextConditioning
 from trainer.base_models import LoadedModel
-from trainer.config import TrainConfig, check_architecture
+from trainer.config import check_architecture
 from trainer.export import export_checkpoint, kohya_to_peft, read_safetensors
 
 INVOKEAI_KOHYA_FLUX = re.compile(
@@ -41,16 +42,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-flux")
 
 
-def fresh(cache: Path) -> LoadedModel:
-    return shared.fresh(cache, "flux1")
-
-
-def config(**kw: object) -> TrainConfig:
-    return shared.config("flux1", **kw)
-
-
-def perturbed(cache: Path, cfg: TrainConfig) -> LoadedModel:
-    return shared.perturbed(cache, "flux1", cfg)
+fresh = partial(shared.fresh, arch="flux1")
+config = partial(shared.config, "flux1")
+perturbed = partial(shared.perturbed, arch="flux1")
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ adapters are perturbed before files are compared. The main file is read by diffu
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from tests.trainer import transformer_helpers as shared
 from trainer.base_models import LoadedModel
-from trainer.config import TrainConfig, check_architecture
+from trainer.config import check_architecture
 from trainer.export import export_checkpoint, read_safetensors
 
 COMFY_BLOCK_LAYERS = (
@@ -34,16 +35,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-zimage")
 
 
-def fresh(cache: Path) -> LoadedModel:
-    return shared.fresh(cache, "zimage")
-
-
-def config(**kw: object) -> TrainConfig:
-    return shared.config("zimage", **kw)
-
-
-def perturbed(cache: Path, cfg: TrainConfig) -> LoadedModel:
-    return shared.perturbed(cache, "zimage", cfg)
+fresh = partial(shared.fresh, arch="zimage")
+config = partial(shared.config, "zimage")
+perturbed = partial(shared.perturbed, arch="zimage")
 
 
 @torch.no_grad()

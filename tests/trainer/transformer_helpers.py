@@ -52,7 +52,7 @@ def config(arch: str, **kw: object) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-def perturbed(cache: Path, arch: str, cfg: TrainConfig) -> LoadedModel:
+def perturbed(cache: Path, cfg: TrainConfig, arch: str) -> LoadedModel:
     model = fresh(cache, arch)
     params = inject_adapter(model, cfg)
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def assert_lora_file_reloads(
     loader (`load_for_generation`, run with `patch_loader`'s patches undone) reproduces it too.
     Returns the trained layers."""
     cfg = config(arch)
-    model = perturbed(cache, arch, cfg)
+    model = perturbed(cache, cfg, arch)
     want = out(model)
     files = export_checkpoint(model, cfg, tmp_path, 5, f"{arch} char")
     trained = lora_layers(model.denoiser, "default")
@@ -127,7 +127,7 @@ def dora_round_trip(
     """A DoRA file (kohya/LyCORIS, no diffusers copy) applied at weight 1 reproduces the trained
     model and at weight 0 is the base. Returns the trained model and the file's tensors."""
     cfg = config(arch, method="dora")
-    model = perturbed(cache, arch, cfg)
+    model = perturbed(cache, cfg, arch)
     want = out(model)
     files = export_checkpoint(model, cfg, tmp_path, 5, "d")
     tensors, meta = read_safetensors(files.primary)
