@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.trainer.train_helpers import make_dataset
+from tests.trainer.train_helpers import make_dataset, perturb
 from trainer import loop
 from trainer.adapters import inject_adapter
 from trainer.base_models import LoadedModel, load_base_model
@@ -54,11 +54,7 @@ def config(arch: str, **kw: object) -> TrainConfig:
 
 def perturbed(cache: Path, cfg: TrainConfig, arch: str) -> LoadedModel:
     model = fresh(cache, arch)
-    params = inject_adapter(model, cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in params:
-            param.add_(torch.randn_like(param) * 0.2)
+    perturb(inject_adapter(model, cfg), 0.2)
     return model
 
 
