@@ -1,6 +1,7 @@
 """The tiny models' CLIP parts: a small byte-level BPE tokenizer (any text tokenizes; common
 words are one token) and a CLIP text encoder of a given width. Shared by the tiny SD 1.x/SDXL
-and FLUX.1 builders (`trainer.tiny_model`, `trainer.tiny_flux`) and the toy base model."""
+and FLUX.1 builders (`trainer.tiny_model`, `trainer.tiny_flux`), the toy base model, and the
+tiny transformers' word list (`trainer.tiny_parts`)."""
 
 from __future__ import annotations
 

@@ -18,29 +18,23 @@ from pathlib import Path
 
 import torch
 
+from trainer.tiny_parts import WORDS, flux_vae, save_seeded
+
 _SEED = 4321
 _WIDTH = 32  # transformer inner width = CLIP hidden = T5 d_model
 T5_MAX_LENGTH = 32
 """Tokens of T5 conditioning for the tiny model (FLUX.1-dev: 512, schnell: 256)."""
-_T5_WORDS = (
-    "a", "an", "the", "of", "in", "on", "and", "with", "photo", "picture", "painting",
-    "style", "person", "man", "woman", "cat", "dog", "art", "drawing", "portrait", "by",
-    "red", "blue", "square", "outdoors",
-)  # fmt: skip
 
 
 def build_tiny_flux(folder: Path) -> None:
     """Write the whole pipeline folder (weights, configs, tokenizers, model_index.json)."""
     from diffusers import FluxPipeline
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        pipe = FluxPipeline(**_components())
-    pipe.save_pretrained(folder, safe_serialization=True)
+    save_seeded(folder, _SEED, lambda: FluxPipeline(**_components()))
 
 
 def _components() -> dict[str, object]:
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     from trainer.tiny_clip import clip_text_encoder, make_tokenizer
 
@@ -56,26 +50,11 @@ def _components() -> dict[str, object]:
         guidance_embeds=True,
         axes_dims_rope=(4, 4, 8),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        shift_factor=0.1159,  # FLUX.1's VAE
-        scaling_factor=0.3611,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
     clip_tokenizer = make_tokenizer()
     t5_tokenizer = make_t5_tokenizer()
     return {
         "transformer": transformer,
-        "vae": vae,
+        "vae": flux_vae(),
         "text_encoder": clip_text_encoder(clip_tokenizer, 32, 37),  # tiny SD 1.x's CLIP
         "tokenizer": clip_tokenizer,
         "text_encoder_2": _t5_encoder(len(t5_tokenizer)),
@@ -104,7 +83,7 @@ def make_t5_tokenizer() -> object:
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(f"▁{word}", -1.0) for word in _T5_WORDS]
+    pieces += [(f"▁{word}", -1.0) for word in WORDS]
     pieces += [(chr(code), -5.0) for code in range(33, 127)]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 

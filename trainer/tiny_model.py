@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from trainer.tiny_clip import clip_text_encoder, make_tokenizer, write_bpe_files
+from trainer.tiny_parts import save_seeded
 
 Architecture = Literal["sd1", "sdxl", "flux1", "zimage"]
 
@@ -67,16 +68,15 @@ def _build(folder: Path, architecture: Architecture) -> None:
         build_tiny_zimage(folder)
         return
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
+    def make() -> object:
         if architecture == "sd1":
-            pipe = StableDiffusionPipeline(
+            return StableDiffusionPipeline(
                 **_sd1_components(), safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False,
             )  # fmt: skip
-        else:
-            pipe = StableDiffusionXLPipeline(**_sdxl_components())
-    pipe.save_pretrained(folder, safe_serialization=True)
+        return StableDiffusionXLPipeline(**_sdxl_components())
+
+    save_seeded(folder, _SEED, make)
     for sub in ("tokenizer", "tokenizer_2"):
         if (folder / sub).is_dir():
             write_bpe_files(folder / sub)

@@ -16,16 +16,14 @@ from pathlib import Path
 
 import torch
 
+from trainer.tiny_parts import WORDS, flux_vae, save_seeded
+
 _SEED = 2468
 _DIM = 32  # transformer width
 _TEXT_WIDTH = 32  # Qwen3 hidden size = cap_feat_dim
 MAX_SEQUENCE_LENGTH = 64
 """Caption tokens (chat template included) for the tiny model; Z-Image's pipeline default is 512."""
-_WORDS = (
-    "a", "an", "the", "of", "in", "on", "and", "with", "photo", "picture", "painting",
-    "style", "person", "man", "woman", "cat", "dog", "art", "drawing", "portrait", "by",
-    "red", "blue", "square", "outdoors", "user", "assistant",
-)  # fmt: skip
+_WORDS = (*WORDS, "user", "assistant")
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -40,14 +38,11 @@ def build_tiny_zimage(folder: Path) -> None:
     """Write the whole pipeline folder (weights, configs, tokenizer, model_index.json)."""
     from diffusers import ZImagePipeline
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        pipe = ZImagePipeline(**_components())
-    pipe.save_pretrained(folder, safe_serialization=True)
+    save_seeded(folder, _SEED, lambda: ZImagePipeline(**_components()))
 
 
 def _components() -> dict[str, object]:
-    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    from diffusers import ZImageTransformer2DModel
 
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,),
@@ -62,25 +57,10 @@ def _components() -> dict[str, object]:
         axes_dims=[4, 6, 6],
         axes_lens=[256, 64, 64],
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        shift_factor=0.1159,  # FLUX.1's VAE, which Z-Image uses
-        scaling_factor=0.3611,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
     tokenizer = make_qwen_tokenizer()
     return {
         "transformer": transformer,
-        "vae": vae,
+        "vae": flux_vae(),  # Z-Image uses FLUX.1's VAE
         "text_encoder": _qwen3_encoder(tokenizer),
         "tokenizer": tokenizer,
         "scheduler": zimage_scheduler(),

@@ -14,20 +14,14 @@ import torch
 from safetensors import safe_open
 from sqlmodel import select
 
-from atelier.settings import load_settings
-from storage import jobs
-from storage.datasets import record_dataset
-from storage.db import make_engine, session_scope
-from storage.ingest import IngestOptions, ingest_zip
-from storage.migrate import upgrade
+from storage.db import session_scope
 from storage.models import Checkpoint, Job
 from storage.states import JobState
-from tests.datasets import write_dataset_zip
 from tests.trainer.train_helpers import make_dataset, tiny_config
+from tests.worker.precision_jobs import enqueue_precision_jobs, worker_database
 from trainer import loop
 from trainer.base_models import load_base_model
 from trainer.generate import load_for_generation, render
-from trainer.presets import apply_preset
 from trainer.worker import Worker
 
 DEVICE = os.environ.get("ATELIER_GPU_LANE_DEVICE", "cuda")
@@ -73,26 +67,10 @@ def test_job_path_train_checkpoint_grid_export_reload(method, precision, tmp_pat
 
 
 def test_one_worker_runs_a_bf16_then_an_fp16_job(tmp_path):
-    settings = load_settings(
-        data_dir=tmp_path / "data", worker={"heartbeat_seconds": 0.5, "device": DEVICE}
+    settings, engine = worker_database(tmp_path, DEVICE)
+    ids = enqueue_precision_jobs(
+        settings, engine, tmp_path, PRECISIONS, steps=4, checkpoint_every=2
     )
-    engine = make_engine(settings.db_url)
-    upgrade(engine)
-    zip_path = write_dataset_zip(tmp_path / "data.zip", count=4, size=64)
-    dataset_result = ingest_zip(
-        zip_path, settings.datasets_dir, IngestOptions(trigger="tkxw"), settings.limits
-    )
-    ids = []
-    with session_scope(engine) as session:
-        dataset = record_dataset(session, dataset_result)
-        for precision in PRECISIONS:
-            config = apply_preset(
-                "quick-test", "lora", trigger="tkxw", steps=4, checkpoint_every=2,
-                mixed_precision=precision,
-            )  # fmt: skip
-            job = Job(owner_id=1, name=precision, method="lora", base_model="tiny",
-                      dataset_id=dataset.id, config=config.model_dump(mode="json"))  # fmt: skip
-            ids.append(jobs.enqueue(session, job).id)
     worker = Worker(settings, engine, "gpu-lane")
     assert worker.run_once() and worker.run_once()
     with session_scope(engine) as session:

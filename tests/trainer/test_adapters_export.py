@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainer.train_helpers import perturb
 from trainer.adapters import (
     adapter_state,
     inject_adapter,
@@ -49,12 +50,7 @@ def trained(cache: Path, arch: str, cfg: TrainConfig) -> LoadedModel:
     """A model with the adapter injected and moved away from its (identity) init."""
     model = fresh(cache, arch)
     params = inject_adapter(model, cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in params:
-            if cfg.method == "embedding":
-                continue
-            param.add_(torch.randn_like(param) * 0.2)
+    perturb([] if cfg.method == "embedding" else params, 0.2)  # seeds the embedding rows too
     if cfg.method == "embedding":
         with torch.no_grad():
             for encoder in model.text_encoders:

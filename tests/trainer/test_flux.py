@@ -13,22 +13,18 @@ model's widths (`tiny_width_converter`); every other line is diffusers' code.
 from __future__ import annotations
 
 import inspect
-import logging
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainer.train_helpers import make_dataset
-from trainer import loop
-from trainer.adapters import inject_adapter
+from tests.trainer import transformer_helpers as shared
 from trainer.architectures.base import TextConditioning
-from trainer.base_models import LoadedModel, load_base_model
-from trainer.callbacks import RecordingCallbacks
-from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
+from trainer.base_models import LoadedModel
+from trainer.config import check_architecture
 from trainer.export import export_checkpoint, kohya_to_peft, read_safetensors
-from trainer.generate import load_for_generation
 
 INVOKEAI_KOHYA_FLUX = re.compile(
     r"lora_unet_(\w+_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|linear1"
@@ -46,29 +42,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-flux")
 
 
-def fresh(cache: Path) -> LoadedModel:
-    model = load_base_model("builtin:tiny-flux", "flux1", cache_dir=cache)
-    model.pipeline.set_progress_bar_config(disable=True)
-    return model
-
-
-def config(**kw: object) -> TrainConfig:
-    base = {
-        "base_model": "tiny-flux", "rank": 4, "alpha": 1.0, "steps": 10, "checkpoint_every": 5,
-        "trigger": "ohwx", "min_snr_gamma": None, "resolution": 32,
-        "validation": {"scheduler": "euler", "guidance": 3.5, "steps": 2, "seeds": [1]},
-    }  # fmt: skip
-    return TrainConfig(**(base | kw))
-
-
-def perturbed(cache: Path, cfg: TrainConfig) -> LoadedModel:
-    model = fresh(cache)
-    params = inject_adapter(model, cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in params:
-            param.add_(torch.randn_like(param) * 0.2)
-    return model
+fresh = partial(shared.fresh, arch="flux1")
+config = partial(shared.config, "flux1")
+perturbed = partial(shared.perturbed, arch="flux1")
 
 
 @torch.no_grad()
@@ -95,10 +71,6 @@ def tiny_width_converter(transformer: torch.nn.Module):
     return namespace["_convert_kohya_flux_lora_to_diffusers"]
 
 
-def lora_layers(module: torch.nn.Module, adapter: str) -> list[str]:
-    return [n for n, m in module.named_modules() if adapter in getattr(m, "lora_A", {})]
-
-
 def test_tiny_flux_is_built_offline_with_every_part(cache: Path) -> None:
     model = fresh(cache)
     pipe = model.pipeline
@@ -118,12 +90,7 @@ def test_flow_matching_objective(cache: Path) -> None:
     """x_σ = (1 − σ)x + σε, target ε − x; σ drawn logit-normal then shifted like the scheduler."""
     model = fresh(cache)
     arch, cfg = model.arch, config()
-    x, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    sigma = torch.tensor([0.0, 0.5, 1.0])
-    noisy, target = arch.noisy_and_target(model, x, eps, sigma)
-    torch.testing.assert_close(noisy[0], x[0])
-    torch.testing.assert_close(noisy[2], eps[2])
-    torch.testing.assert_close(target, eps - x)
+    shared.assert_flow_interpolation(model)
     small = arch.sample_timesteps(model, cfg, torch.zeros(4000, 4, 8, 8), torch.Generator())
     large = arch.sample_timesteps(model, cfg, torch.zeros(4000, 4, 128, 128), torch.Generator())
     assert small.min() > 0 and small.max() < 1
@@ -137,37 +104,18 @@ def test_flow_matching_objective(cache: Path) -> None:
 
 def test_lora_file_reloads_in_diffusers(cache: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """The kohya file (main download) and the diffusers copy load through `load_lora_weights`
-    with every layer taken up, reproduce the trained adapter, and weight 0 is the base."""
+    (diffusers' converter at the tiny widths) with every layer taken up, reproduce the trained
+    adapter, and weight 0 is the base; `atelier generate` needs no width patch (our exact
+    split)."""
     from diffusers.loaders import lora_pipeline
 
-    cfg = config()
-    model = perturbed(cache, cfg)
-    want = transformer_out(model)
-    files = export_checkpoint(model, cfg, tmp_path, 5, "flux char")
-    trained = lora_layers(model.denoiser, "default")
-    for source in (files.primary, files.diffusers):
-        other = fresh(cache)
-        base = transformer_out(other)
-        monkeypatch.setattr(
-            lora_pipeline,
-            "_convert_kohya_flux_lora_to_diffusers",
-            tiny_width_converter(other.denoiser),
-        )
-        with caplog.at_level(logging.WARNING, logger="diffusers"):
-            other.pipeline.load_lora_weights(str(source), adapter_name="atelier")
-        # peft/diffusers warn "Loading adapter weights from state_dict led to unexpected /
-        # missing keys" when a tensor finds no layer or a layer no tensor
-        assert not [r for r in caplog.records if "state_dict led to" in r.getMessage()]
-        assert lora_layers(other.denoiser, "atelier") == trained  # no layer left out
-        torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
-        other.pipeline.set_adapters(["atelier"], adapter_weights=[0.0])
-        torch.testing.assert_close(transformer_out(other), base, atol=1e-6, rtol=0)
-    assert not torch.allclose(want, base, atol=1e-3)  # the adapter does change the output
-    ours = fresh(cache)  # `atelier generate`: our exact split, no width patch needed
-    monkeypatch.undo()
-    load_for_generation(ours, files.primary, 1.0)
-    assert lora_layers(ours.denoiser, "atelier") == trained
-    torch.testing.assert_close(transformer_out(ours), want, atol=2e-5, rtol=1e-4)
+    def patch(other: LoadedModel) -> None:
+        converter = tiny_width_converter(other.denoiser)
+        monkeypatch.setattr(lora_pipeline, "_convert_kohya_flux_lora_to_diffusers", converter)
+
+    shared.assert_lora_file_reloads(
+        cache, "flux1", transformer_out, tmp_path, caplog, monkeypatch, patch
+    )
 
 
 def test_kohya_keys_fuse_qkv_and_match_comfyui_and_invokeai(cache: Path, tmp_path: Path) -> None:
@@ -216,74 +164,25 @@ def test_kohya_keys_fuse_qkv_and_match_comfyui_and_invokeai(cache: Path, tmp_pat
 
 
 def test_dora_file_round_trips_on_fused_layers(cache: Path, tmp_path: Path) -> None:
-    cfg = config(method="dora")
-    model = perturbed(cache, cfg)
-    want = transformer_out(model)
-    files = export_checkpoint(model, cfg, tmp_path, 5, "d")
-    tensors, meta = read_safetensors(files.primary)
+    _, tensors = shared.dora_round_trip(cache, "flux1", transformer_out, tmp_path)
     qkv = "lora_unet_single_blocks_0_linear1"
     assert tensors[f"{qkv}.dora_scale"].shape == (1, 32)  # kohya: one per input column
     assert tensors[f"{qkv}.lora_up.weight"].shape == (3 * 32 + 128, 4)  # trained fused
-    assert files.diffusers is None and meta["ss_network_module"] == "lycoris.kohya"
-    other = fresh(cache)
-    base = transformer_out(other)
-    load_for_generation(other, files.primary, 1.0)
-    torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
-    again = fresh(cache)
-    load_for_generation(again, files.primary, 0.0)
-    torch.testing.assert_close(transformer_out(again), base, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_trains_end_to_end_on_tiny_flux(method: str, tmp_path: Path, cache: Path) -> None:
-    dataset = make_dataset(tmp_path / "data", count=10, size=48)
-    callbacks = RecordingCallbacks()
-    cfg = config(method=method, steps=4, checkpoint_every=2, batch_size=2, learning_rate=1e-3)
-    result = loop.train(cfg, dataset, tmp_path / "out", callbacks, cache_dir=cache, device="cpu")
-    assert result.status == "completed" and [c.step for c in result.checkpoints] == [2, 4]
-    assert all(c.grid_path and c.grid_path.is_file() for c in result.checkpoints)
-    assert all(c.file.is_file() for c in result.checkpoints)
-    held = [loss for _, loss in result.heldout_losses]
-    assert len(held) == 2 and all(0 < loss < 10 for loss in held)
+    shared.assert_trains_end_to_end("flux1", method, tmp_path, cache)
 
 
 def test_flux_refuses_what_it_cannot_do_in_one_line() -> None:
     ok = config()
     check_architecture(ok, "flux1")
-    cases = {
-        "cannot train embeddings": config(method="embedding"),
-        "steps of 16": config(resolution=40),
-        "train_text_encoder": config(train_text_encoder=True),
-        "min_snr_gamma": config(min_snr_gamma=5.0),
-        "'euler'": config(validation={"scheduler": "dpm++"}),
-    }
-    for words, cfg in cases.items():
-        with pytest.raises(ArchitectureMismatch, match=words) as refused:
-            check_architecture(cfg, "flux1")
-        assert "\n" not in str(refused.value)
+    cases = {"cannot train embeddings": config(method="embedding")}
+    shared.assert_refused_in_one_line("flux1", cases | shared.common_refusals("flux1"))
     check_architecture(config(method="embedding", min_snr_gamma=5.0), "sd1")
 
 
 def test_train_and_generate_clis_on_tiny_flux(cache: Path, tmp_path: Path, monkeypatch) -> None:
     """`atelier train --base-model tiny-flux` then `atelier generate --base tiny-flux`."""
-    from PIL import Image
-
-    from atelier.settings import load_settings
-    from trainer.generate import generate_cli
-    from trainer.train_cli import train_cli
-
-    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
-    data = make_dataset(tmp_path / "ds", count=2, size=64)
-    out = tmp_path / "out"
-    argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-flux",
-            "--preset", "quick-test", "--steps", "2", "--out", str(out),
-            "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
-    assert train_cli(argv, load_settings) == 0
-    files = sorted((out / "checkpoints").glob("*.safetensors"))
-    assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "flux1"
-    png = tmp_path / "x.png"
-    argv = ["--model", str(files[-1]), "--prompt", "ohwx", "--base", "tiny-flux",
-            "--cache-dir", str(cache), "--steps", "2", "--out", str(png)]  # fmt: skip
-    assert generate_cli(argv) == 0
-    with Image.open(png) as image:
-        assert image.size == (64, 64)
+    shared.assert_train_and_generate_clis("flux1", cache, tmp_path, monkeypatch)

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from tests.trainer.test_flux import fresh
+from tests.trainer import transformer_helpers as shared
 from tests.trainer.test_flux import transformer_out as flux_out
 from trainer.base_models import BaseModelError, detect_architecture, load_base_model
-from trainer.tiny_model import ensure_tiny_model
 
 EMBEDDERS = {
     "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
@@ -107,26 +105,20 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bfl_file(cache: Path, where: Path) -> Path:
     """`where/flux-tiny.safetensors` (BFL layout) and `where/flux-tiny/` (a diffusers FLUX.1
     folder whose transformer has its config only: the weights must come from the file)."""
-    folder = ensure_tiny_model(cache, "flux1")
-    transformer = fresh(cache).denoiser
+    transformer = shared.fresh(cache, "flux1").denoiser
     state = to_bfl(
         transformer.state_dict(),
         len(transformer.transformer_blocks),
         len(transformer.single_transformer_blocks),
     )
-    checkpoint = where / "flux-tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
-    config = shutil.copytree(folder, where / "flux-tiny")
-    for weights in (config / "transformer").glob("*.safetensors"):
-        weights.unlink()
-    return checkpoint
+    return shared.single_file_beside_folder(cache, "flux1", state, where / "flux-tiny.safetensors")
 
 
 def test_bfl_single_file_loads_as_the_folder(cache: Path, tmp_path: Path, monkeypatch) -> None:
     from diffusers.loaders import single_file_model
 
     checkpoint = bfl_file(cache, tmp_path)
-    folder = fresh(cache)
+    folder = shared.fresh(cache, "flux1")
     inner = folder.denoiser.config.num_attention_heads * folder.denoiser.config.attention_head_dim
     entry = dict(single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"])
     entry["checkpoint_mapping_fn"] = tiny_width_flux_converter(inner)
@@ -134,13 +126,7 @@ def test_bfl_single_file_loads_as_the_folder(cache: Path, tmp_path: Path, monkey
         single_file_model.SINGLE_FILE_LOADABLE_CLASSES, "FluxTransformer2DModel", entry
     )
     assert detect_architecture(checkpoint) == "flux1"
-    single = load_base_model(str(checkpoint), "flux1", cache_dir=cache)
-    single.pipeline.set_progress_bar_config(disable=True)
-    want, got = folder.denoiser.state_dict(), single.denoiser.state_dict()
-    assert want.keys() == got.keys()
-    for key, tensor in want.items():
-        assert torch.equal(got[key], tensor), key
-    torch.testing.assert_close(flux_out(single), flux_out(folder), atol=0, rtol=0)
+    shared.assert_loads_as_the_folder(cache, "flux1", checkpoint, folder, flux_out)
 
 
 def test_single_file_without_the_other_components_is_refused(cache: Path, tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.trainer.test_flux import config, fresh, lora_layers, perturbed, tiny_width_converter
+from tests.trainer.test_flux import config, fresh, perturbed, tiny_width_converter
 from tests.trainer.test_flux import transformer_out as flux_out
 from tests.trainer.train_helpers import make_dataset
+from tests.trainer.transformer_helpers import lora_layers
 from trainer import loop
 from trainer.base_models import load_base_model
 from trainer.callbacks import RecordingCallbacks

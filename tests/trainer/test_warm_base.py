@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from atelier.settings import load_settings
+from tests.trainer.train_helpers import perturb
 from trainer.adapters import inject_adapter
 from trainer.base_models import LoadedModel, load_base_model
 from trainer.config import TrainConfig
@@ -48,11 +49,7 @@ def _file(cache: Path, out: Path, arch: str, method: str) -> Path:
                       method=method, train_text_encoder=text,
                       **(extra if method == "embedding" else {}))  # fmt: skip
     model = _load(cache, arch)
-    params = inject_adapter(model, cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in params:
-            param.add_(torch.randn_like(param) * 0.5)
+    perturb(inject_adapter(model, cfg), 0.5)
     return export_checkpoint(model, cfg, out / method, 5, method).primary
 
 

@@ -7,20 +7,16 @@ adapters are perturbed before files are compared. The main file is read by diffu
 
 from __future__ import annotations
 
-import logging
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainer.train_helpers import make_dataset
-from trainer import loop
-from trainer.adapters import inject_adapter
-from trainer.base_models import LoadedModel, load_base_model
-from trainer.callbacks import RecordingCallbacks
-from trainer.config import ArchitectureMismatch, TrainConfig, check_architecture
+from tests.trainer import transformer_helpers as shared
+from trainer.base_models import LoadedModel
+from trainer.config import check_architecture
 from trainer.export import export_checkpoint, read_safetensors
-from trainer.generate import load_for_generation
 
 COMFY_BLOCK_LAYERS = (
     "attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
@@ -39,29 +35,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-zimage")
 
 
-def fresh(cache: Path) -> LoadedModel:
-    model = load_base_model("builtin:tiny-zimage", "zimage", cache_dir=cache)
-    model.pipeline.set_progress_bar_config(disable=True)
-    return model
-
-
-def config(**kw: object) -> TrainConfig:
-    base = {
-        "base_model": "tiny-zimage", "rank": 4, "alpha": 1.0, "steps": 10,
-        "checkpoint_every": 5, "trigger": "ohwx", "min_snr_gamma": None, "resolution": 32,
-        "validation": {"scheduler": "euler", "guidance": 0.0, "steps": 2, "seeds": [1]},
-    }  # fmt: skip
-    return TrainConfig(**(base | kw))
-
-
-def perturbed(cache: Path, cfg: TrainConfig) -> LoadedModel:
-    model = fresh(cache)
-    params = inject_adapter(model, cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in params:
-            param.add_(torch.randn_like(param) * 0.2)
-    return model
+fresh = partial(shared.fresh, arch="zimage")
+config = partial(shared.config, "zimage")
+perturbed = partial(shared.perturbed, arch="zimage")
 
 
 @torch.no_grad()
@@ -70,10 +46,6 @@ def transformer_out(model: LoadedModel) -> torch.Tensor:
     noisy = torch.randn(2, 4, 8, 8, generator=g)
     text = model.arch.encode_prompts(model, ["ohwx, a photo of a cat", "a red square"])
     return model.arch.predict(model, noisy, torch.tensor([0.3, 0.8]), text)
-
-
-def lora_layers(module: torch.nn.Module, adapter: str) -> list[str]:
-    return [n for n, m in module.named_modules() if adapter in getattr(m, "lora_A", {})]
 
 
 def test_tiny_zimage_is_built_offline_with_every_part(cache: Path) -> None:
@@ -102,11 +74,7 @@ def test_flow_matching_objective_and_prediction_convention(cache: Path) -> None:
     `predict` is the pipeline's negated transformer output at t = 1 − σ."""
     model = fresh(cache)
     arch, cfg = model.arch, config()
-    x, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    noisy, target = arch.noisy_and_target(model, x, eps, torch.tensor([0.0, 0.5, 1.0]))
-    torch.testing.assert_close(noisy[0], x[0])
-    torch.testing.assert_close(noisy[2], eps[2])
-    torch.testing.assert_close(target, eps - x)
+    noisy = shared.assert_flow_interpolation(model)
     sigmas = arch.sample_timesteps(model, cfg, torch.zeros(4000, 4, 8, 8), torch.Generator())
     assert sigmas.min() > 0 and sigmas.max() < 1
     assert abs(float(sigmas.median()) - 0.75) < 0.03  # shift 3 moves the median 0.5 → 0.75
@@ -119,29 +87,13 @@ def test_flow_matching_objective_and_prediction_convention(cache: Path) -> None:
     torch.testing.assert_close(ours[0], -raw.squeeze(1))
 
 
-def test_lora_file_reloads_in_diffusers(cache: Path, tmp_path: Path, caplog) -> None:
+def test_lora_file_reloads_in_diffusers(cache: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """The main file and the diffusers copy load through `load_lora_weights` unchanged, with
     every layer taken up, reproduce the trained adapter, and weight 0 is the base."""
-    cfg = config()
-    model = perturbed(cache, cfg)
-    want = transformer_out(model)
-    files = export_checkpoint(model, cfg, tmp_path, 5, "zimage char")
-    trained = lora_layers(model.denoiser, "default")
+    trained = shared.assert_lora_file_reloads(
+        cache, "zimage", transformer_out, tmp_path, caplog, monkeypatch
+    )
     assert len(trained) == 7 * 4  # 7 layers × (2 main + 1 noise + 1 context refiner blocks)
-    for source in (files.primary, files.diffusers):
-        other = fresh(cache)
-        base = transformer_out(other)
-        with caplog.at_level(logging.WARNING, logger="diffusers"):
-            other.pipeline.load_lora_weights(str(source), adapter_name="atelier")
-        assert not [r for r in caplog.records if "state_dict led to" in r.getMessage()]
-        assert lora_layers(other.denoiser, "atelier") == trained  # no layer left out
-        torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
-        other.pipeline.set_adapters(["atelier"], adapter_weights=[0.0])
-        torch.testing.assert_close(transformer_out(other), base, atol=1e-6, rtol=0)
-    assert not torch.allclose(want, base, atol=1e-3)  # the adapter does change the output
-    ours = fresh(cache)  # `atelier generate`
-    load_for_generation(ours, files.primary, 1.0)
-    torch.testing.assert_close(transformer_out(ours), want, atol=2e-5, rtol=1e-4)
 
 
 def comfy_layers(model: LoadedModel) -> dict[str, str]:
@@ -180,35 +132,15 @@ def test_keys_match_comfyui_and_carry_alpha(cache: Path, tmp_path: Path) -> None
 
 
 def test_dora_file_round_trips(cache: Path, tmp_path: Path) -> None:
-    cfg = config(method="dora")
-    model = perturbed(cache, cfg)
-    want = transformer_out(model)
-    files = export_checkpoint(model, cfg, tmp_path, 5, "d")
-    tensors, meta = read_safetensors(files.primary)
+    model, tensors = shared.dora_round_trip(cache, "zimage", transformer_out, tmp_path)
     key = "diffusion_model.layers.1.feed_forward.w2.dora_scale"
     width = model.denoiser.layers[1].feed_forward.w2.base.in_features
     assert tensors[key].shape == (1, width)  # kohya / LyCORIS: one per input column
-    assert files.diffusers is None and meta["ss_network_module"] == "lycoris.kohya"
-    other = fresh(cache)
-    base = transformer_out(other)
-    load_for_generation(other, files.primary, 1.0)
-    torch.testing.assert_close(transformer_out(other), want, atol=2e-5, rtol=1e-4)
-    again = fresh(cache)
-    load_for_generation(again, files.primary, 0.0)
-    torch.testing.assert_close(transformer_out(again), base, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_trains_end_to_end_on_tiny_zimage(method: str, tmp_path: Path, cache: Path) -> None:
-    dataset = make_dataset(tmp_path / "data", count=10, size=48)
-    callbacks = RecordingCallbacks()
-    cfg = config(method=method, steps=4, checkpoint_every=2, batch_size=2, learning_rate=1e-3)
-    result = loop.train(cfg, dataset, tmp_path / "out", callbacks, cache_dir=cache, device="cpu")
-    assert result.status == "completed" and [c.step for c in result.checkpoints] == [2, 4]
-    assert all(c.grid_path and c.grid_path.is_file() for c in result.checkpoints)
-    assert all(c.file.is_file() for c in result.checkpoints)
-    held = [loss for _, loss in result.heldout_losses]
-    assert len(held) == 2 and all(0 < loss < 10 for loss in held)
+    shared.assert_trains_end_to_end("zimage", method, tmp_path, cache)
 
 
 def test_zimage_refuses_what_it_cannot_do_in_one_line() -> None:
@@ -217,38 +149,12 @@ def test_zimage_refuses_what_it_cannot_do_in_one_line() -> None:
     check_architecture(config(validation=guided), "zimage")  # base Z-Image: CFG + negative
     cases = {
         "Z-Image models cannot train embeddings": config(method="embedding"),
-        "steps of 16": config(resolution=40),
-        "train_text_encoder": config(train_text_encoder=True),
-        "min_snr_gamma": config(min_snr_gamma=5.0),
-        "'euler'": config(validation={"scheduler": "dpm++"}),
+        **shared.common_refusals("zimage"),
         "negative prompt only with guidance above 0": config(validation=guided | {"guidance": 0.0}),
     }
-    for words, cfg in cases.items():
-        with pytest.raises(ArchitectureMismatch, match=words) as refused:
-            check_architecture(cfg, "zimage")
-        assert "\n" not in str(refused.value)
+    shared.assert_refused_in_one_line("zimage", cases)
 
 
 def test_train_and_generate_clis_on_tiny_zimage(cache: Path, tmp_path: Path, monkeypatch) -> None:
     """`atelier train --base-model tiny-zimage` then `atelier generate --base tiny-zimage`."""
-    from PIL import Image
-
-    from atelier.settings import load_settings
-    from trainer.generate import generate_cli
-    from trainer.train_cli import train_cli
-
-    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data-dir"))
-    data = make_dataset(tmp_path / "ds", count=2, size=64)
-    out = tmp_path / "out"
-    argv = ["--dataset", str(data), "--trigger", "ohwx", "--base-model", "tiny-zimage",
-            "--preset", "quick-test", "--steps", "2", "--out", str(out),
-            "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
-    assert train_cli(argv, load_settings) == 0
-    files = sorted((out / "checkpoints").glob("*.safetensors"))
-    assert files and read_safetensors(files[-1])[1]["ss_base_model_version"] == "zimage"
-    png = tmp_path / "x.png"
-    argv = ["--model", str(files[-1]), "--prompt", "ohwx", "--base", "tiny-zimage",
-            "--cache-dir", str(cache), "--steps", "2", "--out", str(png)]  # fmt: skip
-    assert generate_cli(argv) == 0
-    with Image.open(png) as image:
-        assert image.size == (64, 64)
+    shared.assert_train_and_generate_clis("zimage", cache, tmp_path, monkeypatch)

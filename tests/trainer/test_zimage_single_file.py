@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from atelier.doctor import model_folder_problem
-from tests.trainer.test_zimage import fresh, transformer_out
+from tests.trainer import transformer_helpers as shared
+from tests.trainer.test_zimage import transformer_out
 from trainer.base_models import BaseModelError, detect_architecture, load_base_model
-from trainer.tiny_model import ensure_tiny_model
 
 RENAMES = {
     "all_final_layer.2-1.": "final_layer.",
@@ -54,28 +53,17 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def comfy_file(cache: Path, where: Path) -> Path:
     """`where/zimage-tiny.safetensors` (ComfyUI layout) and `where/zimage-tiny/` (a diffusers
     Z-Image folder whose transformer has its config only: the weights must come from the file)."""
-    folder = ensure_tiny_model(cache, "zimage")
-    state = to_comfy(fresh(cache).denoiser.state_dict())
+    state = to_comfy(shared.fresh(cache, "zimage").denoiser.state_dict())
     checkpoint = where / "zimage-tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
-    config = shutil.copytree(folder, where / "zimage-tiny")
-    for weights in (config / "transformer").glob("*.safetensors"):
-        weights.unlink()
-    return checkpoint
+    return shared.single_file_beside_folder(cache, "zimage", state, checkpoint)
 
 
 def test_comfy_single_file_loads_as_the_folder(cache: Path, tmp_path: Path) -> None:
     checkpoint = comfy_file(cache, tmp_path)
-    folder = fresh(cache)
+    folder = shared.fresh(cache, "zimage")
     assert detect_architecture(checkpoint) == "zimage"
     assert model_folder_problem(checkpoint, "zimage") is None
-    single = load_base_model(str(checkpoint), "zimage", cache_dir=cache)
-    single.pipeline.set_progress_bar_config(disable=True)
-    want, got = folder.denoiser.state_dict(), single.denoiser.state_dict()
-    assert want.keys() == got.keys()
-    for key, tensor in want.items():
-        assert torch.equal(got[key], tensor), key
-    torch.testing.assert_close(transformer_out(single), transformer_out(folder), atol=0, rtol=0)
+    shared.assert_loads_as_the_folder(cache, "zimage", checkpoint, folder, transformer_out)
 
 
 def test_missing_config_folder_is_refused_in_one_line(cache: Path, tmp_path: Path) -> None:

@@ -52,6 +52,17 @@ def tiny_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def perturb(params: list[Any], scale: float) -> None:
+    """Move adapter weights off their init (LoRA B starts at zero, so a file of the untouched
+    adapter would equal the base) by seeded noise of std `scale`; leaves torch seeded at 0."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in params:
+            param.add_(torch.randn_like(param) * scale)
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder per test session: the tiny model is built once, latents cached per test."""

@@ -1,7 +1,8 @@
 """The seam between the training machinery and one base architecture.
 
 The loop, caches, held-out loss, validation grids and export call these methods and never ask
-which architecture they hold. One subclass per architecture (`sd1`, `sdxl`, `flux1`) decides:
+which architecture they hold. One subclass per architecture (`sd1`, `sdxl`, `flux1`, `zimage`;
+the rectified-flow transformers share `flow.FlowTransformer`) decides:
 
 - loading: the pipeline class, the denoiser's name (`unet` / `transformer`), the training
   noise schedule;
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
 
 AdapterLayer = tuple[str, str, dict[str, torch.Tensor]]
 """(component, module path, {"lora_down.weight", "lora_up.weight"[, "dora_scale"]})."""
+
+
+def kohya_layer(name: str, parts: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """One layer of a downloadable file under the key stem `name`: float32 CPU copies of its
+    tensors and a float32 `.alpha` (what kohya, ComfyUI and diffusers read)."""
+    out = {f"{name}.{suffix}": t.detach().float().cpu().clone() for suffix, t in parts.items()}
+    out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
 
 
 @dataclass

@@ -6,11 +6,9 @@
 - Latents: the 16-channel VAE's (mean − shift) × scale (`trainer.caches.encode_images`), packed
   into 2×2 patches for the transformer (`FluxPipeline._pack_latents`), hence training sizes in
   steps of 16 px (`trainer.config.ARCHITECTURES`).
-- Objective (rectified flow, as diffusers' `train_dreambooth_lora_flux.py`, kohya and
-  SimpleTuner): x_σ = (1 − σ)·x + σ·ε, target ε − x, uniform loss weight. σ is drawn
-  logit-normal (SD3 paper, mean 0, std 1) and then shifted the way the model's own scheduler
-  shifts at inference: by the resolution-dependent μ for dev (`use_dynamic_shifting`, kohya's
-  `flux_shift`), by the fixed `shift` otherwise (schnell: 1, no shift).
+- Objective: the rectified flow of `trainer.architectures.flow` (x_σ = (1 − σ)·x + σ·ε,
+  target ε − x); σ logit-normal, shifted by the resolution-dependent μ for dev
+  (`use_dynamic_shifting`, kohya's `flux_shift`), by the fixed `shift` otherwise (schnell: 1).
 - dev is guidance-distilled: the transformer gets a guidance value during training too
   (3.5, the default of diffusers' and kohya's FLUX trainers); schnell has no guidance input.
 - Adapter: every attention and MLP linear of the double- and single-stream blocks (kohya's
@@ -18,18 +16,18 @@
   peft on diffusers' separate layers, DoRA on the fused BFL layers (`flux_dora`).
 - Export: kohya names on BFL modules with q/k/v (and the single blocks' MLP input) fused
   (`trainer.formats.flux`); metadata as kohya's `sai_model_spec` writes it for FLUX.1.
-- Sampling: the pipeline with its own FlowMatchEuler scheduler (no negative prompt, no CFG).
+- Sampling (`flow`): the pipeline with its FlowMatchEuler scheduler (no negative prompt, no CFG).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.architectures.base import AdapterLayer, Architecture, TextConditioning
+from trainer.architectures.base import AdapterLayer, TextConditioning, kohya_layer
+from trainer.architectures.flow import FlowTransformer
 from trainer.architectures.flux_dora import FusedDora, install, unwrap
 from trainer.formats import flux as names
 
@@ -45,22 +43,15 @@ def _pipeline_cls() -> Any:
     return FluxPipeline
 
 
-class Flux1(Architecture):
+class Flux1(FlowTransformer):
     name = "flux1"
-    denoiser_name = "transformer"
     base_version = "flux1"
     spec_architecture = "flux-1"
     spec_implementation = "https://github.com/black-forest-labs/flux"
-    prediction_type = "flow"
     quantized_blocks = ("transformer_blocks", "single_transformer_blocks")
 
     def pipeline_class(self) -> type:
         return _pipeline_cls()
-
-    def training_scheduler(self, pipeline: Any) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
 
     @staticmethod
     def is_dev(model: Any) -> bool:
@@ -83,39 +74,6 @@ class Flux1(Architecture):
         return TextConditioning(hidden=hidden, pooled=pooled)
 
     # ---------------------------------------------------------------- the objective
-
-    def sample_timesteps(
-        self, model: Any, config: Any, latents: torch.Tensor, generator: Any
-    ) -> torch.Tensor:
-        u = torch.sigmoid(torch.randn(latents.shape[0], generator=generator, dtype=torch.float64))
-        return (
-            self.shift(model, u, latents.shape[-2] * latents.shape[-1] // 4)
-            .float()
-            .to(latents.device)
-        )
-
-    @staticmethod
-    def shift(model: Any, sigmas: torch.Tensor, image_tokens: int) -> torch.Tensor:
-        """The scheduler's own shift: resolution-dependent (dev) or fixed (`shift`)."""
-        cfg = model.noise_scheduler.config
-        if cfg.use_dynamic_shifting:
-            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-            mu = calculate_shift(
-                image_tokens, cfg.base_image_seq_len, cfg.max_image_seq_len,
-                cfg.base_shift, cfg.max_shift,
-            )  # fmt: skip
-            return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
-        return cfg.shift * sigmas / (1 + (cfg.shift - 1) * sigmas)
-
-    def fixed_timesteps(self, model: Any, count: int) -> list[float]:
-        return [(k + 0.5) / count for k in range(count)]
-
-    def noisy_and_target(
-        self, model: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = t.float().reshape(-1, *([1] * (latents.ndim - 1)))
-        return (1 - sigma) * latents + sigma * noise, noise - latents
 
     def predict(
         self, model: Any, noisy: torch.Tensor, t: torch.Tensor, text: TextConditioning
@@ -181,29 +139,10 @@ class Flux1(Architecture):
 
     # ---------------------------------------------------------------- sampling
 
-    def sample(self, pipeline: Any, **kw: Any) -> Any:
-        result = pipeline(
-            prompt=kw["prompt"],
-            num_inference_steps=kw["steps"],
-            guidance_scale=kw["guidance"],
-            generator=torch.Generator("cpu").manual_seed(kw["seed"]),
-            width=kw["width"],
-            height=kw["height"],
-            max_sequence_length=self.max_sequence_length(pipeline),
-            output_type="pil",
-        )
-        return result.images[0]
-
-    def default_side(self, pipeline: Any) -> int:
-        return 1024 if pipeline.vae_scale_factor == 8 else 64
-
     # ---------------------------------------------------------------- export
 
     def spec_name(self, model: Any) -> str:
         return "flux-1-dev" if self.is_dev(model) else "flux-1-schnell"
-
-    def spec_prediction_type(self, model: Any) -> str | None:
-        return None
 
     def kohya_tensors(
         self, model: Any, layers: list[AdapterLayer], alpha: float
@@ -217,10 +156,7 @@ class Flux1(Architecture):
             if component != self.denoiser_name:
                 raise ValueError(f"FLUX.1 files hold the transformer only, not {component}")
             if "dora_scale" in parts:  # a fused group: `<block>.dora_<bfl name>`
-                kohya = by_path[path]
-                for suffix, tensor in parts.items():
-                    out[f"{kohya}.{suffix}"] = tensor.detach().float().cpu().clone()
-                out[f"{kohya}.alpha"] = torch.tensor(float(alpha))
+                out |= kohya_layer(by_path[path], parts, alpha)
                 continue
             kohya, position = members[path]
             pending.setdefault(kohya, {})[position] = (

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.architectures.base import AdapterLayer, Architecture, TextConditioning
+from trainer.architectures.base import AdapterLayer, Architecture, TextConditioning, kohya_layer
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 # kohya LoCon / C3Lier: every Linear/Conv in transformer blocks and resnets, plus resampler convs
@@ -168,10 +168,7 @@ class SD1(Architecture):
     ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for component, path, parts in layers:
-            name = self.kohya_name(model, component, path)
-            for suffix, tensor in parts.items():
-                out[f"{name}.{suffix}"] = tensor.detach().float().cpu().clone()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+            out |= kohya_layer(self.kohya_name(model, component, path), parts, alpha)
         return out
 
     def kohya_to_peft(

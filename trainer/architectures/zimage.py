@@ -7,11 +7,11 @@
   zero), which keeps the text cache and batching architecture-blind.
 - Latents: FLUX.1's 16-channel VAE, (mean − shift) × scale (`trainer.caches.encode_images`),
   patched 2×2 by the transformer: training sizes in steps of 16 px.
-- Objective (rectified flow): x_σ = (1 − σ)·x + σ·ε, target ε − x. The transformer is fed
-  t = 1 − σ and predicts x − ε, which the pipeline negates before its Euler step; `predict`
-  returns that negated output, so prediction and target are in the scheduler's convention.
-  σ is drawn logit-normal (SD3 paper, mean 0, std 1), then shifted by the scheduler's own
-  fixed shift (Z-Image-Turbo: 3.0), the shift its sampler applies at inference.
+- Objective: the rectified flow of `trainer.architectures.flow` (x_σ = (1 − σ)·x + σ·ε,
+  target ε − x; σ logit-normal, shifted by the scheduler's fixed shift, Z-Image-Turbo: 3.0, the
+  shift its sampler applies at inference). The transformer is fed t = 1 − σ and predicts x − ε,
+  which the pipeline negates before its Euler step; `predict` returns that negated output, so
+  prediction and target are in the scheduler's convention.
 - Adapter: attention q/k/v/out and the SwiGLU feed-forward (w1, w2, w3) of the main layers and
   both refiners; LoRA through peft, DoRA as kohya/LyCORIS per-layer `dora_scale` (1, in).
 - Export: the layout ComfyUI's Lumina2/Z-Image branch reads (`comfy/lora.py` maps
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.architectures.base import AdapterLayer, Architecture, TextConditioning
-from trainer.architectures.flux1 import Flux1
+from trainer.architectures.base import AdapterLayer, TextConditioning, kohya_layer
+from trainer.architectures.flow import FlowTransformer
 
 PREFIX = "diffusion_model."
 """Key prefix of the main file: ComfyUI's and diffusers' Z-Image loaders both read it."""
@@ -53,22 +53,15 @@ def _pipeline_cls() -> Any:
     return ZImagePipeline
 
 
-class ZImage(Architecture):
+class ZImage(FlowTransformer):
     name = "zimage"
-    denoiser_name = "transformer"
     base_version = "zimage"
     spec_architecture = "Z-Image"
     spec_implementation = "https://github.com/Tongyi-MAI/Z-Image"
-    prediction_type = "flow"
     quantized_blocks = BLOCK_LISTS
 
     def pipeline_class(self) -> type:
         return _pipeline_cls()
-
-    def training_scheduler(self, pipeline: Any) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
 
     def max_sequence_length(self, pipeline: Any) -> int:
         return min(MAX_TOKENS, int(pipeline.tokenizer.model_max_length))
@@ -91,17 +84,6 @@ class ZImage(Architecture):
         return [row[row.abs().sum(dim=-1) > 0] for row in hidden]
 
     # ---------------------------------------------------------------- the objective
-
-    def sample_timesteps(
-        self, model: Any, config: Any, latents: torch.Tensor, generator: Any
-    ) -> torch.Tensor:
-        u = torch.sigmoid(torch.randn(latents.shape[0], generator=generator, dtype=torch.float64))
-        tokens = latents.shape[-2] * latents.shape[-1] // 4
-        return Flux1.shift(model, u, tokens).float().to(latents.device)
-
-    # the same rectified-flow interpolation and held-out grid as FLUX.1
-    fixed_timesteps = Flux1.fixed_timesteps
-    noisy_and_target = Flux1.noisy_and_target
 
     def predict(
         self, model: Any, noisy: torch.Tensor, t: torch.Tensor, text: TextConditioning
@@ -128,28 +110,12 @@ class ZImage(Architecture):
 
     # ---------------------------------------------------------------- sampling
 
-    def sample(self, pipeline: Any, **kw: Any) -> Any:
+    def sample_options(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """Base Z-Image samples with CFG and a negative prompt; Turbo (guidance 0) with neither."""
         guided = kw["guidance"] > 0
-        result = pipeline(
-            prompt=kw["prompt"],
-            negative_prompt=(kw["negative_prompt"] or None) if guided else None,
-            num_inference_steps=kw["steps"],
-            guidance_scale=kw["guidance"],
-            generator=torch.Generator("cpu").manual_seed(kw["seed"]),
-            width=kw["width"],
-            height=kw["height"],
-            max_sequence_length=self.max_sequence_length(pipeline),
-            output_type="pil",
-        )
-        return result.images[0]
-
-    def default_side(self, pipeline: Any) -> int:
-        return 1024 if pipeline.vae_scale_factor == 8 else 64
+        return {"negative_prompt": (kw["negative_prompt"] or None) if guided else None}
 
     # ---------------------------------------------------------------- export
-
-    def spec_prediction_type(self, model: Any) -> str | None:
-        return None
 
     def kohya_tensors(
         self, model: Any, layers: list[AdapterLayer], alpha: float
@@ -158,9 +124,7 @@ class ZImage(Architecture):
         for component, path, parts in layers:
             if component != self.denoiser_name:
                 raise ValueError(f"Z-Image files hold the transformer only, not {component}")
-            for suffix, tensor in parts.items():
-                out[f"{PREFIX}{path}.{suffix}"] = tensor.detach().float().cpu().clone()
-            out[f"{PREFIX}{path}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+            out |= kohya_layer(f"{PREFIX}{path}", parts, alpha)
         return out
 
     def kohya_to_peft(
