@@ -13,7 +13,8 @@ first `pool` times an image is preserved, its noisy latent, timestep and the bas
 stored; later steps draw from that store instead of running the base model again, as DreamBooth
 renders its prior images once. What remains per step is the k extra adapted samples, so the step
 costs about (n + k) / n of one without preservation (`bench/learn.py --cost-steps` measures it).
-The store lives in memory: a resumed job fills it again (the same images, new draws).
+The store lives in memory, at most `max_store_bytes` (1 GiB; past it the base model predicts as
+without a store); a resumed job fills it again (the same images, new draws).
 
 Nothing here knows the architecture: the caller hands over its batch (a dataclass whose tensor
 fields are batched along dim 0, with the text conditioning in a field named `text`), a `predict`
@@ -85,6 +86,8 @@ class Preserver:
     uses: dict[int, int] = field(default_factory=dict)
     noised: dict[int, int] = field(default_factory=dict)
     current: list[int] = field(default_factory=list)
+    max_store_bytes: int = 1 << 30
+    stored_bytes: int = 0
 
     @classmethod
     def from_config(cls, config: TrainConfig, concepts: Sequence[str] = ()) -> Preserver | None:
@@ -198,6 +201,16 @@ class Preserver:
             return list(range(len(self.current)))
         return [j for j, i in enumerate(self.current) if len(self.draws.get(i, ())) < self.pool]
 
+    def store(self, index: int, draw: Draw) -> None:
+        """Keep `draw` for example `index` unless the store holds `max_store_bytes` already;
+        an example whose store stays short keeps its base forward every step (pool 0's cost),
+        so a large dataset at a large size cannot fill the host's memory."""
+        size = sum(v.numel() * v.element_size() for v in draw)
+        if self.stored_bytes + size > self.max_store_bytes:
+            return
+        self.draws.setdefault(index, []).append(draw)
+        self.stored_bytes += size
+
     def targets(
         self, model: Any, predict: Predict, base_batch: Any, noisy: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -219,10 +232,10 @@ class Preserver:
             return noisy, t, prior
         noisy, t = noisy.clone(), t.clone()
         for j, index in enumerate(self.current):
-            store = self.draws.setdefault(index, [])
             if j in fresh:
-                store.append(Draw(*(v[j].to("cpu", copy=True) for v in (noisy, t, prior))))
+                self.store(index, Draw(*(v[j].to("cpu", copy=True) for v in (noisy, t, prior))))
                 continue
+            store = self.draws[index]
             turn = self.uses.get(index, 0)
             self.uses[index] = turn + 1
             draw = store[turn % len(store)]

@@ -13,7 +13,7 @@ from tests.trainer.train_helpers import _one_thread, make_dataset, model_cache, 
 from trainer import adapters, loop
 from trainer.caches import encode_prompts
 from trainer.config import TrainConfig
-from trainer.preservation import Preserver, concat, preserved_caption, take
+from trainer.preservation import Draw, Preserver, concat, preserved_caption, take
 
 __all__ = ["_one_thread", "model_cache"]
 
@@ -166,6 +166,20 @@ def test_base_predictions_are_stored_and_reused(tmp_path, model_cache):
         text = encode_prompts(model, ["a"])  # the preserved caption of "ohwx a"
         expected = model.arch.predict(model, first[0], first[1], text)
     assert torch.allclose(first[2], expected, atol=1e-6)
+
+
+def test_a_full_store_keeps_no_more_draws_and_runs_the_base_model_instead():
+    """Past `max_store_bytes` nothing more is stored: the example stays fresh (the base model
+    predicts it each step) rather than the store growing with the dataset."""
+    preserver = Preserver(("ohwx",), "", 1.0, 0.5, pool=2)
+    draw = Draw(torch.zeros(4, 8, 8), torch.tensor(7), torch.zeros(4, 8, 8))
+    preserver.max_store_bytes = 2 * 2 * 4 * 8 * 8 * 4 + 2 * 8  # room for two draws
+    preserver.store(1, draw)
+    preserver.store(1, draw)
+    preserver.store(2, draw)
+    assert len(preserver.draws[1]) == 2 and 2 not in preserver.draws
+    preserver.current = [1, 2]
+    assert preserver.fresh() == [1]
 
 
 def test_without_a_pool_the_base_model_predicts_every_step(tmp_path, model_cache):
