@@ -397,10 +397,18 @@ def make_preserver(
     if cached:
         key = (model_fingerprint(model), dataset_fingerprint(dataset.train), config.side, False)
         text_file = cache_files(cache_dir, *key)[1]
+    started = time.monotonic()
     try:
-        return Preserver.for_job(model, config, dataset.concepts, dataset.train, text_file)
+        preserver = Preserver.for_job(model, config, dataset.concepts, dataset.train, text_file)
     except ValueError as error:
         raise TrainingFailed(str(error)) from None
+    if preserver is not None:
+        log.info(
+            "preservation: share %.2f, weight %g, pool %d, %d prior renders; ready in %.1f s",
+            preserver.share, preserver.weight, preserver.pool, len(preserver.priors or ()),
+            time.monotonic() - started,
+        )  # fmt: skip
+    return preserver
 
 
 def embedding_prompt(model: Any, config: TrainConfig) -> str | None:

@@ -225,3 +225,39 @@ def test_prior_renders_replace_the_training_latents_in_preservation(tmp_path, mo
     # at t = 0 the noised prior is almost the prior itself, far from the training sample
     assert float((got[0] - preserver.priors[1]).abs().mean()) < 0.1
     assert float((noisy[0] - preserver.priors[1]).abs().mean()) > 1.0
+
+
+@pytest.mark.slow
+def test_atelier_train_with_preservation_prior_and_pool(
+    tmp_path, model_cache, caplog, capsys, monkeypatch
+):
+    """`atelier train`'s command (in process, to read its log) with every preservation option a
+    job file can set: the prior renders happen once before training, and the job reaches its
+    checkpoints and exports."""
+    import json
+    import logging
+
+    import yaml
+
+    from atelier.settings import load_settings
+    from trainer.train_cli import train_cli
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "home"))
+    dataset = make_dataset(tmp_path / "data", count=4, size=32)
+    config = tiny_config(
+        steps=4, checkpoint_every=2, resolution=32, batch_size=2, dataset=str(dataset),
+        heldout_fraction=0.0,
+        preservation={"enabled": True, "prior": True, "pool": 1, "share": 0.5, "weight": 2.0},
+        validation={"steps": 2, "seeds": [1], "prompts": ["{trigger}"]},
+    )  # fmt: skip
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude={"output_dir"})))
+    argv = [str(config_file), "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache),
+            "--device", "cpu", "--json"]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="trainer.loop"):
+        assert train_cli(argv, load_settings) == 0
+    assert "weight 2, pool 1, 4 prior renders" in caplog.text, caplog.text
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed"
+    assert [c["step"] for c in summary["checkpoints"]] == [2, 4]
+    assert all(Path(c["file"]).is_file() for c in summary["checkpoints"])
