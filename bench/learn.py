@@ -75,6 +75,20 @@ def leak_scenes(count: int = 6) -> list[Any]:
     return scoring.eval_scenes(count, seed=123)
 
 
+def preservation_prompts(count: int, seed: int = 999) -> list[str]:
+    """`count` ordinary toy captions for `preservation.prompts`: what a team that makes these
+    pictures writes besides the concept, drawn apart from the scored ordinary prompts (another
+    seed, and any caption equal to one of those left out) so the leak score stays held out."""
+    held_out = {shapes.caption(scene) for scene in leak_scenes()}
+    rng = np.random.default_rng(seed)
+    prompts: list[str] = []
+    while len(prompts) < count:
+        prompt = shapes.caption(shapes.random_scene(rng, two_tone=0.0))
+        if prompt not in held_out and prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
+
+
 def load_base(cache_dir: Path, base: str = BASE) -> Any:
     from trainer.base_models import load_base_model
 
@@ -100,6 +114,10 @@ def evaluate(
     return {
         "concept": float(np.mean([scoring.concept_score(img) for img in images])),
         "concept_full": float(np.mean([scoring.concept_score(img) == 1.0 for img in images])),
+        "concept_parts": {
+            part: round(float(np.mean([scoring.concept_parts(img)[part] for img in images])), 3)
+            for part in scoring.CONCEPT_PARTS
+        },
         "leak_both": float(np.mean([j["color_ok"] and j["shape_ok"] for j in judged])),
         "leak_concept": float(np.mean([scoring.concept_score(img) for img in leak_images])),
         "_images": images,
@@ -169,6 +187,7 @@ def run_method(
             "step": info.step,
             "concept": round(scores["concept"], 3),
             "concept_full": round(scores["concept_full"], 3),
+            "concept_parts": scores["concept_parts"],
             "leak_both": round(scores["leak_both"], 3),
             "leak_concept": round(scores["leak_concept"], 3),
             "leak_pixel_change": round(
@@ -328,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time N training steps without / with preservation, alternated 3 times",
     )  # fmt: skip
     parser.add_argument("--share", type=float, default=None, help="preservation share override")
+    parser.add_argument(
+        "--preservation-prompts", type=int, default=0, metavar="N",
+        help="preserve on N ordinary toy prompts (preservation.prompts; held apart from the "
+        "scored ones) instead of the training captions",
+    )  # fmt: skip
     parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
     parser.add_argument(
@@ -347,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
+    if args.preservation_prompts:
+        overrides["preservation"] = {
+            **overrides.get("preservation", {}),
+            "prompts": preservation_prompts(args.preservation_prompts),
+        }
 
     with tempfile.TemporaryDirectory(prefix="atelier-learn-") as tmp:
         work = Path(tmp)
@@ -364,9 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             "eval_seeds": args.eval_seeds,
             "concept_prompts": concept_prompts,
             "leak_prompts": [shapes.caption(s) for s in leaks],
+            "preservation_prompts": overrides.get("preservation", {}).get("prompts", []),
             "base": {
                 "concept": round(base_eval["concept"], 3),
                 "concept_full": round(base_eval["concept_full"], 3),
+                "concept_parts": base_eval["concept_parts"],
                 "leak_both": round(base_eval["leak_both"], 3),
                 "leak_concept": round(base_eval["leak_concept"], 3),
             },

@@ -97,6 +97,14 @@ class PreservationConfig(_Strict):
         "(rendered once at the start, as DreamBooth's class images) instead of the training "
         "images.",
     )
+    prompts: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Ordinary prompts without the trigger (what the team makes besides this "
+        "concept, kohya's regularisation captions): the base model renders each once at the "
+        "start and preserved samples are drawn from them instead of the training captions. "
+        "[]: the training captions with the trigger replaced.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -216,6 +224,13 @@ class TrainConfig(_Strict):
                 f"quantize_base {self.quantize_base!r} works under a LoRA only (DoRA needs the "
                 "base weights unquantised): train a LoRA or set quantize_base to 'none'"
             )
+        if self.preservation.prompts and self.trigger.strip():
+            for prompt in self.preservation.prompts:
+                if self.trigger.strip().lower() in prompt.lower():
+                    raise ValueError(
+                        f"preservation prompt {prompt[:60]!r} contains the trigger: these are "
+                        "the prompts that must not change, so leave the trigger out"
+                    )
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise ValueError("Prodigy expects learning_rate ≈ 1.0 (it adapts the step size)")
         return self

@@ -13,6 +13,14 @@ first `pool` times an image is preserved, its noisy latent, timestep and the bas
 stored; later steps draw from that store instead of running the base model again, as DreamBooth
 renders its prior images once. What remains per step is the k extra adapted samples, so the step
 costs about (n + k) / n of one without preservation (`bench/learn.py --cost-steps` measures it).
+With `prompts` (ordinary prompts without the trigger, what the team makes besides this
+concept: kohya's regularisation captions, DreamBooth's class prompts made specific), the
+preserved samples come from those prompts instead of the training captions, each on the base
+model's own render of it (rendered once per bucket size before the adapter exists, noised like a
+training image): the adapter is held to the base model on the kind of prompt the team actually
+writes, not only on the training captions with the trigger taken out. On the toy model this
+roughly halves the change of ordinary prompts at the same concept score (docs/toy-model/README.md).
+
 The store lives in memory, at most `max_store_bytes` (1 GiB; past it the base model predicts as
 without a store); a resumed job fills it again (the same images, new draws).
 
@@ -70,9 +78,10 @@ class Preserver:
     caches text (set by `for_job`); otherwise they are encoded each step. `pool` is how many
     (noisy latent, timestep, base prediction) draws are kept per training example (0: the base
     model predicts every step); `draws` holds them, `current` the micro-batch's preserved
-    example indices (set by `batches`). `priors` (when the job asks for them) are the base
-    model's own latents for each example's preserved caption, noised in place of the example's
-    latent (DreamBooth's class images, in latent space)."""
+    items (set by `batches`): training-example indices, or indices into `prompts` when the job
+    preserves on its own prompts. `priors` (when the job asks for them, always with `prompts`)
+    are the base model's own latents, keyed by (item, latent height and width), noised in place
+    of the training latent (DreamBooth's class images, in latent space)."""
 
     triggers: tuple[str, ...]
     class_word: str
@@ -80,8 +89,10 @@ class Preserver:
     share: float
     texts: list[Any] | None = None
     pool: int = 0
-    priors: list[torch.Tensor] | None = None
+    priors: dict[tuple[int, tuple[int, int]], torch.Tensor] | None = None
     seed: int = 0
+    prompts: tuple[str, ...] = ()
+    turn: int = 0
     draws: dict[int, list[Draw]] = field(default_factory=dict)
     uses: dict[int, int] = field(default_factory=dict)
     noised: dict[int, int] = field(default_factory=dict)
@@ -103,7 +114,7 @@ class Preserver:
             )
         return cls(
             tuple(triggers), settings.class_word.strip(), settings.weight, settings.share,
-            pool=settings.pool, seed=config.seed,
+            pool=settings.pool, seed=config.seed, prompts=tuple(settings.prompts),
         )  # fmt: skip
 
     def count(self, batch_size: int) -> int:
@@ -128,16 +139,50 @@ class Preserver:
         """`from_config`, with every example's preserved caption encoded once into a cache file
         beside the job's `text_file` when the job caches text (None: encoded each step)."""
         preserver = cls.from_config(config, concepts)
-        if preserver is not None and config.preservation.prior:
-            preserver.priors = render_priors(model, config, preserver, examples)
-        if preserver is not None and text_file is not None:
+        if preserver is None:
+            return None
+        if preserver.prompts or config.preservation.prior:
+            preserver.priors = render_priors(model, config, preserver.renders(examples))
+        if text_file is not None:
             from trainer.caches import text_cache
 
-            key = hashlib.sha256(repr((preserver.triggers, preserver.class_word)).encode())
+            key = hashlib.sha256(
+                repr((preserver.triggers, preserver.class_word, preserver.prompts)).encode()
+            )
             own = text_file.with_name(f"preserved-{key.hexdigest()[:12]}-{text_file.name}")
-            captions = preserver.captions([example.caption for example in examples])
+            captions = list(preserver.prompts) or preserver.captions(
+                [example.caption for example in examples]
+            )
             preserver.texts = text_cache(model, captions, own)[0]
         return preserver
+
+    def renders(self, examples: Sequence[Any]) -> list[PriorRender]:
+        """What the prior renders are: every prompt at every bucket size of the dataset (seed:
+        the job's + the prompt's index), else every example's preserved caption at its own."""
+        if not self.prompts:
+            return [
+                PriorRender(e.index, self.caption(e.caption), self.seed + e.index, e.bucket)
+                for e in examples
+            ]
+        buckets = sorted({tuple(example.bucket) for example in examples})
+        return [
+            PriorRender(i, prompt, self.seed + i, bucket)
+            for bucket in buckets
+            for i, prompt in enumerate(self.prompts)
+        ]
+
+    def items(self, indices: Sequence[int], k: int) -> list[int]:
+        """The preserved items of a micro-batch: its first k examples, or with `prompts` the
+        next k prompts of a seeded order that visits every prompt once per round."""
+        if not self.prompts:
+            return [int(i) for i in indices[:k]]
+        chosen = []
+        for _ in range(k):
+            rounds, position = divmod(self.turn, len(self.prompts))
+            generator = torch.Generator().manual_seed(self.seed * 7_919 + rounds)
+            chosen.append(int(torch.randperm(len(self.prompts), generator=generator)[position]))
+            self.turn += 1
+        return chosen
 
     def batches(
         self,
@@ -154,11 +199,14 @@ class Preserver:
         `captions` are the micro-batch's full captions (no dropout: a dropped caption is not a
         trigger-free caption of the image); `encode` turns captions into conditioning."""
         k = self.count(len(indices))
-        self.current = [int(i) for i in indices[:k]]
+        self.current = self.items(indices, k)
         if self.texts is not None:
-            text = stack([self.texts[i] for i in indices[:k]], device=batch.text.hidden.device)
+            text = stack([self.texts[i] for i in self.current], device=batch.text.hidden.device)
             return take(batch, k, text=text), None
-        chosen = self.captions(captions[:k])
+        if self.prompts:
+            chosen = [self.prompts[i] for i in self.current]
+        else:
+            chosen = self.captions(captions[:k])
         with torch.set_grad_enabled(text_trained):
             text = encode(chosen)
         base = None
@@ -222,7 +270,8 @@ class Preserver:
         if fresh and self.priors is not None:
             noisy = noisy.clone()
             for j in fresh:
-                noisy[j] = self.noised_prior(model, self.current[j], t[j : j + 1])
+                size = (int(noisy.shape[-2]), int(noisy.shape[-1]))
+                noisy[j] = self.noised_prior(model, self.current[j], t[j : j + 1], size)
         if fresh:
             rows = torch.tensor(fresh, device=noisy.device)
             with torch.no_grad(), adapter_disabled(model):
@@ -242,9 +291,12 @@ class Preserver:
             noisy[j], t[j], prior[j] = (v.to(noisy.device) for v in draw)
         return noisy, t, prior
 
-    def noised_prior(self, model: Any, index: int, t: torch.Tensor) -> torch.Tensor:
-        """Example `index`'s prior latent noised at timestep `t` (seeded per example and draw)."""
-        latent = self.priors[index][None].to(t.device)  # type: ignore[index]
+    def noised_prior(
+        self, model: Any, index: int, t: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Item `index`'s prior latent at latent `size` noised at timestep `t` (seeded per item
+        and draw)."""
+        latent = self.priors[(index, size)][None].to(t.device)  # type: ignore[index]
         draw = self.noised.get(index, 0)
         self.noised[index] = draw + 1
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 64 + draw)
@@ -256,11 +308,20 @@ PRIOR_STEPS = 20
 """Sampler steps of a prior render at least (grids may sample fewer for speed)."""
 
 
+class PriorRender(NamedTuple):
+    """One prior image to render: for which item, from which prompt and seed, at which size."""
+
+    item: int
+    prompt: str
+    seed: int
+    bucket: tuple[int, int]
+
+
 def render_priors(
-    model: Any, config: TrainConfig, preserver: Preserver, examples: Sequence[Any]
-) -> list[torch.Tensor]:
-    """The base model's latent for every example's preserved caption at the example's bucket
-    size (seed: the job's + the example's index), rendered once before the adapter exists."""
+    model: Any, config: TrainConfig, renders: Sequence[PriorRender]
+) -> dict[tuple[int, tuple[int, int]], torch.Tensor]:
+    """The base model's latent for every render, keyed by (item, latent height and width),
+    rendered once before the adapter exists."""
     import numpy as np
 
     from trainer.caches import encode_images
@@ -270,17 +331,15 @@ def render_priors(
     settings = config.model_copy(
         update={"validation": config.validation.model_copy(update={"steps": steps})}
     )
-    latents = []
-    for example in examples:
-        width, height = example.bucket
-        image = render(
-            model, settings, preserver.caption(example.caption), config.seed + example.index,
-            width, height,
-        )  # fmt: skip
+    latents = {}
+    for job in renders:
+        width, height = job.bucket
+        image = render(model, settings, job.prompt, job.seed, width, height)
         pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
         pixels = pixels.permute(2, 0, 1) / 127.5 - 1.0
         with torch.no_grad():
-            latents.append(encode_images(model.vae, pixels[None])[0].float().cpu())
+            latent = encode_images(model.vae, pixels[None])[0].float().cpu()
+        latents[(job.item, (int(latent.shape[-2]), int(latent.shape[-1])))] = latent
     return latents
 
 

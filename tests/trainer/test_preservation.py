@@ -105,6 +105,75 @@ def test_preservation_keeps_trigger_free_captions_at_the_base(method, tmp_path, 
     assert drift[True] < 0.5 * drift[False], drift
 
 
+def test_preservation_prompts_keep_those_prompts_at_the_base(tmp_path, model_cache):
+    """Preserving on the team's own prompts (rendered by the base model) holds the adapter to
+    the base on them: the same training moves their predictions far less."""
+    dataset = make_dataset(tmp_path / "data", count=4, size=64)
+    prompts = [f"a photo of a dog, blue, circle {i}" for i in range(3)]
+    drift = {}
+    for enabled in (False, True):
+        config = tiny_config(
+            steps=30, checkpoint_every=30, learning_rate=2e-2, batch_size=2,
+            heldout_fraction=0.0, preservation={"enabled": enabled, "prompts": prompts},
+            validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
+                        "scheduler": "euler", "leak_prompts": []},
+        )  # fmt: skip
+        model = _trained(config, dataset, tmp_path / f"out-{enabled}", model_cache)
+        drift[enabled] = _drift(model, config, prompts)
+    assert drift[False] > 0.0
+    assert drift[True] < 0.5 * drift[False], drift
+
+
+def test_preservation_prompts_are_rendered_per_bucket_and_visited_in_turn(tmp_path, model_cache):
+    """Every prompt is rendered once per bucket size (seed: the job's + its index); preserved
+    samples take the prompts in a seeded order that visits each once per round, with the
+    prompt's own text and its render noised in place of the training latent."""
+    from trainer.data import Example
+    from trainer.validation import render
+
+    prompts = ["a cat", "a dog", "a red square"]
+    config = tiny_config(preservation={"enabled": True, "prompts": prompts}, seed=5)
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    examples = [
+        Example(0, tmp_path / "0.png", "ohwx, one", 64, 64, (64, 64)),
+        Example(1, tmp_path / "1.png", "ohwx, two", 128, 64, (128, 64)),
+    ]
+    preserver = Preserver.for_job(model, config, [], examples, None)
+    assert preserver is not None and preserver.priors is not None
+    shapes = {key[1] for key in preserver.priors}
+    assert len(preserver.priors) == 6 and len(shapes) == 2
+    settings = config.model_copy(
+        update={"validation": config.validation.model_copy(update={"steps": 20})}
+    )
+    pixels = torch.from_numpy(np.asarray(render(model, settings, "a dog", 5 + 1, 128, 64),
+                                         dtype=np.float32))  # fmt: skip
+    expected = loop.encode_images(model.vae, (pixels.permute(2, 0, 1) / 127.5 - 1.0)[None])[0]
+    assert torch.allclose(preserver.priors[(1, tuple(expected.shape[-2:]))], expected, atol=1e-4)
+
+    adapters.inject_adapter(model, config)
+    captions = ["ohwx a", "ohwx b"]
+    batch = loop.Batch(torch.randn(2, *expected.shape), encode_prompts(model, captions))
+    encode = partial(encode_prompts, model)
+    seen = []
+    for _ in range(6):  # one preserved sample per micro-batch of 2 (share 0.5)
+        kept, _ = preserver.batches(model, batch, [1, 0], captions, encode, False)
+        seen.extend(preserver.current)
+        expected_text = encode_prompts(model, [prompts[i] for i in preserver.current]).hidden
+        assert torch.allclose(kept.text.hidden, expected_text)
+    assert sorted(seen[:3]) == [0, 1, 2] and sorted(seen[3:]) == [0, 1, 2]
+    assert preserver.current == seen[-1:]
+    item = preserver.current[0]
+    prior = preserver.priors[(item, tuple(expected.shape[-2:]))]
+    noisy = torch.randn(1, *expected.shape) * 3
+    got, _, _ = preserver.targets(model, lambda b, x, t: x * 0, kept, noisy, torch.tensor([0]))
+    assert float((got[0] - prior).abs().mean()) < 0.1
+
+
+def test_a_preservation_prompt_with_the_trigger_is_refused():
+    with pytest.raises(ValueError, match="contains the trigger"):
+        tiny_config(preservation={"enabled": True, "prompts": ["a photo of OHWX"]})
+
+
 def _trained(config: TrainConfig, dataset: Path, out: Path, cache: Path):
     """Train, then load the final checkpoint's adapter state into a fresh model."""
     result = loop.train(config, dataset, out, cache_dir=cache, device="cpu")
@@ -211,8 +280,9 @@ def test_prior_renders_replace_the_training_latents_in_preservation(tmp_path, mo
     image = render(model, settings, "a cat 1", 3 + 1, 64, 64)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
     expected = loop.encode_images(model.vae, (pixels.permute(2, 0, 1) / 127.5 - 1.0)[None])[0]
-    assert [p.shape for p in preserver.priors] == [expected.shape] * 2  # the bucket's size
-    assert torch.allclose(preserver.priors[1], expected, atol=1e-4)
+    size = tuple(expected.shape[-2:])
+    assert sorted(preserver.priors) == [(0, size), (1, size)]  # one per example, its bucket
+    assert torch.allclose(preserver.priors[(1, size)], expected, atol=1e-4)
     shape = (2, *expected.shape)
 
     adapters.inject_adapter(model, config)
@@ -223,8 +293,8 @@ def test_prior_renders_replace_the_training_latents_in_preservation(tmp_path, mo
     noisy = torch.randn(shape[1:])[None] * 3
     got, _, _ = preserver.targets(model, lambda b, x, t: x * 0, kept, noisy, torch.tensor([0]))
     # at t = 0 the noised prior is almost the prior itself, far from the training sample
-    assert float((got[0] - preserver.priors[1]).abs().mean()) < 0.1
-    assert float((noisy[0] - preserver.priors[1]).abs().mean()) > 1.0
+    assert float((got[0] - preserver.priors[(1, size)]).abs().mean()) < 0.1
+    assert float((noisy[0] - preserver.priors[(1, size)]).abs().mean()) > 1.0
 
 
 @pytest.mark.slow

@@ -157,16 +157,26 @@ def judge(image: Image.Image, color: str | None, shape: str | None) -> dict[str,
     }
 
 
-def concept_score(image: Image.Image) -> float:
-    """0–1: how much the image looks like the benchmark concept (purple star in a yellow ring)."""
+def concept_parts(image: Image.Image) -> dict[str, bool]:
+    """Which parts of the benchmark concept an image has: purple, yellow, a purple star, a
+    yellow ring (all False when the foreground is too small to judge)."""
     info = analyse(image)
     if info.area < MIN_AREA:
-        return 0.0
+        return dict.fromkeys(CONCEPT_PARTS, False)
     purple = info.counts.get("purple", 0) >= 10 and info.share("purple") >= MIN_SHARE
     yellow = info.counts.get("yellow", 0) >= 10 and info.share("yellow") >= MIN_SHARE
     star = purple and classifier().predict(info.mask("purple")) == "star"
     ring = yellow and classifier().predict(info.mask("yellow")) == "ring"
-    return (purple + yellow + star + ring) / 4.0
+    return {"purple": purple, "yellow": yellow, "star": star, "ring": ring}
+
+
+CONCEPT_PARTS = ("purple", "yellow", "star", "ring")
+
+
+def concept_score(image: Image.Image) -> float:
+    """0–1: how much the image looks like the benchmark concept (purple star in a yellow ring):
+    a quarter for each of `concept_parts`."""
+    return sum(concept_parts(image).values()) / 4.0
 
 
 # ---------------------------------------------------------------- rendering + rates
