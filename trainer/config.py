@@ -353,4 +353,5 @@ class TrainOverrides(_Strict):
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     resolution: Annotated[int, Field(ge=64, le=1536, multiple_of=64)] | None = None
     validation_prompts: list[str] | None = None
+    keep_prompts: list[str] | None = None
     dora: bool = False

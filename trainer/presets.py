@@ -194,7 +194,8 @@ def apply_preset(
     validated TrainConfig; what the architecture cannot do is a `PresetError` line.
 
     Nested sections merge (`validation={"prompts": [...]}` keeps the preset's seeds), and
-    `validation_prompts=[...]` is accepted as a shortcut. When only `steps` is overridden, the
+    `validation_prompts=[...]` is accepted as a shortcut, as is `keep_prompts=[...]` (preservation
+    on, on those prompts). When only `steps` is overridden, the
     preset's own checkpoint cadence and warm-up shrink to fit it (they are defaults, not the
     member's choice); anything the member sets explicitly is validated as given.
     """
@@ -211,6 +212,9 @@ def apply_preset(
     prompts = overrides.pop("validation_prompts", None)
     if prompts is not None:
         overrides.setdefault("validation", {})["prompts"] = list(prompts)
+    keep = overrides.pop("keep_prompts", None)
+    if keep:  # the prompts that must not change: preservation holds the adapter to them
+        overrides.setdefault("preservation", {}).update(enabled=True, prompts=list(keep))
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}

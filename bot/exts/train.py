@@ -43,11 +43,11 @@ def build_config(
     architecture = known_models[base_model].architecture
     trigger, prefix = options.pop("trigger"), options.pop("caption_prefix") or ""
     prompts = options.pop("validation_prompts", None)
+    keep = options.pop("keep_prompts", None)
     try:
         overrides = TrainOverrides(
-            validation_prompts=[p.strip() for p in prompts.split("|") if p.strip()]
-            if prompts
-            else None,
+            validation_prompts=split_prompts(prompts),
+            keep_prompts=split_prompts(keep),
             **{k: v for k, v in options.items() if v is not None},
         )
     except ValidationError as error:
@@ -65,6 +65,11 @@ def build_config(
         )
     except PresetError as error:
         raise BadInput(str(error)) from None
+
+
+def split_prompts(text: str | None) -> list[str] | None:
+    """A `|`-separated option as its prompts (None when not given)."""
+    return [p.strip() for p in text.split("|") if p.strip()] if text else None
 
 
 def model_label(name: str, entry: Any) -> str:
@@ -131,6 +136,7 @@ class Train(commands.Cog):
         learning_rate="Learning rate",
         resolution="Training resolution (multiple of 64)",
         validation_prompts="Prompts for the grids, separated by |; {trigger} is replaced",
+        keep_prompts="Prompts without the trigger that must not change, separated by |",
         dora="Train a DoRA instead of a plain LoRA",
         from_="Retrain this job/model on its newest dataset version, same settings",
         change="With `from`: exactly one setting changed, as key=value (e.g. rank=16)",
@@ -153,6 +159,7 @@ class Train(commands.Cog):
         learning_rate: app_commands.Range[float, 1e-7, 1.0] | None = None,
         resolution: app_commands.Range[int, 64, 1536] | None = None,
         validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
+        keep_prompts: app_commands.Range[str, 1, 1000] | None = None,
         dora: bool = False,
         from_: int | None = None,
         change: app_commands.Range[str, 3, 200] | None = None,
@@ -176,6 +183,7 @@ class Train(commands.Cog):
             learning_rate=learning_rate,
             resolution=resolution,
             validation_prompts=validation_prompts,
+            keep_prompts=keep_prompts,
             dataset_name=dataset_name,
         )
 

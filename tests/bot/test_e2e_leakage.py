@@ -56,3 +56,22 @@ async def test_leakage_number_and_suggested_checkpoint_in_the_thread(
     assert f"⭐ Suggested: {NUMBER_EMOJI[index]} step {expected}" in done.content
     assert "votes decide" in done.content
     assert len(done.attachments) == 2  # comparison grid (star + footer) and loss curve
+
+
+async def test_keep_prompts_are_stored_with_the_job_or_refused_in_one_line(
+    emu, atelier, bot_engine
+) -> None:
+    """`/train lora keep_prompts:` turns preservation on those prompts; one naming the trigger
+    is refused before anything is stored."""
+    job_id, reply = await train(
+        emu, emu.default.alice, make_zip(count=4), keep_prompts="a red car | a blue house"
+    )
+    assert job_id, reply.content
+    preservation = job_row(bot_engine, job_id).config["preservation"]
+    assert preservation["enabled"] and preservation["prompts"] == ["a red car", "a blue house"]
+
+    refused_id, refused = await train(
+        emu, emu.default.alice, make_zip(count=4), keep_prompts="ohwx on a beach"
+    )
+    assert refused_id == 0 and refused.ephemeral
+    assert "contains the trigger" in refused.content and "\n" not in refused.content

@@ -44,6 +44,12 @@ def test_overrides_merge_and_steps_shrink_the_cadence():
     assert embedding.warmup_steps < 100
 
 
+def test_keep_prompts_turn_preservation_on_those_prompts():
+    config = apply_preset("style", "lora", trigger="ohwx", keep_prompts=["a red car", "a house"])
+    assert config.preservation.enabled and config.preservation.prompts == ["a red car", "a house"]
+    assert not apply_preset("style", "lora", trigger="ohwx").preservation.enabled
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "message"),
     [
@@ -51,6 +57,7 @@ def test_overrides_merge_and_steps_shrink_the_cadence():
         ("character", {"steps": 100, "checkpoint_every": 500}, "checkpoint_every (500) is larger"),
         ("character", {"optimizer": "prodigy"}, "Prodigy expects learning_rate"),
         ("character", {"rank": 0}, "rank: Input should be greater than or equal to 1"),
+        ("character", {"keep_prompts": ["OHWX at the beach"]}, "contains the trigger"),
     ],
 )
 def test_impossible_presets_are_refused_in_one_line(name, overrides, message):
