@@ -331,3 +331,24 @@ def test_atelier_train_with_preservation_prior_and_pool(
     assert summary["status"] == "completed"
     assert [c["step"] for c in summary["checkpoints"]] == [2, 4]
     assert all(Path(c["file"]).is_file() for c in summary["checkpoints"])
+
+
+@pytest.mark.parametrize(("arch", "method"), [("flux1", "lora"), ("zimage", "dora")])
+def test_preservation_prompts_train_on_the_flow_transformers(
+    arch, method, tmp_path, model_cache, caplog
+):
+    """The same preservation (prompts rendered by the base, then kept) runs on FLUX.1 and
+    Z-Image: their prior renders match their training latents, and the job completes."""
+    import logging
+
+    from tests.trainer.transformer_helpers import config as flow_config
+
+    dataset = make_dataset(tmp_path / "data", count=4, size=32)
+    config = flow_config(
+        arch, method=method, steps=4, checkpoint_every=4, batch_size=2, heldout_fraction=0.0,
+        preservation={"enabled": True, "prompts": ["a red square", "a blue circle"], "pool": 1},
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="trainer.loop"):
+        result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
+    assert result.status == "completed" and result.final is not None
+    assert "pool 1, 2 prior renders" in caplog.text
