@@ -58,17 +58,42 @@ def make_concept_dataset(folder: Path, count: int = 20, seed: int = TRAIN_SEED) 
 
 def new_context_prompts(train_scenes: list[Any], count: int = 6, seed: int = 5) -> list[str]:
     """Trigger prompts whose (position, background) pair is not in the training images."""
+    return [prompt for prompt, _ in new_contexts(train_scenes, count, seed)]
+
+
+def new_contexts(train_scenes: list[Any], count: int = 6, seed: int = 5) -> list[tuple[str, Any]]:
+    """(prompt, scene) of `new_context_prompts`."""
     seen = {(s.position, s.background, s.background2) for s in train_scenes}
     rng = np.random.default_rng(seed)
-    prompts: list[str] = []
-    while len(prompts) < count:
+    out: list[tuple[str, Any]] = []
+    while len(out) < count:
         scene = shapes.random_scene(rng, concept=True, two_tone=0.3)
         if (scene.position, scene.background, scene.background2) in seen:
             continue
         prompt = shapes.caption(scene, with_size=bool(rng.random() < 0.5))
-        if prompt not in prompts:
-            prompts.append(prompt)
-    return prompts
+        if prompt not in [p for p, _ in out]:
+            out.append((prompt, scene))
+    return out
+
+
+def vae_ceiling(model: Any, scenes: list[Any]) -> dict[str, Any]:
+    """The concept score of the prompts' own scenes drawn exactly and passed through the base
+    model's VAE (encode, decode): the most a model that draws through this VAE can score."""
+    from PIL import Image
+
+    images = []
+    for scene in scenes:
+        pixels = np.asarray(shapes.render(scene).convert("RGB"), np.float32) / 127.5 - 1.0
+        with torch.no_grad():
+            x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+            y = model.vae.decode(model.vae.encode(x).latent_dist.mean).sample[0]
+        out = ((y.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        images.append(Image.fromarray(out))
+    parts = [scoring.concept_parts(image) for image in images]
+    return {
+        "concept": round(float(np.mean([scoring.concept_score(i) for i in images])), 3),
+        "concept_parts": {k: round(float(np.mean([p[k] for p in parts])), 3) for k in parts[0]},
+    }
 
 
 def leak_scenes(count: int = 6) -> list[Any]:
@@ -385,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         base = load_base(args.cache_dir, args.base)
         seeds = [] if args.no_runs else args.eval_seeds  # the step cost needs no images
         base_eval = evaluate(base.pipeline, concept_prompts, leaks, seeds, args.sample_steps)
+        contexts = new_contexts(train_scenes)
         report: dict[str, Any] = {
             "base_model": args.base,
             "concept": f"{shapes.TRIGGER} = {shapes.CONCEPT}",
@@ -398,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 "concept": round(base_eval["concept"], 3),
                 "concept_full": round(base_eval["concept_full"], 3),
                 "concept_parts": base_eval["concept_parts"],
+                "concept_vae_ceiling": vae_ceiling(base, [scene for _, scene in contexts]),
                 "leak_both": round(base_eval["leak_both"], 3),
                 "leak_concept": round(base_eval["leak_concept"], 3),
             },
