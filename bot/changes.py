@@ -13,9 +13,12 @@ from bot.errors import BadInput
 from trainer.config import TrainConfig, TrainOverrides
 from trainer.presets import explain_validation_error
 
-CHANGEABLE = frozenset({"steps", "rank", "learning_rate", "resolution", "base_model"})
+CHANGEABLE = frozenset(
+    {"steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight"}
+)
 """What `change:` may set: the settings `/train` offers members, checked by the same limits
-(`TrainOverrides`) and, for `base_model`, the operator's catalogue."""
+(`TrainOverrides`) and, for `base_model`, the operator's catalogue. `keep_weight` is
+preservation's weight (0: preservation off), the one knob between learning and leaking."""
 
 
 def parse_change(
@@ -38,24 +41,38 @@ def parse_change(
         value = raw
     _check_member_limits(key, value, catalogue)
     updated = json.loads(json.dumps(config))
-    target = updated
-    *path, leaf = key.split(".")
-    for part in path:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise BadInput(f"`{key}` is not a setting that can be changed.")
-    old = target.get(leaf)
-    target[leaf] = value
+    old = _read(key, updated)
+    _write(key, value, updated)
     try:
         validated = TrainConfig.model_validate(updated).model_dump(mode="json")
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None
-    new = validated
-    for part in key.split("."):
-        new = new[part]
+    new = _read(key, validated)
     if new == old:
         raise BadInput(f"`{key}` is already {old}; that changes nothing.")
     return key, old, new, validated
+
+
+def _read(key: str, config: dict[str, Any]) -> Any:
+    """A changeable setting's value in a config dict (`keep_weight`: 0 when not preserving)."""
+    if key == "keep_weight":
+        preservation = config.get("preservation") or {}
+        return preservation.get("weight", 1.0) if preservation.get("enabled") else 0
+    return config.get(key)
+
+
+def _write(key: str, value: Any, config: dict[str, Any]) -> None:
+    """Set a changeable setting in a config dict; `keep_weight` 0 turns preservation off and
+    any other value turns it on at that weight."""
+    if key != "keep_weight":
+        config[key] = value
+        return
+    preservation = config.setdefault("preservation", {})
+    if not isinstance(preservation, dict):
+        raise BadInput(f"`{key}` is not a setting that can be changed.")
+    preservation["enabled"] = bool(value)
+    if value:
+        preservation["weight"] = value
 
 
 def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:

@@ -354,4 +354,5 @@ class TrainOverrides(_Strict):
     resolution: Annotated[int, Field(ge=64, le=1536, multiple_of=64)] | None = None
     validation_prompts: list[str] | None = None
     keep_prompts: list[str] | None = None
+    keep_weight: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
     dora: bool = False

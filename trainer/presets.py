@@ -194,10 +194,11 @@ def apply_preset(
     validated TrainConfig; what the architecture cannot do is a `PresetError` line.
 
     Nested sections merge (`validation={"prompts": [...]}` keeps the preset's seeds), and
-    `validation_prompts=[...]` is accepted as a shortcut, as is `keep_prompts=[...]` (preservation
-    on, on those prompts). When only `steps` is overridden, the
-    preset's own checkpoint cadence and warm-up shrink to fit it (they are defaults, not the
-    member's choice); anything the member sets explicitly is validated as given.
+    `validation_prompts=[...]` is accepted as a shortcut, as are `keep_prompts=[...]` (preservation
+    on, on those prompts) and `keep_weight` (preservation's weight; 0: off). When only `steps`
+    is overridden, the preset's own checkpoint cadence and warm-up shrink to fit it (they are
+    defaults, not the member's choice); anything the member sets explicitly is validated as
+    given.
     """
     preset = PRESETS.get(name)
     if preset is None:
@@ -212,9 +213,7 @@ def apply_preset(
     prompts = overrides.pop("validation_prompts", None)
     if prompts is not None:
         overrides.setdefault("validation", {})["prompts"] = list(prompts)
-    keep = overrides.pop("keep_prompts", None)
-    if keep:  # the prompts that must not change: preservation holds the adapter to them
-        overrides.setdefault("preservation", {}).update(enabled=True, prompts=list(keep))
+    _keep_overrides(overrides)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}
@@ -230,6 +229,25 @@ def apply_preset(
     except ArchitectureMismatch as error:
         raise PresetError(str(error)) from None
     return config
+
+
+def _keep_overrides(overrides: dict[str, Any]) -> None:
+    """The member's preservation shortcuts made concrete: `keep_prompts` (preservation on, on
+    those prompts) and `keep_weight` (how hard; 0 turns preservation off)."""
+    keep, weight = overrides.pop("keep_prompts", None), overrides.pop("keep_weight", None)
+    if weight == 0:
+        if keep:
+            raise PresetError("keep_prompts need preservation, which keep_weight 0 turns off")
+        overrides.setdefault("preservation", {})["enabled"] = False
+        return
+    if not keep and weight is None:
+        return
+    preservation = overrides.setdefault("preservation", {})
+    preservation["enabled"] = True
+    if keep:  # the prompts that must not change: preservation holds the adapter to them
+        preservation["prompts"] = list(keep)
+    if weight is not None:
+        preservation["weight"] = float(weight)
 
 
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:

@@ -75,3 +75,20 @@ async def test_keep_prompts_are_stored_with_the_job_or_refused_in_one_line(
     )
     assert refused_id == 0 and refused.ephemeral
     assert "contains the trigger" in refused.content and "\n" not in refused.content
+
+
+async def test_keep_weight_sets_preservation_or_is_refused_in_one_line(
+    emu, atelier, bot_engine
+) -> None:
+    """`/train lora keep_weight:` is preservation's weight (a NUMBER option, so 2.5 arrives as
+    a float); 0 turns it off, and with keep prompts that is refused before anything is stored."""
+    job_id, reply = await train(emu, emu.default.alice, make_zip(count=4), keep_weight=2.5)
+    assert job_id, reply.content
+    preservation = job_row(bot_engine, job_id).config["preservation"]
+    assert preservation["enabled"] and preservation["weight"] == 2.5
+
+    refused_id, refused = await train(
+        emu, emu.default.alice, make_zip(count=4), keep_prompts="a red car", keep_weight=0
+    )
+    assert refused_id == 0 and refused.ephemeral
+    assert "keep_weight 0 turns" in refused.content and "\n" not in refused.content

@@ -50,6 +50,17 @@ def test_keep_prompts_turn_preservation_on_those_prompts():
     assert not apply_preset("style", "lora", trigger="ohwx").preservation.enabled
 
 
+def test_keep_weight_sets_how_hard_preservation_holds_or_turns_it_off():
+    held = apply_preset("character", "lora", trigger="ohwx", keep_weight=8)
+    assert held.preservation.enabled and held.preservation.weight == 8.0
+    assert apply_preset("character", "lora", trigger="ohwx").preservation.weight == 4.0
+    style = apply_preset("style", "lora", trigger="ohwx", keep_weight=2, keep_prompts=["a car"])
+    assert style.preservation.enabled and style.preservation.weight == 2.0
+    assert style.preservation.prompts == ["a car"]
+    off = apply_preset("character", "dora", trigger="ohwx", keep_weight=0)
+    assert not off.preservation.enabled
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "message"),
     [
@@ -58,6 +69,7 @@ def test_keep_prompts_turn_preservation_on_those_prompts():
         ("character", {"optimizer": "prodigy"}, "Prodigy expects learning_rate"),
         ("character", {"rank": 0}, "rank: Input should be greater than or equal to 1"),
         ("character", {"keep_prompts": ["OHWX at the beach"]}, "contains the trigger"),
+        ("character", {"keep_prompts": ["a car"], "keep_weight": 0}, "keep_weight 0 turns off"),
     ],
 )
 def test_impossible_presets_are_refused_in_one_line(name, overrides, message):

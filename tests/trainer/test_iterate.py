@@ -44,3 +44,23 @@ def test_change_is_one_validated_setting() -> None:
     ):
         with pytest.raises(BadInput, match=why):
             parse_change(bad, config)
+
+
+def test_keep_weight_change_sets_preservation_or_turns_it_off() -> None:
+    """`change:keep_weight=…` is preservation's weight, the knob a team compares runs on."""
+    config = TrainConfig(trigger="ohwx", preservation={"enabled": True, "weight": 4.0}).model_dump(
+        mode="json"
+    )
+    key, old, new, updated = parse_change("keep_weight=8", config)
+    assert (key, old, new) == ("keep_weight", 4.0, 8.0)
+    assert updated["preservation"]["enabled"] and updated["preservation"]["weight"] == 8.0
+    _, old, new, off = parse_change("keep_weight=0", config)
+    assert (old, new) == (4.0, 0) and not off["preservation"]["enabled"]
+    plain = TrainConfig(trigger="ohwx").model_dump(mode="json")
+    _, old, new, on = parse_change("keep_weight=2.5", plain)
+    assert (old, new) == (0, 2.5) and on["preservation"]["enabled"]
+    for bad, why in (("keep_weight=11", "keep_weight"), ("keep_weight=-1", "keep_weight")):
+        with pytest.raises(BadInput, match=why):
+            parse_change(bad, config)
+    with pytest.raises(BadInput, match="changes nothing"):
+        parse_change("keep_weight=0", plain)
