@@ -40,6 +40,9 @@ from trainer.toy import scoring, shapes  # noqa: E402
 
 BASE = "builtin:toy"
 TRAIN_SEED = 11
+FLIPPED = 20.0
+"""Mean change (of 255) above which an ordinary image counts as flipped: its shape drawn in
+another place or size, not nudged (nudged images change by 1-7, flipped ones by 24-47)."""
 
 
 def make_concept_dataset(folder: Path, count: int = 20, seed: int = TRAIN_SEED) -> list[Any]:
@@ -208,6 +211,10 @@ def run_method(
         pipe = load_for_generation(base, info.file)
         pipe.set_progress_bar_config(disable=True)
         scores = evaluate(pipe, concept_prompts, leaks, seeds, sample_steps)
+        per_image = [
+            round(pixel_change([a], [b]), 1)
+            for a, b in zip(scores["_leak_images"], base_eval["_leak_images"], strict=True)
+        ]
         rows.append({
             "step": info.step,
             "concept": round(scores["concept"], 3),
@@ -218,10 +225,9 @@ def run_method(
             "leak_pixel_change": round(
                 pixel_change(scores["_leak_images"], base_eval["_leak_images"]), 2
             ),
-            "leak_pixel_change_per_image": [
-                round(pixel_change([a], [b]), 1)
-                for a, b in zip(scores["_leak_images"], base_eval["_leak_images"], strict=True)
-            ],
+            "leak_pixel_change_per_image": per_image,
+            "leak_pixel_change_median": round(float(np.median(per_image)), 2),
+            "leak_flipped": sum(change > FLIPPED for change in per_image),
         })  # fmt: skip
     return {
         "method": method,
@@ -352,6 +358,13 @@ def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str
             ),
             "leak_pixel_change_max": round(
                 float(np.max([f["leak_pixel_change"] for f in finals])), 2
+            ),
+            "leak_pixel_change_median_mean": round(
+                float(np.mean([f.get("leak_pixel_change_median", np.nan) for f in finals])), 2
+            ),
+            "leak_flipped_share": round(
+                float(np.mean([f.get("leak_flipped", np.nan) / len(f["leak_pixel_change_per_image"])
+                               for f in finals])), 3
             ),
             "steps_per_second_mean": round(
                 float(np.mean([item["steps_per_second"] for item in items])), 3

@@ -1,0 +1,37 @@
+"""bench/learn.py's summary over training seeds: the numbers the toy-model goals are read from."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+
+def _run(seed: int, concept: float, per_image: list[float]) -> dict:
+    from bench.learn import FLIPPED
+
+    mean = sum(per_image) / len(per_image)
+    final = {
+        "step": 2000, "concept": concept, "leak_both": 0.9, "leak_pixel_change": mean,
+        "leak_pixel_change_per_image": per_image,
+        "leak_pixel_change_median": statistics.median(per_image),
+        "leak_flipped": sum(change > FLIPPED for change in per_image),
+    }  # fmt: skip
+    return {
+        "preset": "character", "method": "lora", "preservation": True, "seed": seed,
+        "steps_per_second": 10.0, "checkpoints": [final],
+    }  # fmt: skip
+
+
+def test_summary_separates_flipped_images_from_the_nudged_rest() -> None:
+    """One image in four flipped (a shape drawn elsewhere) in one seed of two: the mean change
+    says 6.0, the median and the flipped share say what happened."""
+    from bench.learn import summarise
+
+    runs = [_run(1, 0.4, [2.0, 3.0, 4.0, 30.0]), _run(2, 0.2, [1.0, 2.0, 3.0, 3.0])]
+    (row,) = summarise(runs, {"concept": 0.1, "leak_both": 0.9})
+    assert row["seeds"] == [1, 2]
+    assert row["concept_gain_mean"] == pytest.approx(0.2)
+    assert row["leak_pixel_change_mean"] == pytest.approx((9.75 + 2.25) / 2, abs=0.01)
+    assert row["leak_pixel_change_median_mean"] == pytest.approx((3.5 + 2.5) / 2)
+    assert row["leak_flipped_share"] == pytest.approx(0.125)
