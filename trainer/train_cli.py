@@ -39,6 +39,21 @@ class CliError(Exception):
     """A refusal: printed as one `error:` line, exit status 2."""
 
 
+class AboveBar:
+    """A stream for log lines that prints them above a running tqdm bar (`tqdm.write`)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=self.stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 class ConsoleCallbacks(TrainCallbacks):
     """A tqdm progress bar on a terminal, else a plain line every ~5 %; Ctrl-C stops cleanly."""
 
@@ -250,9 +265,16 @@ def _run(
     settings: Any,
 ) -> TrainResult:
     _quiet_libraries()
+    from storage.logs import configure_logging
     from trainer.loop import train
 
-    callbacks = ConsoleCallbacks(sys.stderr, sys.stderr.isatty())
+    interactive = sys.stderr.isatty()
+    callbacks = ConsoleCallbacks(sys.stderr, interactive)
+    # the operator's lines (held-out split, preservation set-up, checkpoints) at the configured
+    # level, redacted like every entry point's; written above the progress bar, not through it
+    configure_logging(
+        settings.log_level, stream=AboveBar(sys.stderr) if interactive else None, settings=settings
+    )
 
     def stop(signum: int, frame: object) -> None:
         callbacks.stop_requested = True

@@ -76,5 +76,5 @@ async def test_debug_logs_hold_no_interaction_token(emu, atelier, bot_engine, da
 def test_every_entry_point_uses_the_one_logging_set_up() -> None:
     sources = [p for d in ("atelier", "bot", "trainer") for p in (ROOT / d).rglob("*.py")]
     assert not [p for p in sources if "basicConfig" in p.read_text()]
-    for entry in ("bot/run.py", "trainer/worker.py", "atelier/serve.py"):
+    for entry in ("bot/run.py", "trainer/worker.py", "atelier/serve.py", "trainer/train_cli.py"):
         assert "storage.logs import configure_logging" in (ROOT / entry).read_text()

@@ -180,3 +180,26 @@ def test_resolution_defaults_to_native_and_side_is_nominal_until_resolved():
     assert config.resolution is None and config.side == 512
     assert config.with_native_resolution(64).resolution == 64
     assert TrainConfig(resolution=256).with_native_resolution(64).resolution == 256
+
+
+def test_log_lines_print_above_the_progress_bar():
+    """On a terminal `atelier train`'s log lines go through `tqdm.write`: the bar is redrawn
+    below them instead of being cut in two."""
+    import io
+
+    from tqdm import tqdm
+
+    from trainer.train_cli import AboveBar
+
+    stream = io.StringIO()
+    bar = tqdm(total=10, file=stream)
+    bar.update(3)
+    writer = AboveBar(stream)
+    writer.write("2026-12-01 INFO trainer.loop: 2 of 20 images held out\n")
+    writer.write("\n")  # a bare newline writes nothing
+    bar.close()
+    text = stream.getvalue()
+    assert text.count("images held out") == 1
+    start = text.index("2026-12-01")
+    assert text[start - 1] == "\r"  # the bar's line cleared before the log line
+    assert "3/10" in text[start:]  # and the bar drawn again below it
