@@ -51,6 +51,21 @@ class BaseModelEntry(BaseModel):
     )
     architecture: Literal["sd1", "sdxl", "flux1", "zimage"] = "sd1"
     description: str = ""
+    quantize: Literal["none", "int8", "nf4"] = Field(
+        "none",
+        description="FLUX.1 / Z-Image: LoRA jobs on this model train over its transformer "
+        "quantised with bitsandbytes (the job's quantize_base), to fit a GPU with less memory; "
+        "DoRA jobs on it are refused (DoRA needs the weights unquantised).",
+    )
+
+    @model_validator(mode="after")
+    def _quantizable(self) -> BaseModelEntry:
+        if self.quantize != "none" and self.architecture not in ("flux1", "zimage"):
+            raise ValueError(
+                f"quantize is for FLUX.1 and Z-Image models; a {self.architecture} model trains "
+                'unquantised (set quantize = "none")'
+            )
+        return self
 
 
 class Limits(BaseModel):

@@ -40,7 +40,8 @@ def build_config(
     value or something the model cannot do → one clear `BadInput`."""
     if base_model not in known_models:
         raise BadInput(f"Unknown base model `{base_model}`; pick one from the list.")
-    architecture = known_models[base_model].architecture
+    entry = known_models[base_model]
+    architecture = entry.architecture
     trigger, prefix = options.pop("trigger"), options.pop("caption_prefix") or ""
     prompts = options.pop("validation_prompts", None)
     keep = options.pop("keep_prompts", None)
@@ -53,6 +54,7 @@ def build_config(
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None
     values = overrides.model_dump(exclude_none=True, exclude={"dora"})
+    values.update(_quantized(base_model, entry, method))
     try:
         return apply_preset(
             preset,
@@ -65,6 +67,20 @@ def build_config(
         )
     except PresetError as error:
         raise BadInput(str(error)) from None
+
+
+def _quantized(base_model: str, entry: Any, method: str) -> dict[str, Any]:
+    """The operator's `quantize` for this catalogue model as the job's `quantize_base` (the
+    operator knows the GPU; a member cannot ask for more memory than it has)."""
+    quantize = getattr(entry, "quantize", "none")
+    if quantize == "none":
+        return {}
+    if method != "lora":
+        raise BadInput(
+            f"`{base_model}` is quantised ({quantize}) to fit this server's GPU, and a DoRA "
+            "needs the weights unquantised; train a LoRA on it (without `dora`)."
+        )
+    return {"quantize_base": quantize}
 
 
 def split_prompts(text: str | None) -> list[str] | None:
