@@ -4,13 +4,14 @@ version of a model, checked by the same limits as `/train` and validated as a Tr
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from bot.catalogue import quantize_base_for
 from bot.errors import BadInput
-from trainer.config import TrainConfig, TrainOverrides
+from trainer.config import ArchitectureMismatch, TrainConfig, TrainOverrides, check_architecture
 from trainer.presets import explain_validation_error
 
 CHANGEABLE = frozenset(
@@ -22,10 +23,14 @@ preservation's weight (0: preservation off), the one knob between learning and l
 
 
 def parse_change(
-    change: str | None, config: dict[str, Any], catalogue: Collection[str] = ("tiny",)
+    change: str | None,
+    config: dict[str, Any],
+    catalogue: Collection[str] | Mapping[str, Any] = ("tiny",),
 ) -> tuple[str | None, Any, Any, dict[str, Any]]:
     """`rank=16` → (key, old, new, new config): one allowed key, within the member limits of
-    `/train` and the base-model catalogue, then validated against TrainConfig."""
+    `/train` and the base-model catalogue, then validated against TrainConfig. With the
+    catalogue's entries (a mapping), a new `base_model` brings its own `quantize` and must be
+    able to train the job's method and sizes."""
     if not change or not change.strip():
         return None, None, None, dict(config)
     parts = [p for p in change.replace(",", " ").split() if p]
@@ -43,10 +48,18 @@ def parse_change(
     updated = json.loads(json.dumps(config))
     old = _read(key, updated)
     _write(key, value, updated)
+    entry = catalogue.get(value) if key == "base_model" and isinstance(catalogue, Mapping) else None
+    if entry is not None:  # the new model's own quantisation (the operator's, per model)
+        updated["quantize_base"] = quantize_base_for(value, entry, updated.get("method", "lora"))
     try:
-        validated = TrainConfig.model_validate(updated).model_dump(mode="json")
+        trained = TrainConfig.model_validate(updated)
+        if entry is not None:
+            check_architecture(trained, entry.architecture)
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None
+    except ArchitectureMismatch as error:
+        raise BadInput(f"`{value}` cannot train this job: {error}") from None
+    validated = trained.model_dump(mode="json")
     new = _read(key, validated)
     if new == old:
         raise BadInput(f"`{key}` is already {old}; that changes nothing.")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -394,7 +394,7 @@ def next_version_job(
     name: str | None,
     change: str | None,
     limit: int,
-    catalogue: Collection[str],
+    catalogue: Collection[str] | Mapping[str, Any],
 ) -> Job:
     """Queue the next version of a model: its newest dataset, one setting changed (or none)."""
     with session_scope(engine) as session:

@@ -10,6 +10,7 @@ from discord.ext import commands
 from pydantic import ValidationError
 
 from bot import queries
+from bot.catalogue import quantize_base_for
 from bot.db import run_db
 from bot.errors import BadInput, LimitReached
 from bot.exts._common import atelier
@@ -54,7 +55,8 @@ def build_config(
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None
     values = overrides.model_dump(exclude_none=True, exclude={"dora"})
-    values.update(_quantized(base_model, entry, method))
+    if (quantize := quantize_base_for(base_model, entry, method)) != "none":
+        values["quantize_base"] = quantize
     try:
         return apply_preset(
             preset,
@@ -67,20 +69,6 @@ def build_config(
         )
     except PresetError as error:
         raise BadInput(str(error)) from None
-
-
-def _quantized(base_model: str, entry: Any, method: str) -> dict[str, Any]:
-    """The operator's `quantize` for this catalogue model as the job's `quantize_base` (the
-    operator knows the GPU; a member cannot ask for more memory than it has)."""
-    quantize = getattr(entry, "quantize", "none")
-    if quantize == "none":
-        return {}
-    if method != "lora":
-        raise BadInput(
-            f"`{base_model}` is quantised ({quantize}) to fit this server's GPU, and a DoRA "
-            "needs the weights unquantised; train a LoRA on it (without `dora`)."
-        )
-    return {"quantize_base": quantize}
 
 
 def split_prompts(text: str | None) -> list[str] | None:

@@ -64,3 +64,29 @@ def test_keep_weight_change_sets_preservation_or_turns_it_off() -> None:
             parse_change(bad, config)
     with pytest.raises(BadInput, match="changes nothing"):
         parse_change("keep_weight=0", plain)
+
+
+def test_a_new_base_model_brings_its_quantisation_and_must_fit_the_job() -> None:
+    """`change:base_model=…` with the catalogue's entries: the operator's `quantize` of the new
+    model applies to a LoRA, and a model that cannot train the job is refused in one line."""
+    from storage.settings import BaseModelEntry
+    from trainer.presets import apply_preset
+
+    catalogue = {
+        "tiny": BaseModelEntry(path="builtin:tiny"),
+        "flux": BaseModelEntry(path="builtin:tiny-flux", architecture="flux1"),
+        "flux-q": BaseModelEntry(path="builtin:tiny-flux", architecture="flux1", quantize="nf4"),
+    }
+    flux = apply_preset("character", "lora", "flux1", trigger="ohwx", base_model="flux")
+    _, old, new, updated = parse_change(
+        "base_model=flux-q", flux.model_dump(mode="json"), catalogue
+    )
+    assert (old, new, updated["quantize_base"]) == ("flux", "flux-q", "nf4")
+    assert parse_change("base_model=flux", updated, catalogue)[3]["quantize_base"] == "none"
+    dora = apply_preset("character", "dora", "flux1", trigger="ohwx", base_model="flux")
+    with pytest.raises(BadInput, match=r"quantised \(nf4\).*train a LoRA"):
+        parse_change("base_model=flux-q", dora.model_dump(mode="json"), catalogue)
+    sd_lora = TrainConfig(trigger="ohwx", resolution=64)  # an SD job's settings, not FLUX.1's
+    with pytest.raises(BadInput, match="`flux-q` cannot train this job: ") as refused:
+        parse_change("base_model=flux-q", sd_lora.model_dump(mode="json"), catalogue)
+    assert "\n" not in str(refused.value)

@@ -36,7 +36,7 @@ async def train_from(
         name,
         change,
         limit,
-        list(bot.settings.base_models),
+        dict(bot.settings.base_models),
     )
     await bot.notifier.process_job(child.id)  # type: ignore[arg-type]
     info = await run_db(lineage.lineage, bot.engine, child.id)
