@@ -11,8 +11,14 @@ from pydantic import ValidationError
 
 from bot.catalogue import quantize_base_for
 from bot.errors import BadInput
-from trainer.config import ArchitectureMismatch, TrainConfig, TrainOverrides, check_architecture
-from trainer.presets import explain_validation_error
+from trainer.config import (
+    ArchitectureMismatch,
+    PreservationConfig,
+    TrainConfig,
+    TrainOverrides,
+    check_architecture,
+)
+from trainer.presets import explain_validation_error, keep_weight_preservation
 
 CHANGEABLE = frozenset(
     {"steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight"}
@@ -69,23 +75,20 @@ def parse_change(
 def _read(key: str, config: dict[str, Any]) -> Any:
     """A changeable setting's value in a config dict (`keep_weight`: 0 when not preserving)."""
     if key == "keep_weight":
-        preservation = config.get("preservation") or {}
-        return preservation.get("weight", 1.0) if preservation.get("enabled") else 0
+        preservation = PreservationConfig.model_validate(config.get("preservation") or {})
+        return preservation.weight if preservation.enabled else 0
     return config.get(key)
 
 
 def _write(key: str, value: Any, config: dict[str, Any]) -> None:
-    """Set a changeable setting in a config dict; `keep_weight` 0 turns preservation off and
-    any other value turns it on at that weight."""
-    if key != "keep_weight":
+    """Set a changeable setting in a config dict (`keep_weight` as `/train` reads it)."""
+    if key == "keep_weight":
+        config["preservation"] = {
+            **(config.get("preservation") or {}),
+            **keep_weight_preservation(value),
+        }
+    else:
         config[key] = value
-        return
-    preservation = config.setdefault("preservation", {})
-    if not isinstance(preservation, dict):
-        raise BadInput(f"`{key}` is not a setting that can be changed.")
-    preservation["enabled"] = bool(value)
-    if value:
-        preservation["weight"] = value
 
 
 def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:

@@ -234,23 +234,25 @@ def apply_preset(
     return config
 
 
+def keep_weight_preservation(weight: float) -> dict[str, Any]:
+    """The preservation settings a member's `keep_weight` stands for: 0 turns preservation off,
+    any other value turns it on at that weight (`/train` and `change:` both read it so)."""
+    return {"enabled": True, "weight": float(weight)} if weight else {"enabled": False}
+
+
 def _keep_overrides(overrides: dict[str, Any]) -> None:
     """The member's preservation shortcuts made concrete: `keep_prompts` (preservation on, on
     those prompts) and `keep_weight` (how hard; 0 turns preservation off)."""
     keep, weight = overrides.pop("keep_prompts", None), overrides.pop("keep_weight", None)
-    if weight == 0:
-        if keep:
-            raise PresetError("keep_prompts need preservation, which keep_weight 0 turns off")
-        overrides.setdefault("preservation", {})["enabled"] = False
-        return
+    if weight == 0 and keep:
+        raise PresetError("keep_prompts need preservation, which keep_weight 0 turns off")
     if not keep and weight is None:
         return
     preservation = overrides.setdefault("preservation", {})
-    preservation["enabled"] = True
     if keep:  # the prompts that must not change: preservation holds the adapter to them
-        preservation["prompts"] = list(keep)
+        preservation.update(enabled=True, prompts=list(keep))
     if weight is not None:
-        preservation["weight"] = float(weight)
+        preservation.update(keep_weight_preservation(weight))
 
 
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:
