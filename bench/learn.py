@@ -244,7 +244,9 @@ def run_method(
         "learning_rate": config.learning_rate,
         "rank": config.rank if method != "embedding" else None,
         "batch_size": config.batch_size,
-        "embedding": config.embedding.model_dump() if method == "embedding" else None,
+        "embedding": config.embedding.model_dump() if config.learns_token else None,
+        "pivotal": config.pivotal,
+        "pivotal_lr": config.pivotal_lr if config.pivotal else None,
         "train_seconds": round(seconds, 1),
         "steps_per_second": round(recorder.progress[-1].steps_per_second, 3),
         "checkpoints": rows,
@@ -336,15 +338,16 @@ def step_cost(
 def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
     """Mean and spread over training seeds of each (preset, method, preservation) final
     checkpoint: concept gain over the base, ordinary-prompt hit rate change, pixel change."""
-    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, bool, bool], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["preset"], run["method"], run["preservation"]), []).append(run)
+        key = (run["preset"], run["method"], run["preservation"], bool(run.get("pivotal")))
+        groups.setdefault(key, []).append(run)
     out = []
-    for (preset, method, preserve), items in groups.items():
+    for (preset, method, preserve, pivotal), items in groups.items():
         finals = [item["checkpoints"][-1] for item in items]
         gains = [f["concept"] - base["concept"] for f in finals]
         out.append({
-            "preset": preset, "method": method, "preservation": preserve,
+            "preset": preset, "method": method, "preservation": preserve, "pivotal": pivotal,
             "seeds": [item["seed"] for item in items],
             "concept_gain_mean": round(float(np.mean(gains)), 3),
             "concept_gain_min": round(float(np.min(gains)), 3),

@@ -21,11 +21,12 @@ from trainer.config import (
 from trainer.presets import explain_validation_error, keep_weight_preservation
 
 CHANGEABLE = frozenset(
-    {"steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight"}
+    {"steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight", "pivotal"}
 )
 """What `change:` may set: the settings `/train` offers members, checked by the same limits
 (`TrainOverrides`) and, for `base_model`, the operator's catalogue. `keep_weight` is
-preservation's weight (0: preservation off), the one knob between learning and leaking."""
+preservation's weight (0: preservation off), the one knob between learning and leaking;
+`pivotal` (true/false) learns the trigger as an embedding beside the LoRA or not."""
 
 
 def parse_change(

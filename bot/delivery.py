@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import render
+from storage.model_files import model_files
 
 if TYPE_CHECKING:
     from bot.client import AtelierBot
@@ -112,15 +114,33 @@ def upload_limit(bot: AtelierBot, guild: discord.Guild | None) -> int:
     return min(tier, seen) if seen else tier
 
 
-async def file_or_link(
-    bot: AtelierBot, guild: discord.Guild | None, path: Path
-) -> tuple[discord.File | None, str | None, Any]:
-    """Attach the model when it fits the upload limit, else make a signed, expiring link."""
-    size = (await asyncio.to_thread(path.stat)).st_size
-    if size <= upload_limit(bot, guild):
-        return await asyncio.to_thread(file_of, path), None, None
-    url, expires = bot.signer.link(path)
-    return None, url, expires
+REQUEST_LIMIT = 25 * 1024 * 1024
+"""Discord caps one request, all its attachments together, at 25 MiB."""
+
+
+@dataclass
+class ModelDelivery:
+    """A checkpoint's files as attachments, or as signed links when they do not fit."""
+
+    names: list[str]
+    files: list[discord.File] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    expires: Any = None
+
+
+async def model_delivery(
+    bot: AtelierBot, path: Path, limit: int, *, links: bool = False
+) -> ModelDelivery:
+    """The model file (with a pivotal LoRA, also the trigger's embedding beside it) attached
+    when every file fits `limit` and all fit one request, else signed, expiring links."""
+    paths = await asyncio.to_thread(model_files, path)
+    sizes = [(await asyncio.to_thread(p.stat)).st_size for p in paths]
+    names = [p.name for p in paths]
+    if not links and max(sizes) <= limit and sum(sizes) <= REQUEST_LIMIT:
+        files = await asyncio.to_thread(lambda: [file_of(p) for p in paths])
+        return ModelDelivery(names, files=files)
+    signed = [bot.signer.link(p) for p in paths]
+    return ModelDelivery(names, links=[url for url, _ in signed], expires=signed[0][1])
 
 
 def missing_permission(channel: Any, with_files: bool) -> str:

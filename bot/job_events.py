@@ -189,18 +189,22 @@ class JobPosts:
         target = await self.target(job)
         guild = self.bot.get_guild(job.guild_id or 0)
         path = Path(str(p["file"]))
-        file, url, expires = await delivery.file_or_link(self.bot, guild, path)
-        text = render.finalized_text(p, url, expires)
+        model = await delivery.model_delivery(
+            self.bot, path, delivery.upload_limit(self.bot, guild)
+        )
+        text = render.finalized_text(p, model.links, model.expires, model.names)
         try:
-            message = await self.send(target, event, text, files=[file] if file else [])
+            message = await self.send(target, event, text, files=model.files)
         except discord.HTTPException as error:
-            if error.code != delivery.TOO_LARGE or file is None:
+            if error.code != delivery.TOO_LARGE or not model.files:
                 raise
-            url, expires = self.bot.signer.link(path)
+            model = await delivery.model_delivery(self.bot, path, 0, links=True)
             message = await delivery.send(
-                target, event_nonce(event), render.finalized_text(p, url, expires)
+                target,
+                event_nonce(event),
+                render.finalized_text(p, model.links, model.expires, model.names),
             )
-        await self._announce(job, event, url)
+        await self._announce(job, event, " · ".join(model.links) or None)
         await self.final_status(job, "finalized")
         return message.id
 

@@ -264,7 +264,14 @@ def generation_failed_text(user_id: int, reason: str) -> str:
     )
 
 
-def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime | None) -> str:
+def finalized_text(
+    payload: dict[str, Any],
+    links: Sequence[str] = (),
+    expires: datetime | None = None,
+    names: Sequence[str] = (),
+) -> str:
+    """The vote's outcome, and how to get and use the model's file(s): several when a pivotal
+    LoRA brings the trigger's embedding (`names`: the files, model first)."""
     votes = payload.get("votes") or {}
     tally = ", ".join(f"step {s}: {n}" for s, n in votes.items()) or "none"
     by = payload.get("by")
@@ -273,10 +280,21 @@ def finalized_text(payload: dict[str, Any], link: str | None, expires: datetime 
         f"🏆 The team chose step **{payload.get('step')}**{closer}: {payload.get('reason')}.\n"
         f"Votes: {tally}."
     )
-    if link:
+    if len(names) > 1:
+        text += "\n" + pair_usage(names[0], names[1])
+    if links:
         until = f", valid until {timestamp(expires, 'f')}" if expires else ""
-        text += f"\nDownload (too large for Discord): {link}{until}"
+        text += f"\nDownload (too large for Discord): {' · '.join(links)}{until}"
     return truncate(text)
+
+
+def pair_usage(model: str, embedding: str) -> str:
+    """How to use a pivotal LoRA: both files, the embedding named in the prompt."""
+    word = embedding.removesuffix(".safetensors")
+    return (
+        f"Two files, use both: the LoRA `{model}` and the trigger's embedding `{embedding}` "
+        f"(embeddings folder; write `{word}` in the prompt, ComfyUI `embedding:{word}`)."
+    )
 
 
 def announcement_text(

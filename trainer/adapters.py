@@ -9,6 +9,7 @@
 - Embeddings add `token`, `token_1` … `token_{n-1}` to every tokenizer and train the input
   embedding matrix; `restore_frozen_embedding_rows` puts every other row back after each step
   (a grad mask alone is not enough: AdamW's weight decay moves rows with zero grad).
+- Pivotal tuning (`config.pivotal`) is a LoRA/DoRA and an embedding of the trigger at once.
 
 Every adapter is described by diffusers' component names: the denoiser (`unet` or `transformer`),
 `text_encoder`, `text_encoder_2`. Which layers are wrapped, and how DoRA is built, is the
@@ -181,6 +182,8 @@ def inject_adapter(model: LoadedModel, config: TrainConfig) -> list[nn.Parameter
             params += model.arch.inject_dora(component, module, names, config)
         else:
             params += _inject_lora(module, names, config)
+    if config.pivotal:
+        params += _inject_embedding(model, config)
     return params
 
 
@@ -287,16 +290,22 @@ def learned_vectors(model: LoadedModel) -> list[torch.Tensor]:
 
 
 def adapter_state(model: LoadedModel, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The trainable state, keyed `<component>.<key>`, for resume files (not for users)."""
-    if config.method == "embedding":
-        names = ("text_encoder", "text_encoder_2")
-        vectors = learned_vectors(model)
-        return {f"{name}.embedding": v for name, v in zip(names, vectors, strict=False)}
+    """The trainable state, keyed `<component>.<key>`, for resume files (not for users); new
+    token vectors as `<text encoder>.embedding`."""
     state: dict[str, torch.Tensor] = {}
+    if config.learns_token:
+        vectors = learned_vectors(model)
+        state |= {f"{name}.{TOKEN_KEY}": v for name, v in zip(ENCODERS, vectors, strict=False)}
+    if config.method == "embedding":
+        return state
     for component, module in adapted_components(model, config).items():
         for key, value in _module_state(module, config).items():
             state[f"{component}.{key}"] = value.detach().cpu().clone()
     return state
+
+
+ENCODERS = ("text_encoder", "text_encoder_2")
+TOKEN_KEY = "embedding"
 
 
 def _module_state(module: nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -317,15 +326,23 @@ def load_adapter_state(
     model: LoadedModel, config: TrainConfig, state: dict[str, torch.Tensor]
 ) -> None:
     """Put a saved `adapter_state` back into a model that already has the adapter injected."""
-    if config.method == "embedding":
-        encoders = dict(zip(("text_encoder", "text_encoder_2"), model.text_encoders, strict=False))
+    if config.learns_token:
+        encoders = dict(zip(ENCODERS, model.text_encoders, strict=False))
         for (name, encoder), info in zip(encoders.items(), embedding_rows(model), strict=True):
+            key = f"{name}.{TOKEN_KEY}"
+            if key not in state:
+                raise AdapterError(f"resume state has no vectors for the token in {name}")
             weight = encoder.get_input_embeddings().weight
-            weight[info.token_ids] = state[f"{name}.embedding"].to(weight.device, weight.dtype)
+            weight[info.token_ids] = state[key].to(weight.device, weight.dtype)
+    if config.method == "embedding":
         return
     for component, module in adapted_components(model, config).items():
         prefix = f"{component}."
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and k != f"{component}.{TOKEN_KEY}"
+        }
         if not sub:
             raise AdapterError(f"resume state has no weights for {component}")
         _load_module_state(module, config, sub)

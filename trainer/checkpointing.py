@@ -57,6 +57,9 @@ def config_hash(config: TrainConfig) -> str:
     )
     if data.get("quantize_base") == "none":  # added later: runs saved before it still resume
         del data["quantize_base"]
+    if not data.get("pivotal"):  # added later, as quantize_base
+        data.pop("pivotal", None)
+        data.pop("pivotal_lr", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

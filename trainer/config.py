@@ -185,6 +185,15 @@ class TrainConfig(_Strict):
     alpha: float = Field(1.0, gt=0.0)
     targets: Targets = "attention"
     train_text_encoder: bool = False
+    pivotal: bool = Field(
+        False,
+        description="LoRA/DoRA: also learn the trigger as new token vectors (an embedding with "
+        "the `embedding` settings) alongside the adapter: pivotal tuning, as in cog-sdxl and "
+        "diffusers' advanced DreamBooth script. Delivered as two files: LoRA + embedding.",
+    )
+    pivotal_lr: float = Field(
+        1e-3, gt=0.0, le=1.0, description="Learning rate of the trigger's vectors (pivotal)."
+    )
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     preservation: PreservationConfig = Field(default_factory=PreservationConfig)
 
@@ -207,6 +216,11 @@ class TrainConfig(_Strict):
                     "preservation is for LoRA/DoRA: an embedding never changes prompts "
                     "without its token"
                 )
+        if self.pivotal:
+            if self.method == "embedding":
+                raise ValueError("pivotal is for LoRA/DoRA: an embedding learns its token already")
+            if not (self.embedding.placeholder_token or self.trigger):
+                raise ValueError("pivotal learns the trigger as an embedding: it needs a trigger")
         if self.warmup_steps >= self.steps:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
@@ -252,11 +266,16 @@ class TrainConfig(_Strict):
         return self.embedding.placeholder_token or self.trigger
 
     @property
+    def learns_token(self) -> bool:
+        """New token vectors train: an embedding, or a LoRA/DoRA with `pivotal`."""
+        return self.method == "embedding" or self.pivotal
+
+    @property
     def uses_text_cache(self) -> bool:
         """Text-encoder outputs can be cached only when captions and the encoder never change."""
         return (
             self.cache_text
-            and self.method != "embedding"
+            and not self.learns_token
             and not self.train_text_encoder
             and self.caption_dropout == 0.0
             and not self.shuffle_captions
@@ -312,6 +331,11 @@ def check_architecture(config: TrainConfig, architecture: str) -> None:
         raise ArchitectureMismatch(
             f"{label} trains at sizes in steps of {multiple} px; {config.resolution} is not one"
         )
+    if config.pivotal and "embedding" not in caps["methods"]:  # type: ignore[operator]
+        raise ArchitectureMismatch(
+            f"{label} has no embeddings to learn the trigger as (pivotal is for SD 1.x and "
+            "SDXL); turn pivotal off"
+        )
     if config.quantize_base != "none" and not caps.get("quantize"):
         raise ArchitectureMismatch(
             f"{label} bases are not quantised here (quantize_base is for the FLUX.1 and "
@@ -355,4 +379,5 @@ class TrainOverrides(_Strict):
     validation_prompts: list[str] | None = None
     keep_prompts: list[str] | None = None
     keep_weight: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
+    pivotal: bool | None = None
     dora: bool = False

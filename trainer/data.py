@@ -342,8 +342,9 @@ def training_caption(caption: str, config: TrainConfig, rng: random.Random) -> s
 def embedding_caption(
     caption: str, config: TrainConfig, prompt_token: str, rng: random.Random
 ) -> str:
-    """An embedding's caption: a template with the token, or the caption with trigger → token."""
-    templates = config.embedding.templates
+    """An embedding's caption: a template with the token, or the caption with trigger → token
+    (always the caption for pivotal: the LoRA learns from the member's captions)."""
+    templates = config.embedding.templates if config.method == "embedding" else "captions"
     if templates == "object":
         return rng.choice(OBJECT_TEMPLATES).format(prompt_token)
     if templates == "style":

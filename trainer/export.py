@@ -9,6 +9,11 @@ Per checkpoint, in the (shared) `out_dir`:
 - Embedding: `{name}-step{step:08d}/<token>.safetensors` (`emb_params`, or `clip_l` + `clip_g`
   for SDXL; A1111 takes the prompt word from the file name, hence a folder per step), plus
   diffusers' `{token: tensor}` files in `diffusers/{name}-step{step:08d}/`.
+- Pivotal (LoRA/DoRA + the trigger's embedding): both files in the step's folder,
+  `{name}-step{step:08d}/{name}-step{step:08d}.safetensors` (the LoRA/DoRA, primary, naming its
+  embedding in the `atelier.embedding` metadata key) and `{name}-step{step:08d}/<token>.safetensors`
+  (the embedding, written first: the primary's presence marks the checkpoint whole); the
+  diffusers copy holds the LoRA and the embedding files together.
 Metadata never names dataset files (they are members' file names).
 """
 
@@ -28,6 +33,7 @@ from safetensors.torch import save_file
 
 from storage.base_models import fingerprint, public_name
 from storage.fsutil import TEMP_MARK, atomic_path, durable_replace
+from storage.model_files import EMBEDDING_KEY, model_files
 from trainer.adapters import (
     ADAPTER_NAME,
     adapted_components,
@@ -60,13 +66,21 @@ def export_checkpoint(
         return _export_embedding(model, config, out_dir, stem, step, title)
     tensors = kohya_tensors(model, config)
     metadata = kohya_metadata(model, config, step, title, tensors)
-    primary = out_dir / f"{stem}.safetensors"
+    folder = out_dir
+    if config.pivotal:
+        folder = out_dir / stem
+        embedding = _write_embedding(model, config, folder, step, title)
+        metadata[EMBEDDING_KEY] = embedding.name
+    primary = folder / f"{stem}.safetensors"
     _atomic_save(tensors, primary, metadata)
     diffusers_dir = None
     if config.method == "lora":
         diffusers_dir = out_dir / "diffusers" / stem
         save_diffusers_lora(model, config, diffusers_dir)
-    return ExportedFiles(primary, diffusers_dir, primary.stat().st_size)
+        if config.pivotal:
+            _write_diffusers_embedding(model, config, diffusers_dir)
+    size = sum(path.stat().st_size for path in model_files(primary))
+    return ExportedFiles(primary, diffusers_dir, size)
 
 
 def slug(text: str) -> str:
@@ -174,6 +188,16 @@ def save_diffusers_lora(model: LoadedModel, config: TrainConfig, folder: Path) -
 def _export_embedding(
     model: LoadedModel, config: TrainConfig, out_dir: Path, stem: str, step: int, title: str
 ) -> ExportedFiles:
+    primary = _write_embedding(model, config, out_dir / stem, step, title)
+    diffusers_dir = out_dir / "diffusers" / stem
+    _write_diffusers_embedding(model, config, diffusers_dir)
+    return ExportedFiles(primary, diffusers_dir, primary.stat().st_size)
+
+
+def _write_embedding(
+    model: LoadedModel, config: TrainConfig, folder: Path, step: int, title: str
+) -> Path:
+    """`folder/<token>.safetensors` in the layout A1111, ComfyUI and InvokeAI read."""
     vectors = learned_vectors(model)
     if model.architecture == "sdxl":
         tensors = {"clip_l": vectors[0], "clip_g": vectors[1]}
@@ -182,12 +206,16 @@ def _export_embedding(
     resolution = f"{config.side}x{config.side}"
     meta = _modelspec(model, config, title, "textual-inversion", resolution)
     meta |= {"ss_steps": str(step), "ss_base_model_version": model.arch.base_version}
-    primary = out_dir / stem / f"{slug(config.token)}.safetensors"
-    _atomic_save(tensors, primary, meta)
-    diffusers_dir = out_dir / "diffusers" / stem
+    path = folder / f"{slug(config.token)}.safetensors"
+    _atomic_save(tensors, path, meta)
+    return path
+
+
+def _write_diffusers_embedding(model: LoadedModel, config: TrainConfig, folder: Path) -> None:
+    """diffusers' `{token: tensor}` files, one per text encoder (`load_textual_inversion`)."""
+    vectors = learned_vectors(model)
     for file_name, tensor in zip(DIFFUSERS_EMBEDDING_FILES, vectors, strict=False):
-        _atomic_save({config.token: tensor}, diffusers_dir / file_name, {"format": "pt"})
-    return ExportedFiles(primary, diffusers_dir, primary.stat().st_size)
+        _atomic_save({config.token: tensor}, folder / file_name, {"format": "pt"})
 
 
 # ---------------------------------------------------------------- reading kohya files back

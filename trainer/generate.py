@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from storage.model_files import EMBEDDING_KEY
 from trainer.architectures import for_pipeline, get_architecture, names
 from trainer.base_models import BUILTINS, LoadedModel, detect_architecture, load_base_model
 from trainer.export import read_safetensors
@@ -54,7 +55,8 @@ def load_for_generation(
     *,
     cache_dir: Path = Path("data/cache"),
 ) -> Any:
-    """A pipeline with `model_file` applied at strength `weight` (LoRA/DoRA; embeddings: 1)."""
+    """A pipeline with `model_file` applied at strength `weight` (LoRA/DoRA; embeddings: 1);
+    a pivotal LoRA/DoRA brings the trigger's embedding named in its metadata (beside it)."""
     tensors, metadata = read_safetensors(Path(model_file))
     if isinstance(base, str):
         architecture = file_architecture(tensors, metadata)
@@ -70,6 +72,9 @@ def load_for_generation(
         source = converted if converted is not None else str(model_file)
         pipe.load_lora_weights(source, adapter_name=ADAPTER)
         pipe.set_adapters([ADAPTER], adapter_weights=[weight])
+    if kind != "embedding" and metadata.get(EMBEDDING_KEY):
+        companion = Path(model_file).parent / Path(metadata[EMBEDDING_KEY]).name
+        _load_embedding(pipe, base, companion, read_safetensors(companion)[1])
     return pipe
 
 

@@ -113,8 +113,9 @@ def nearest_words(
 def choose_initializer(
     model: Any, config: TrainConfig, captions: Sequence[str], loss_of: Callable[[str], torch.Tensor]
 ) -> TrainConfig:
-    """An embedding config with `initializer_token: "auto"` replaced by the chosen word."""
-    if config.method != "embedding" or config.embedding.initializer_token != "auto":
+    """A config whose new token (an embedding, or pivotal's trigger) starts from `"auto"`,
+    with the chosen word instead."""
+    if not config.learns_token or config.embedding.initializer_token != "auto":
         return config
     vocabulary = whole_words(model.tokenizers[0])
     ranked = nearest_words(model, loss_of, vocabulary)

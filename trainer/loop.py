@@ -139,7 +139,7 @@ def train(
     # 4. the adapter (or the new embedding rows): the only weights that change
     torch.manual_seed(config.seed)
     params = adapters.inject_adapter(model, config)
-    keep_trainables_fp32(model, config.method, params)  # fp32 even when the base is bf16
+    keep_trainables_fp32(model, config.learns_token, params)  # fp32 even when the base is bf16
     apply_memory_options(model, config)
     apply_attention_kernel(model, accelerator.device, accelerator.dtype)
     prompt_token = embedding_prompt(model, config)
@@ -222,7 +222,7 @@ def train(
                 module.eval()
             with text_encoders_back(model, parked):
                 if not base_column:
-                    base_column = render_base(model, config, plan, config.method)
+                    base_column = render_base(model, config, plan)
                 held = heldout_loss(
                     model, heldout, heldout_captions(config, heldout, prompt_token),
                     accelerator.autocast(),
@@ -372,8 +372,9 @@ def resolve_embedding(
     order: BatchOrder,
     latents: list[torch.Tensor] | None,
 ) -> TrainConfig:
-    """An embedding's `"auto"` templates and initializer made concrete (trainer.initializer)."""
-    if config.method != "embedding":
+    """The new token's `"auto"` initializer (an embedding's or pivotal's) and an embedding's
+    `"auto"` templates made concrete (trainer.initializer)."""
+    if not config.learns_token:
         return config
     config = resolve_templates(config, [example.caption for example in examples])
     micros = range(min(16, order.batches_per_epoch))
@@ -412,14 +413,15 @@ def make_preserver(
 
 
 def embedding_prompt(model: Any, config: TrainConfig) -> str | None:
-    """What stands for the learned vectors in a training caption: `tok tok_1 … tok_{n-1}`."""
-    if config.method != "embedding":
+    """What stands for the learned vectors in a training caption: `tok tok_1 … tok_{n-1}`
+    (an embedding, or pivotal's trigger)."""
+    if not config.learns_token:
         return None
     return " ".join(adapters.placeholder_tokens(config))
 
 
 def _initializer(config: TrainConfig) -> str | None:
-    return config.embedding.initializer_token if config.method == "embedding" else None
+    return config.embedding.initializer_token if config.learns_token else None
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -500,7 +502,7 @@ def make_batch(
             else training_caption(examples[i].caption, config, rng)
             for i, rng in zip(indices, rngs, strict=True)
         ]
-        with torch.set_grad_enabled(config.method == "embedding" or config.train_text_encoder):
+        with torch.set_grad_enabled(config.learns_token or config.train_text_encoder):
             text = encode_prompts(model, captions)
     return Batch(batch_latents, text)
 
@@ -603,7 +605,7 @@ def optimizer_step(
         accelerator.backward(loss)
         total += loss.item()
     finite = accelerator.step(optimizer, params, config.max_grad_norm, finite)
-    if finite and config.method == "embedding":
+    if finite and config.learns_token:
         adapters.restore_frozen_embedding_rows(model)
     optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # torch warns when a skipped step did not call optimizer.step

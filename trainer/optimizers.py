@@ -1,8 +1,11 @@
 """The optimizer over the trainable weights: AdamW, 8-bit AdamW (bitsandbytes) or Prodigy.
 
 Parameters are grouped by where they live: the UNet's adapter at `learning_rate`, the text
-encoders' adapter (`train_text_encoder`) at `text_encoder_lr` (default: `learning_rate`). An
-embedding's new token rows train at `learning_rate`. The lr schedule scales every group alike.
+encoders' adapter (`train_text_encoder`) at `text_encoder_lr` (default: `learning_rate`), the
+input embedding matrices that hold new token rows at `learning_rate` for an embedding and at
+`pivotal_lr` beside a LoRA/DoRA, without weight decay (textual inversion's rows are not pulled
+toward zero; the other rows are restored after each step). The lr schedule scales every group
+alike.
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from trainer.config import TrainConfig
 def param_groups(
     model: Any, config: TrainConfig, params: list[torch.nn.Parameter]
 ) -> list[dict[str, Any]]:
-    """One group per component kind with its learning rate (empty groups left out)."""
+    """One group per kind of weight with its learning rate (empty groups left out)."""
     in_text = {id(p) for encoder in model.text_encoders for p in encoder.parameters()}
-    unet = [p for p in params if id(p) not in in_text]
-    text = [p for p in params if id(p) in in_text]
-    text_lr = config.learning_rate
-    if config.method != "embedding" and config.text_encoder_lr is not None:
-        text_lr = config.text_encoder_lr
-    groups = [{"params": unet, "lr": config.learning_rate}, {"params": text, "lr": text_lr}]
+    tables = {id(encoder.get_input_embeddings().weight) for encoder in model.text_encoders}
+    tokens = [p for p in params if config.learns_token and id(p) in tables]
+    rest = [p for p in params if not any(p is t for t in tokens)]
+    unet = [p for p in rest if id(p) not in in_text]
+    text = [p for p in rest if id(p) in in_text]
+    text_lr = config.text_encoder_lr or config.learning_rate
+    token_lr = config.pivotal_lr if config.pivotal else config.learning_rate
+    groups = [
+        {"params": unet, "lr": config.learning_rate},
+        {"params": text, "lr": text_lr},
+        {"params": tokens, "lr": token_lr, "weight_decay": 0.0},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -44,10 +53,7 @@ def make_optimizer(
         import prodigyopt
 
         return prodigyopt.Prodigy(groups, weight_decay=config.weight_decay)
-    # Embedding rows other than the new token are restored after each step, so weight decay
-    # there is harmless; on the new rows it pulls toward zero, which textual inversion avoids.
-    decay = 0.0 if config.method == "embedding" else config.weight_decay
-    return torch.optim.AdamW(groups, weight_decay=decay, **fast_adamw_options(params))
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, **fast_adamw_options(params))
 
 
 def fast_adamw_options(params: list[torch.nn.Parameter]) -> dict[str, bool]:

@@ -174,15 +174,16 @@ class Precision:
         return self.scaler.get_scale() if self.scaler is not None else None
 
 
-def keep_trainables_fp32(model: Any, method: str, params: list[torch.nn.Parameter]) -> None:
+def keep_trainables_fp32(model: Any, learns_token: bool, params: list[torch.nn.Parameter]) -> None:
     """Trainable weights in fp32 even when the frozen base is bf16/fp16.
 
-    An embedding trains the text encoders' input embedding matrix: a lone fp32 matrix inside a
-    bf16 encoder makes its layer norms see mixed dtypes, so the (small) text encoders stay
-    fp32 as a whole, as in diffusers' textual-inversion example. Elsewhere only the adapter
-    weights are upcast (PEFT and `KohyaDora` cast their inputs and outputs).
+    New token vectors (an embedding, or pivotal's trigger) train the text encoders' input
+    embedding matrix: a lone fp32 matrix inside a bf16 encoder makes its layer norms see mixed
+    dtypes, so the (small) text encoders stay fp32 as a whole, as in diffusers' textual-inversion
+    example. Elsewhere only the adapter weights are upcast (PEFT and `KohyaDora` cast their
+    inputs and outputs).
     """
-    if method == "embedding":
+    if learns_token:
         for encoder in model.text_encoders:
             if next(encoder.parameters()).dtype != torch.float32:
                 encoder.float()

@@ -14,7 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainer.config import ArchitectureMismatch, Method, TrainConfig, check_architecture
+from trainer.config import (
+    ARCHITECTURES,
+    ArchitectureMismatch,
+    Method,
+    TrainConfig,
+    check_architecture,
+)
 
 
 class PresetError(ValueError):
@@ -175,6 +181,7 @@ def architecture_values(name: str, method: Method, architecture: str) -> dict[st
     """What a preset changes on `architecture` (empty for SD 1.x / SDXL)."""
     if architecture not in _BY_ARCHITECTURE or method == "embedding":
         return {}
+    caps = ARCHITECTURES[architecture]["methods"]
     sampling, training = _BY_ARCHITECTURE[architecture]
     values = {key: dict(value) if isinstance(value, dict) else value
               for key, value in sampling.items()}  # fmt: skip
@@ -182,6 +189,8 @@ def architecture_values(name: str, method: Method, architecture: str) -> dict[st
         values["validation"].pop("steps", None)
     else:
         values |= training
+    if "embedding" not in caps:  # type: ignore[operator]
+        values["pivotal"] = False  # no CLIP token to learn the trigger as: the adapter alone
     return values
 
 
@@ -224,6 +233,12 @@ def apply_preset(
             values[key] = value
     if "steps" in overrides:
         _fit_cadence(values, overrides)
+    if values.get("pivotal") and "pivotal" not in overrides and not values.get("trigger"):
+        values["pivotal"] = False  # the preset's default; with no trigger there is no token
+    if not values.get("pivotal"):
+        values.pop("pivotal_lr", None)
+        if method != "embedding":
+            values.pop("embedding", None)
     try:
         config = TrainConfig(**values)
         check_architecture(config, architecture)

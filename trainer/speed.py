@@ -33,7 +33,7 @@ def apply_memory_options(model: Any, config: TrainConfig) -> None:
     if not config.gradient_checkpointing:
         return
     model.denoiser.enable_gradient_checkpointing()
-    trains_text = config.method == "embedding" or config.train_text_encoder
+    trains_text = config.learns_token or config.train_text_encoder
     for encoder in model.text_encoders if trains_text else []:
         enable = getattr(encoder, "activation_checkpointing_enable", None)
         if enable is not None:

@@ -3,9 +3,10 @@
 At each checkpoint: fixed prompts × fixed seeds rendered with the current weights through the
 already-loaded pipeline, with the scheduler, steps and guidance a member would use (so the grid
 matches what they will get), beside a "base" column: the same prompt and first seed *without*
-what was trained. For LoRA/DoRA that is the adapter layers switched off; for an embedding it is
-the prompt with the learned token replaced by its initializer word (what the base model draws
-for the class the token started from). The base column is rendered once per job and reused.
+what was trained. For LoRA/DoRA that is the adapter layers switched off; for an embedding (and
+pivotal's trigger) it is also the prompt with the learned token replaced by its initializer word
+(what the base model draws for the class the token started from). The base column is rendered
+once per job and reused.
 
 Drawing uses Pillow only (its built-in scalable font, `storage.drawing`), so the worker needs
 no plotting library; the grid's layout is `trainer.grids`.
@@ -57,7 +58,7 @@ def default_prompts(config: TrainConfig, concepts: list[str] | None = None) -> l
         shown = concepts[: MAX_CONCEPT_PROMPTS - 1]
         together = ", ".join(shown[:-1]) + f" and {shown[-1]}"
         return [*shown, f"a photo of {together}"]
-    trigger = config.token if config.method == "embedding" else config.trigger
+    trigger = config.token if config.learns_token else config.trigger
     if not trigger:
         return ["a photo", "a painting of a landscape"]
     return [trigger, f"a photo of {trigger}, outdoors", f"a painting of {trigger}"]
@@ -72,7 +73,7 @@ def make_plan(
     none; `{trigger}` without a job trigger becomes all of them). Pipelines expand a
     multi-vector token themselves (textual-inversion mixin), so a prompt is sent as written.
     """
-    word = config.token if config.method == "embedding" else config.trigger
+    word = config.token if config.learns_token else config.trigger
     if not word and concepts:
         word = " and ".join(concepts)
     labels = [
@@ -80,7 +81,7 @@ def make_plan(
         for p in (config.validation.prompts or default_prompts(config, concepts))
     ]
     prompts = list(labels)
-    if config.method == "embedding" and base_word and word:
+    if config.learns_token and base_word and word:
         base_prompts = [label.replace(word, base_word) for label in labels]
     else:
         base_prompts = prompts
@@ -124,15 +125,12 @@ def _autocast_like(model: Any) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(model.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def render_base(
-    model: Any, config: TrainConfig, plan: ValidationPlan, method: str
-) -> list[Image.Image]:
-    """The base column: one image per prompt, first seed, without the trained adapter."""
+def render_base(model: Any, config: TrainConfig, plan: ValidationPlan) -> list[Image.Image]:
+    """The base column: one image per prompt, first seed, without the trained adapter and with
+    a learned token's initializer word in its place (`plan.base_prompts`)."""
     seed = plan.seeds[0]
-    if method == "embedding":
-        return [render(model, config, p, seed, plan.width, plan.height) for p in plan.base_prompts]
     with adapter_disabled(model):
-        return [render(model, config, p, seed, plan.width, plan.height) for p in plan.prompts]
+        return [render(model, config, p, seed, plan.width, plan.height) for p in plan.base_prompts]
 
 
 def validation_grid(

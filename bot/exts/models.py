@@ -139,13 +139,20 @@ class Models(commands.Cog):
         ckpt = await run_db(queries.get_checkpoint, bot.engine, job.winner_checkpoint_id or 0)
         if ckpt is None or not Path(ckpt.path).is_file():
             raise NotFound(f"Job #{model} has no model file to deliver.")
-        file, url, expires = await delivery.file_or_link(bot, interaction.guild, Path(ckpt.path))
-        if file is not None and Path(ckpt.path).stat().st_size <= interaction.filesize_limit:
-            await interaction.followup.send(f"**{job.name}**", file=file, ephemeral=True)
+        limit = min(delivery.upload_limit(bot, interaction.guild), interaction.filesize_limit)
+        model_files = await delivery.model_delivery(bot, Path(ckpt.path), limit)
+        usage = ""
+        if len(model_files.names) > 1:
+            usage = "\n" + render.pair_usage(model_files.names[0], model_files.names[1])
+        if model_files.files:
+            await interaction.followup.send(
+                f"**{job.name}**{usage}", files=model_files.files, ephemeral=True
+            )
             return
-        url, expires = bot.signer.link(Path(ckpt.path))
+        until = render.timestamp(model_files.expires, "f")
+        links = " · ".join(model_files.links)
         await interaction.followup.send(
-            f"**{job.name}**: {url} (valid until {render.timestamp(expires, 'f')})", ephemeral=True
+            f"**{job.name}**: {links} (valid until {until}){usage}", ephemeral=True
         )
 
     @app_commands.command(name="generate", description="Render a prompt with a trained model")

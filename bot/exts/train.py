@@ -142,6 +142,8 @@ class Train(commands.Cog):
         validation_prompts="Prompts for the grids, separated by |; {trigger} is replaced",
         keep_prompts="Prompts without the trigger that must not change, separated by |",
         keep_weight="How hard prompts without the trigger are kept as they were (0: off)",
+        pivotal="Also learn the trigger as an embedding (two files to use together; "
+        "default: the preset's)",
         dora="Train a DoRA instead of a plain LoRA",
         from_="Retrain this job/model on its newest dataset version, same settings",
         change="With `from`: exactly one setting changed, as key=value (e.g. rank=16)",
@@ -166,6 +168,7 @@ class Train(commands.Cog):
         validation_prompts: app_commands.Range[str, 1, 1000] | None = None,
         keep_prompts: app_commands.Range[str, 1, 1000] | None = None,
         keep_weight: app_commands.Range[float, 0.0, 10.0] | None = None,
+        pivotal: bool | None = None,
         dora: bool = False,
         from_: int | None = None,
         change: app_commands.Range[str, 3, 200] | None = None,
@@ -191,6 +194,7 @@ class Train(commands.Cog):
             validation_prompts=validation_prompts,
             keep_prompts=keep_prompts,
             keep_weight=keep_weight,
+            pivotal=pivotal,
             dataset_name=dataset_name,
         )
 

@@ -79,7 +79,15 @@ def test_qa_report_embed() -> None:
 def test_finalized_text_with_link() -> None:
     text = render.finalized_text(
         {"step": 20, "reason": "most votes (2)", "votes": {"10": 0, "20": 2}, "by": 5},
-        "https://x/dl/a",
+        ["https://x/dl/a"],
         datetime.now(UTC),
     )
     assert "step **20**" in text and "https://x/dl/a" in text and "<@5>" in text
+    assert "Two files" not in text
+
+
+def test_finalized_text_of_a_pivotal_lora_says_how_to_use_both_files() -> None:
+    names = ["ohwx-step00000020.safetensors", "ohwx.safetensors"]
+    text = render.finalized_text({"step": 20, "reason": "most votes (2)"}, (), None, names)
+    assert "Two files" in text and "`ohwx.safetensors`" in text
+    assert "write `ohwx` in the prompt" in text and "embedding:ohwx" in text

@@ -35,11 +35,13 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("method", ["lora", "embedding"])
+@pytest.mark.parametrize("method", ["lora", "embedding", "pivotal"])
 def test_cancel_then_resume_matches_uninterrupted(method, tmp_path, model_cache):
     dataset = make_dataset(tmp_path / "data", count=3, size=32)
+    pivotal = {"method": "lora", "pivotal": True, "pivotal_lr": 1e-2}  # LoRA + the token's rows
     config = tiny_config(
-        method=method, steps=9, checkpoint_every=3, resolution=32, caption_dropout=0.3,
+        **(pivotal if method == "pivotal" else {"method": method}),
+        steps=9, checkpoint_every=3, resolution=32, caption_dropout=0.3,
         noise_offset=0.05,
         schedule="cosine", warmup_steps=2, gradient_accumulation=2,
     )  # fmt: skip

@@ -72,7 +72,7 @@ def test_base_column_is_the_model_without_the_adapter(method, tmp_path, model_ca
     torch.manual_seed(0)
     for param in adapters.inject_adapter(model, config):
         param.data.add_(torch.randn_like(param) * 0.5)
-    base = render_base(model, config, plan, method)
+    base = render_base(model, config, plan)
     assert _pixels(base[0]) == _pixels(plain)  # adapter fully off
     trained = render(model, config, plan.prompts[0], 1, 32, 32)
     assert _pixels(trained) != _pixels(plain)  # and back on afterwards
