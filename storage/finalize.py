@@ -86,10 +86,11 @@ def checkpoint_paths(checkpoint: Checkpoint) -> list[Path]:
 
     LoRA/DoRA: `checkpoints/<stem>.safetensors` + `checkpoints/diffusers/<stem>/`.
     Embedding: `checkpoints/<stem>/<token>.safetensors` (the folder is the checkpoint's) +
-    `checkpoints/diffusers/<stem>/`."""
+    `checkpoints/diffusers/<stem>/`; pivotal LoRA/DoRA: `checkpoints/<stem>/<stem>.safetensors`
+    beside its `<token>.safetensors`, the same folder."""
     primary = Path(checkpoint.path)
     paths = [primary]
-    if _STEP_FOLDER.search(primary.parent.name):  # an embedding: a folder per step
+    if _STEP_FOLDER.search(primary.parent.name):  # an embedding or pivotal: a folder per step
         stem, out_dir = primary.parent.name, primary.parent.parent
         paths.append(primary.parent)
     else:

@@ -60,6 +60,7 @@ def config_hash(config: TrainConfig) -> str:
     if not data.get("pivotal"):  # added later, as quantize_base
         data.pop("pivotal", None)
         data.pop("pivotal_lr", None)
+        data.pop("pivotal_until", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

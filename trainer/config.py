@@ -194,6 +194,13 @@ class TrainConfig(_Strict):
     pivotal_lr: float = Field(
         1e-3, gt=0.0, le=1.0, description="Learning rate of the trigger's vectors (pivotal)."
     )
+    pivotal_until: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of the steps the trigger's vectors train (pivotal); then they stay "
+        "fixed and the adapter goes on (diffusers' train_text_encoder_ti_frac).",
+    )
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     preservation: PreservationConfig = Field(default_factory=PreservationConfig)
 

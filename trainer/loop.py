@@ -67,7 +67,7 @@ from trainer.data import (
 from trainer.heldout import HeldoutSet, heldout_loss, overfitting_from
 from trainer.initializer import choose_initializer, resolve_templates
 from trainer.leakage import LeakCheck, change_text, comparison_footer, suggest
-from trainer.optimizers import make_optimizer
+from trainer.optimizers import TOKEN_GROUP, make_optimizer
 from trainer.precision import Precision, keep_trainables_fp32, make_precision, settle_auto
 from trainer.preservation import Preserver
 from trainer.speed import apply_attention_kernel, apply_memory_options, keep_freed_memory
@@ -425,12 +425,25 @@ def _initializer(config: TrainConfig) -> str | None:
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """The configured schedule for every group; pivotal's token rows stop (lr 0, no weight
+    decay: they stay as they are) after `pivotal_until` of the steps."""
     from diffusers.optimization import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(config.schedule, config.schedule)
-    return get_scheduler(
+    scheduler = get_scheduler(
         name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
     )
+    if config.pivotal and config.pivotal_until < 1.0:
+        stop, shared = round(config.pivotal_until * config.steps), scheduler.lr_lambdas[0]
+
+        def tokens(step: int) -> float:
+            return shared(step) if step < stop else 0.0
+
+        scheduler.lr_lambdas = [
+            tokens if group.get("name") == TOKEN_GROUP else shared
+            for group in optimizer.param_groups
+        ]
+    return scheduler
 
 
 def restore(

@@ -17,6 +17,9 @@ import torch
 from trainer.callbacks import TrainingFailed
 from trainer.config import TrainConfig
 
+TOKEN_GROUP = "tokens"
+"""The name of the group of new token rows (`make_lr_scheduler` stops it for pivotal)."""
+
 
 def param_groups(
     model: Any, config: TrainConfig, params: list[torch.nn.Parameter]
@@ -33,7 +36,7 @@ def param_groups(
     groups = [
         {"params": unet, "lr": config.learning_rate},
         {"params": text, "lr": text_lr},
-        {"params": tokens, "lr": token_lr, "weight_decay": 0.0},
+        {"params": tokens, "lr": token_lr, "weight_decay": 0.0, "name": TOKEN_GROUP},
     ]
     return [group for group in groups if group["params"]]
 

@@ -121,3 +121,21 @@ def test_generation_request_is_claimed_once_and_reported(engine: Engine, tmp_pat
     complete_generation(engine, request.id, "/tmp/x.png")
     kinds = [e.kind for e in events.pending(engine) if e.job_id == job_id]
     assert kinds[-1] == "generated"
+
+
+def test_a_pivotal_checkpoint_is_deleted_with_its_embedding(tmp_path: Path) -> None:
+    from storage.finalize import checkpoint_paths, delete_checkpoint_files
+
+    out = tmp_path / "checkpoints"
+    stem = "ohwx-step00000020"
+    (out / stem).mkdir(parents=True)
+    (out / "diffusers" / stem).mkdir(parents=True)
+    lora, embedding = out / stem / f"{stem}.safetensors", out / stem / "ohwx.safetensors"
+    for path in (lora, embedding, out / "diffusers" / stem / "learned_embeds.safetensors"):
+        path.write_bytes(b"weights")
+    kept = out / "ohwx-step00000040"  # another step's folder stays
+    kept.mkdir()
+    checkpoint = Checkpoint(job_id=1, step=20, path=str(lora))
+    assert set(checkpoint_paths(checkpoint)) == {lora, out / stem, out / "diffusers" / stem}
+    delete_checkpoint_files(checkpoint)
+    assert not embedding.exists() and not (out / "diffusers" / stem).exists() and kept.is_dir()

@@ -193,3 +193,18 @@ def test_training_writes_both_files_and_a_fair_base_column(tmp_path: Path, model
     assert plan.prompts == ["ohwx at sea"]
     word = plan.base_prompts[0].removesuffix(" at sea")
     assert word != "ohwx" and word.isalpha()  # the base column draws the chosen initializer
+
+
+def test_the_trigger_vectors_stop_after_pivotal_until(tmp_path: Path, model_cache) -> None:
+    dataset = make_dataset(tmp_path / "data", count=2, size=32)
+    cfg = tiny_config(
+        pivotal=True, pivotal_lr=5e-2, pivotal_until=0.5, steps=4, checkpoint_every=2,
+        resolution=32, embedding={"num_vectors": 2, "initializer_token": "cat"},
+        validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"]},
+    )  # fmt: skip
+    result = loop.train(cfg, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
+    half, end = result.checkpoints
+    rows = [read_safetensors(c.file.parent / "ohwx.safetensors")[0] for c in (half, end)]
+    assert torch.equal(rows[0]["emb_params"], rows[1]["emb_params"])  # fixed after step 2
+    loras = [read_safetensors(c.file)[0] for c in (half, end)]
+    assert any(not torch.equal(loras[0][k], loras[1][k]) for k in loras[0])  # the LoRA goes on
