@@ -141,12 +141,14 @@ def evaluate(
     ]
     return {
         "concept": float(np.mean([scoring.concept_score(img) for img in images])),
+        "concept_per_image": [round(scoring.concept_score(img), 3) for img in images],
         "concept_full": float(np.mean([scoring.concept_score(img) == 1.0 for img in images])),
         "concept_parts": {
             part: round(float(np.mean([scoring.concept_parts(img)[part] for img in images])), 3)
             for part in scoring.CONCEPT_PARTS
         },
         "leak_both": float(np.mean([j["color_ok"] and j["shape_ok"] for j in judged])),
+        "leak_both_per_image": [int(j["color_ok"] and j["shape_ok"]) for j in judged],
         "leak_concept": float(np.mean([scoring.concept_score(img) for img in leak_images])),
         "_images": images,
         "_leak_images": leak_images,
@@ -220,7 +222,9 @@ def run_method(
             "concept": round(scores["concept"], 3),
             "concept_full": round(scores["concept_full"], 3),
             "concept_parts": scores["concept_parts"],
+            "concept_per_image": scores["concept_per_image"],
             "leak_both": round(scores["leak_both"], 3),
+            "leak_both_per_image": scores["leak_both_per_image"],
             "leak_concept": round(scores["leak_concept"], 3),
             "leak_pixel_change": round(
                 pixel_change(scores["_leak_images"], base_eval["_leak_images"]), 2
@@ -443,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 "concept_vae_ceiling": vae_ceiling(base, [scene for _, scene in contexts]),
                 "leak_both": round(base_eval["leak_both"], 3),
                 "leak_concept": round(base_eval["leak_concept"], 3),
+                "concept_per_image": base_eval["concept_per_image"],
+                "leak_both_per_image": base_eval["leak_both_per_image"],
             },
             "runs": [],
         }

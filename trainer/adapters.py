@@ -289,6 +289,11 @@ def learned_vectors(model: LoadedModel) -> list[torch.Tensor]:
 # ---------------------------------------------------------------- state (resume)
 
 
+ENCODERS = ("text_encoder", "text_encoder_2")
+TOKEN_KEY = "embedding"
+"""Resume-state key of new token vectors: `<text encoder>.embedding`."""
+
+
 def adapter_state(model: LoadedModel, config: TrainConfig) -> dict[str, torch.Tensor]:
     """The trainable state, keyed `<component>.<key>`, for resume files (not for users); new
     token vectors as `<text encoder>.embedding`."""
@@ -302,10 +307,6 @@ def adapter_state(model: LoadedModel, config: TrainConfig) -> dict[str, torch.Te
         for key, value in _module_state(module, config).items():
             state[f"{component}.{key}"] = value.detach().cpu().clone()
     return state
-
-
-ENCODERS = ("text_encoder", "text_encoder_2")
-TOKEN_KEY = "embedding"
 
 
 def _module_state(module: nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:

@@ -342,9 +342,18 @@ def training_caption(caption: str, config: TrainConfig, rng: random.Random) -> s
 def embedding_caption(
     caption: str, config: TrainConfig, prompt_token: str, rng: random.Random
 ) -> str:
-    """An embedding's caption: a template with the token, or the caption with trigger → token
-    (always the caption for pivotal: the LoRA learns from the member's captions)."""
-    templates = config.embedding.templates if config.method == "embedding" else "captions"
+    """An embedding's caption: a template with the token, or the caption with trigger → token.
+
+    Pivotal (a LoRA/DoRA beside the token): the member's caption as a LoRA reads it (dropout,
+    shuffle), the trigger standing for the token; a caption without the trigger stays as it is,
+    and a dropped one stays empty, as without pivotal."""
+    if config.method != "embedding":
+        caption = training_caption(caption, config, rng) if caption else caption
+        for word in (config.token, config.trigger):
+            if word and word in caption:
+                return caption.replace(word, prompt_token)
+        return caption
+    templates = config.embedding.templates
     if templates == "object":
         return rng.choice(OBJECT_TEMPLATES).format(prompt_token)
     if templates == "style":

@@ -139,18 +139,18 @@ def test_pivotal_options_are_checked() -> None:
     assert pivotal().learns_token and not pivotal().uses_text_cache
 
 
-def test_presets_learn_the_trigger_where_a_token_exists() -> None:
-    character = apply_preset("character", "lora", "sd1", trigger="ohwx")
-    assert character.pivotal and character.embedding.initializer_token == "auto"
-    assert apply_preset("object", "dora", "sdxl", trigger="ohwx").pivotal
-    assert not apply_preset("style", "lora", "sd1", trigger="ohwx").pivotal
-    assert not apply_preset("character", "lora", "flux1", trigger="ohwx").pivotal
-    assert not apply_preset("character", "lora", "zimage", trigger="ohwx").pivotal
-    assert not apply_preset("character", "lora", "sd1", trigger="").pivotal  # several concepts
-    off = apply_preset("character", "lora", "sd1", trigger="ohwx", pivotal=False)
-    assert not off.pivotal and "pivotal" not in off.model_dump(exclude_defaults=True)
+def test_a_member_turns_pivotal_on_and_gets_the_token_settings() -> None:
+    assert not apply_preset("character", "lora", "sd1", trigger="ohwx").pivotal  # opt-in
+    for name in ("character", "style", "object"):
+        on = apply_preset(name, "lora", "sdxl", trigger="ohwx", pivotal=True)
+        assert on.pivotal and on.embedding.initializer_token == "auto"
+        assert on.pivotal_lr == 1e-3 and on.learns_token
+    off = apply_preset("character", "dora", "sd1", trigger="ohwx", pivotal=False)
+    assert "embedding" not in off.model_dump(exclude_defaults=True)
     with pytest.raises(PresetError, match=r"pivotal is for SD 1\.x and SDXL"):
         apply_preset("character", "lora", "flux1", trigger="ohwx", pivotal=True)
+    with pytest.raises(PresetError, match="needs a trigger"):
+        apply_preset("character", "lora", "sd1", trigger="", pivotal=True)
 
 
 def test_runs_saved_before_pivotal_existed_still_resume() -> None:
@@ -208,3 +208,18 @@ def test_the_trigger_vectors_stop_after_pivotal_until(tmp_path: Path, model_cach
     assert torch.equal(rows[0]["emb_params"], rows[1]["emb_params"])  # fixed after step 2
     loras = [read_safetensors(c.file)[0] for c in (half, end)]
     assert any(not torch.equal(loras[0][k], loras[1][k]) for k in loras[0])  # the LoRA goes on
+
+
+def test_pivotal_captions_read_as_the_lora_reads_them() -> None:
+    import random
+
+    from trainer.data import embedding_caption
+
+    cfg = pivotal(caption_dropout=0.5)
+    token = " ".join(placeholder_tokens(cfg))
+    seen = {embedding_caption("sks, a red car", cfg, token, random.Random(i)) for i in range(40)}
+    assert seen == {"", f"{token}, a red car"}  # dropout keeps the empty prompt, as a LoRA
+    plain = pivotal()
+    assert embedding_caption("a red car", plain, token, random.Random(0)) == "a red car"
+    embedding = config(method="embedding", embedding={"templates": "captions"})
+    assert embedding_caption("a red car", embedding, "sks", random.Random(0)) == "sks, a red car"
