@@ -62,9 +62,9 @@ embedding presets start; `pivotal_lr` stays the config's 1e-3 (diffusers' textua
 example, 5e-4 scaled by its batch, 4 here, and halved; 3e-3 learned no more on the toy model).
 
 Off by default: on the toy model's benchmark concept (docs/toy-model, fifth pass) it lifts the
-concept gain of the character preset from +0.20 to +0.31 (18 images) but lowers the ordinary
-prompts drawn right from 0.89 to 0.72 and changes them by 5.5 of 255 instead of 5.1; members who
-want the concept above all, and can load two files, choose it."""
+character preset's concept gain from +0.20 to +0.32 (18 images; +0.17 to +0.26 on 48) but lowers
+the ordinary prompts drawn right from 0.85 to 0.74 (48 images) at about the same change (5.2 of
+255); members who want the concept above all, and can load two files, choose it."""
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
