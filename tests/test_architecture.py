@@ -182,9 +182,11 @@ SHARED_WITH_INGEST = frozenset(
         "storage.ingest.buckets",  # aspect buckets: ingest reports them, the loop trains them
         "storage.ingest.split",  # the held-out split ingest records and the loop recomputes
         "storage.base_models",  # what a catalogue entry or single file is (no database)
+        "storage.model_files",  # a checkpoint's files: the trainer links them, the bot delivers
     }
 )
-"""storage's database-free helpers the trainer shares with ingest, so both sides follow one rule."""
+"""storage's database-free helpers the trainer shares with ingest and the bot, so both sides
+follow one rule."""
 
 
 def test_the_training_loop_knows_only_its_config_and_callbacks() -> None:
