@@ -280,12 +280,16 @@ def finalized_text(
         f"🏆 The team chose step **{payload.get('step')}**{closer}: {payload.get('reason')}.\n"
         f"Votes: {tally}."
     )
-    if len(names) > 1:
-        text += "\n" + pair_usage(names[0], names[1])
+    text += usage_line(names)
     if links:
         until = f", valid until {timestamp(expires, 'f')}" if expires else ""
         text += f"\nDownload (too large for Discord): {' · '.join(links)}{until}"
     return truncate(text)
+
+
+def usage_line(names: Sequence[str]) -> str:
+    """For a pivotal LoRA's two files (model first), a new line on how to use them; else ""."""
+    return "\n" + pair_usage(names[0], names[1]) if len(names) > 1 else ""
 
 
 def pair_usage(model: str, embedding: str) -> str:

@@ -347,13 +347,8 @@ def embedding_caption(
     Pivotal (a LoRA/DoRA beside the token): the member's caption as a LoRA reads it (dropout,
     shuffle), the trigger standing for the token; a caption without the trigger stays as it is,
     and a dropped one stays empty, as without pivotal."""
-    if config.method != "embedding":
-        caption = training_caption(caption, config, rng) if caption else caption
-        for word in (config.token, config.trigger):
-            if word and word in caption:
-                return caption.replace(word, prompt_token)
-        return caption
-    templates = config.embedding.templates
+    pivotal = config.method != "embedding"
+    templates = "captions" if pivotal else config.embedding.templates
     if templates == "object":
         return rng.choice(OBJECT_TEMPLATES).format(prompt_token)
     if templates == "style":
@@ -362,4 +357,6 @@ def embedding_caption(
     for word in (config.token, config.trigger):
         if word and word in caption:
             return caption.replace(word, prompt_token)
+    if pivotal:
+        return caption
     return f"{prompt_token}, {caption}" if caption else prompt_token

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from storage.base_models import fingerprint, public_name
 from storage.fsutil import TEMP_MARK, atomic_path, durable_replace
-from storage.model_files import EMBEDDING_KEY, model_files
+from storage.model_files import EMBEDDING_KEY
 from trainer.adapters import (
     ADAPTER_NAME,
     adapted_components,
@@ -66,21 +66,21 @@ def export_checkpoint(
         return _export_embedding(model, config, out_dir, stem, step, title)
     tensors = kohya_tensors(model, config)
     metadata = kohya_metadata(model, config, step, title, tensors)
-    folder = out_dir
+    folder, written = out_dir, []
     if config.pivotal:
         folder = out_dir / stem
-        embedding = _write_embedding(model, config, folder, step, title)
-        metadata[EMBEDDING_KEY] = embedding.name
+        written.append(_write_embedding(model, config, folder, step, title))
+        metadata[EMBEDDING_KEY] = written[0].name
     primary = folder / f"{stem}.safetensors"
     _atomic_save(tensors, primary, metadata)
+    written.append(primary)
     diffusers_dir = None
     if config.method == "lora":
         diffusers_dir = out_dir / "diffusers" / stem
         save_diffusers_lora(model, config, diffusers_dir)
         if config.pivotal:
             _write_diffusers_embedding(model, config, diffusers_dir)
-    size = sum(path.stat().st_size for path in model_files(primary))
-    return ExportedFiles(primary, diffusers_dir, size)
+    return ExportedFiles(primary, diffusers_dir, sum(path.stat().st_size for path in written))
 
 
 def slug(text: str) -> str:

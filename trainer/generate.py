@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from storage.model_files import EMBEDDING_KEY
+from storage.model_files import EMBEDDING_KEY, safetensors_metadata
 from trainer.architectures import for_pipeline, get_architecture, names
 from trainer.base_models import BUILTINS, LoadedModel, detect_architecture, load_base_model
 from trainer.export import read_safetensors
@@ -74,7 +74,7 @@ def load_for_generation(
         pipe.set_adapters([ADAPTER], adapter_weights=[weight])
     if kind != "embedding" and metadata.get(EMBEDDING_KEY):
         companion = Path(model_file).parent / Path(metadata[EMBEDDING_KEY]).name
-        _load_embedding(pipe, base, companion, read_safetensors(companion)[1])
+        _load_embedding(pipe, base, companion, safetensors_metadata(companion))
     return pipe
 
 

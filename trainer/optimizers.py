@@ -27,10 +27,10 @@ def param_groups(
     """One group per kind of weight with its learning rate (empty groups left out)."""
     in_text = {id(p) for encoder in model.text_encoders for p in encoder.parameters()}
     tables = {id(encoder.get_input_embeddings().weight) for encoder in model.text_encoders}
-    tokens = [p for p in params if config.learns_token and id(p) in tables]
-    rest = [p for p in params if not any(p is t for t in tokens)]
-    unet = [p for p in rest if id(p) not in in_text]
-    text = [p for p in rest if id(p) in in_text]
+    is_token = {id(p) for p in params if config.learns_token and id(p) in tables}
+    tokens = [p for p in params if id(p) in is_token]
+    unet = [p for p in params if id(p) not in in_text]
+    text = [p for p in params if id(p) in in_text and id(p) not in is_token]
     text_lr = config.text_encoder_lr or config.learning_rate
     token_lr = config.pivotal_lr if config.pivotal else config.learning_rate
     groups = [

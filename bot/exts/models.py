@@ -141,9 +141,7 @@ class Models(commands.Cog):
             raise NotFound(f"Job #{model} has no model file to deliver.")
         limit = min(delivery.upload_limit(bot, interaction.guild), interaction.filesize_limit)
         model_files = await delivery.model_delivery(bot, Path(ckpt.path), limit)
-        usage = ""
-        if len(model_files.names) > 1:
-            usage = "\n" + render.pair_usage(model_files.names[0], model_files.names[1])
+        usage = render.usage_line(model_files.names)
         if model_files.files:
             await interaction.followup.send(
                 f"**{job.name}**{usage}", files=model_files.files, ephemeral=True
