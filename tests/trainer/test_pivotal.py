@@ -223,3 +223,52 @@ def test_pivotal_captions_read_as_the_lora_reads_them() -> None:
     assert embedding_caption("a red car", plain, token, random.Random(0)) == "a red car"
     embedding = config(method="embedding", embedding={"templates": "captions"})
     assert embedding_caption("a red car", embedding, "sks", random.Random(0)) == "sks, a red car"
+
+
+def test_atelier_train_and_generate_with_a_pivotal_job_file(
+    tmp_path: Path, model_cache, capsys, monkeypatch
+) -> None:
+    """A job file with pivotal's settings through `atelier train`, then `atelier generate` with
+    the LoRA file alone: it renders, and it needs the embedding named beside it."""
+    import json
+    import logging
+
+    import yaml
+
+    from atelier.settings import load_settings
+    from trainer.generate import generate_cli
+    from trainer.train_cli import train_cli
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "home"))
+    dataset = make_dataset(tmp_path / "data", count=2, size=32)
+    cfg = tiny_config(
+        pivotal=True, pivotal_lr=5e-2, pivotal_until=0.5, steps=4, checkpoint_every=2,
+        resolution=32, dataset=str(dataset), heldout_fraction=0.0,
+        embedding={"num_vectors": 2, "initializer_token": "cat"},
+        validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"]},
+    )  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"output_dir"})))
+    argv = [str(job), "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache),
+            "--device", "cpu", "--json"]  # fmt: skip
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert train_cli(argv, load_settings) == 0
+    finally:  # `atelier train` set up the process's logging: take it down again
+        for handler in set(root.handlers) - set(handlers):
+            root.removeHandler(handler)
+        root.setLevel(level)
+    summary = json.loads(capsys.readouterr().out)
+    half, end = (Path(c["file"]) for c in summary["checkpoints"])
+    rows = [read_safetensors(f.parent / "ohwx.safetensors")[0]["emb_params"] for f in (half, end)]
+    assert torch.equal(rows[0], rows[1])  # pivotal_until 0.5 of 4 steps: fixed after step 2
+
+    out = tmp_path / "img.png"
+    generate = ["--model", str(end), "--steps", "2", "--seed", "1", "--scheduler", "euler",
+                "--cache-dir", str(model_cache), "--width", "32", "--height", "32"]  # fmt: skip
+    assert generate_cli([*generate, "--prompt", "ohwx", "--out", str(out)]) == 0
+    assert out.is_file()
+    (end.parent / "ohwx.safetensors").unlink()  # the pair is broken: said, not half-loaded
+    with pytest.raises(FileNotFoundError):
+        generate_cli([*generate, "--prompt", "ohwx", "--out", str(out)])
