@@ -84,6 +84,13 @@ class PreservationConfig(_Strict):
     share: float = Field(
         0.5, gt=0.0, le=1.0, description="Share of each batch (rounded, at least 1) preserved."
     )
+    unconditional: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of the preserved samples held on the empty prompt, whose prediction "
+        "classifier-free guidance subtracts from every image (0: none).",
+    )
     pool: int = Field(
         8,
         ge=0,

@@ -405,8 +405,10 @@ def make_preserver(
         raise TrainingFailed(str(error)) from None
     if preserver is not None:
         log.info(
-            "preservation: share %.2f, weight %g, pool %d, %d prior renders; ready in %.1f s",
-            preserver.share, preserver.weight, preserver.pool, len(preserver.priors or ()),
+            "preservation: share %.2f, weight %g, pool %d, empty prompt %.2f, %d prior renders; "
+            "ready in %.1f s",
+            preserver.share, preserver.weight, preserver.pool, preserver.unconditional,
+            len(preserver.priors or ()),
             time.monotonic() - started,
         )  # fmt: skip
     return preserver

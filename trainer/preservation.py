@@ -21,6 +21,13 @@ training image): the adapter is held to the base model on the kind of prompt the
 writes, not only on the training captions with the trigger taken out. On the toy model this
 roughly halves the change of ordinary prompts at the same concept score (docs/toy-model/README.md).
 
+A share of the preserved samples (`unconditional`, 0.1 by default) is held on the empty prompt:
+its prediction is the one classifier-free guidance subtracts from every image, so an adapter that
+moves it moves every prompt, the ones without the trigger included. With `prompts` the empty prompt
+joins them (enough copies for its share, each on its own base render); without, every
+1/`unconditional`-th preserved training image is preserved on the empty prompt instead of its
+caption. On the toy model it halved the change of ordinary prompts (docs/toy-model/README.md).
+
 The store lives in memory, at most `max_store_bytes` (1 GiB; past it the base model predicts as
 without a store); a resumed job fills it again (the same images, new draws).
 
@@ -79,9 +86,10 @@ class Preserver:
     (noisy latent, timestep, base prediction) draws are kept per training example (0: the base
     model predicts every step); `draws` holds them, `current` the micro-batch's preserved
     items (set by `batches`): training-example indices, or indices into `prompts` when the job
-    preserves on its own prompts. `priors` (when the job asks for them, always with `prompts`)
-    are the base model's own latents, keyed by (item, latent height and width), noised in place
-    of the training latent (DreamBooth's class images, in latent space)."""
+    preserves on its own prompts; without `prompts`, an item of `examples` or more is training
+    example item - `examples` on the empty prompt. `priors` (when the job asks for them, always
+    with `prompts`) are the base model's own latents, keyed by (item, latent height and width),
+    noised in place of the training latent (DreamBooth's class images, in latent space)."""
 
     triggers: tuple[str, ...]
     class_word: str
@@ -92,6 +100,8 @@ class Preserver:
     priors: dict[tuple[int, tuple[int, int]], torch.Tensor] | None = None
     seed: int = 0
     prompts: tuple[str, ...] = ()
+    unconditional: float = 0.0
+    examples: int = 0
     turn: int = 0
     draws: dict[int, list[Draw]] = field(default_factory=dict)
     uses: dict[int, int] = field(default_factory=dict)
@@ -112,9 +122,12 @@ class Preserver:
                 "preservation keeps prompts without the trigger unchanged, but this job has no "
                 "trigger; set one or turn preservation off"
             )
+        prompts = tuple(settings.prompts)
+        prompts += ("",) * empty_copies(len(prompts), settings.unconditional)
         return cls(
             tuple(triggers), settings.class_word.strip(), settings.weight, settings.share,
-            pool=settings.pool, seed=config.seed, prompts=tuple(settings.prompts),
+            pool=settings.pool, seed=config.seed, prompts=prompts,
+            unconditional=settings.unconditional,
         )  # fmt: skip
 
     def count(self, batch_size: int) -> int:
@@ -141,6 +154,8 @@ class Preserver:
         preserver = cls.from_config(config, concepts)
         if preserver is None:
             return None
+        if not preserver.prompts and preserver.unconditional:
+            preserver.examples = len(examples)
         if preserver.prompts or config.preservation.prior:
             preserver.priors = render_priors(model, config, preserver.renders(examples))
         if text_file is not None:
@@ -150,9 +165,10 @@ class Preserver:
                 repr((preserver.triggers, preserver.class_word, preserver.prompts)).encode()
             )
             own = text_file.with_name(f"preserved-{key.hexdigest()[:12]}-{text_file.name}")
-            captions = list(preserver.prompts) or preserver.captions(
-                [example.caption for example in examples]
-            )
+            captions = list(preserver.prompts) or [
+                *preserver.captions([example.caption for example in examples]),
+                *([""] if preserver.examples else []),
+            ]
             preserver.texts = text_cache(model, captions, own)[0]
         return preserver
 
@@ -160,10 +176,10 @@ class Preserver:
         """What the prior renders are: every prompt at every bucket size of the dataset (seed:
         the job's + the prompt's index), else every example's preserved caption at its own."""
         if not self.prompts:
-            return [
-                PriorRender(e.index, self.caption(e.caption), self.seed + e.index, e.bucket)
-                for e in examples
-            ]
+            own = [(e.index, self.caption(e.caption), e.bucket) for e in examples]
+            if self.examples:
+                own += [(self.examples + e.index, "", e.bucket) for e in examples]
+            return [PriorRender(item, text, self.seed + item, size) for item, text, size in own]
         buckets = sorted({tuple(example.bucket) for example in examples})
         return [
             PriorRender(i, prompt, self.seed + i, bucket)
@@ -175,7 +191,7 @@ class Preserver:
         """The preserved items of a micro-batch: its first k examples, or with `prompts` the
         next k prompts of a seeded order that visits every prompt once per round."""
         if not self.prompts:
-            return [int(i) for i in indices[:k]]
+            return [self.examples + int(i) if self.empty_next() else int(i) for i in indices[:k]]
         chosen = []
         for _ in range(k):
             rounds, position = divmod(self.turn, len(self.prompts))
@@ -183,6 +199,18 @@ class Preserver:
             chosen.append(int(torch.randperm(len(self.prompts), generator=generator)[position]))
             self.turn += 1
         return chosen
+
+    def empty_next(self) -> bool:
+        """Whether the next preserved training image is preserved on the empty prompt: every
+        1/`unconditional`-th, evenly spaced (never when `examples` is 0)."""
+        if not self.examples:
+            return False
+        self.turn += 1
+        return int(self.turn * self.unconditional) > int((self.turn - 1) * self.unconditional)
+
+    def on_empty(self, item: int) -> bool:
+        """Whether a training-caption item stands for its image on the empty prompt."""
+        return bool(self.examples) and item >= self.examples
 
     def batches(
         self,
@@ -201,12 +229,16 @@ class Preserver:
         k = self.count(len(indices))
         self.current = self.items(indices, k)
         if self.texts is not None:
-            text = stack([self.texts[i] for i in self.current], device=batch.text.hidden.device)
+            rows = [self.examples if self.on_empty(i) else i for i in self.current]
+            text = stack([self.texts[i] for i in rows], device=batch.text.hidden.device)
             return take(batch, k, text=text), None
         if self.prompts:
             chosen = [self.prompts[i] for i in self.current]
         else:
-            chosen = self.captions(captions[:k])
+            chosen = [
+                "" if self.on_empty(item) else self.caption(caption)
+                for item, caption in zip(self.current, captions, strict=False)
+            ]
         with torch.set_grad_enabled(text_trained):
             text = encode(chosen)
         base = None
@@ -302,6 +334,14 @@ class Preserver:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 64 + draw)
         noise = torch.randn(latent.shape, generator=generator).to(latent.device, latent.dtype)
         return model.arch.noisy_and_target(model, latent, noise, t)[0][0]
+
+
+def empty_copies(prompts: int, share: float) -> int:
+    """How many empty prompts join `prompts` keep prompts for them to be `share` of the visits
+    (at least one when asked for; none without keep prompts)."""
+    if not prompts or not share:
+        return 0
+    return max(1, round(prompts * share / (1.0 - share)))
 
 
 PRIOR_STEPS = 20

@@ -13,7 +13,14 @@ from tests.trainer.train_helpers import _one_thread, make_dataset, model_cache, 
 from trainer import adapters, loop
 from trainer.caches import encode_prompts
 from trainer.config import TrainConfig
-from trainer.preservation import Draw, Preserver, concat, preserved_caption, take
+from trainer.preservation import (
+    Draw,
+    Preserver,
+    concat,
+    empty_copies,
+    preserved_caption,
+    take,
+)
 
 __all__ = ["_one_thread", "model_cache"]
 
@@ -71,6 +78,75 @@ def test_batches_take_and_concat_every_tensor_field(tmp_path, model_cache):
     both = concat(batch, kept)
     assert both.latents.shape[0] == 6 and both.text.hidden.shape[0] == 6
     assert torch.equal(take(both, 4).latents, batch.latents)
+
+
+def test_the_empty_prompt_joins_the_keep_prompts_for_its_share():
+    """With keep prompts, enough empty prompts join them for `unconditional` of the visits."""
+    assert empty_copies(64, 0.1) == 7 and empty_copies(9, 0.1) == 1 and empty_copies(2, 0.1) == 1
+    assert empty_copies(0, 0.1) == 0 and empty_copies(64, 0.0) == 0
+    prompts = [f"a dog {i}" for i in range(9)]
+    config = tiny_config(preservation={"enabled": True, "prompts": prompts})
+    preserver = Preserver.from_config(config)
+    assert preserver is not None and preserver.prompts == (*prompts, "")
+    visits = [preserver.prompts[i] for i in preserver.items([0], 20)]
+    assert visits.count("") == 2  # once per round of ten
+    off = Preserver.from_config(
+        tiny_config(preservation={"enabled": True, "prompts": prompts, "unconditional": 0})
+    )
+    assert off is not None and off.prompts == tuple(prompts)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_without_keep_prompts_every_nth_preserved_image_is_held_on_the_empty_prompt(
+    cached, tmp_path, model_cache
+):
+    """Every 1/`unconditional`-th preserved training image is preserved on the empty prompt
+    (its own item, so its stored draws stay apart); the rest on the caption without the
+    trigger. The same with the preserved captions encoded once (cached text) or each step."""
+    from trainer.data import Example
+
+    config = tiny_config(preservation={"enabled": True, "unconditional": 0.25})
+    model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
+    captions = ["ohwx, a", "ohwx, b"]
+    examples = [
+        Example(i, tmp_path / f"{i}.png", c, 64, 64, (64, 64)) for i, c in enumerate(captions)
+    ]
+    text_file = tmp_path / "text.pt" if cached else None
+    preserver = Preserver.for_job(model, config, [], examples, text_file)
+    assert preserver is not None and preserver.examples == 2
+    batch = loop.Batch(torch.randn(2, 4, 8, 8), encode_prompts(model, captions))
+    encode = partial(encode_prompts, model)
+    seen = []
+    for step in range(8):  # one preserved sample per micro-batch of 2
+        index = step % 2
+        order = [index, 1 - index]
+        kept, _ = preserver.batches(
+            model, batch, order, [captions[i] for i in order], encode, False
+        )
+        seen.extend(preserver.current)
+        text = "" if preserver.current[0] >= 2 else ["a", "b"][index]
+        assert torch.allclose(kept.text.hidden, encode_prompts(model, [text]).hidden, atol=1e-6)
+    assert seen == [0, 1, 0, 3, 0, 1, 0, 3]
+
+
+def test_holding_the_empty_prompt_keeps_the_unconditional_prediction_at_the_base(
+    tmp_path, model_cache
+):
+    """The same preserved training moves the empty prompt's prediction (what guidance
+    subtracts from every image) less when a share of the preserved samples holds it."""
+    dataset = make_dataset(tmp_path / "data", count=4, size=64)
+    drift = {}
+    for share in (0.0, 0.5):
+        config = tiny_config(
+            steps=30, checkpoint_every=30, learning_rate=2e-2, batch_size=2,
+            heldout_fraction=0.0, caption_dropout=0.0,
+            preservation={"enabled": True, "unconditional": share},
+            validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
+                        "scheduler": "euler", "leak_prompts": []},
+        )  # fmt: skip
+        model = _trained(config, dataset, tmp_path / f"out-{share}", model_cache)
+        drift[share] = _drift(model, config, ["", ""])
+    assert drift[0.5] < 0.7 * drift[0.0], drift
 
 
 def _drift(model, config: TrainConfig, captions: list[str]) -> float:
@@ -132,7 +208,9 @@ def test_preservation_prompts_are_rendered_per_bucket_and_visited_in_turn(tmp_pa
     from trainer.validation import render
 
     prompts = ["a cat", "a dog", "a red square"]
-    config = tiny_config(preservation={"enabled": True, "prompts": prompts}, seed=5)
+    config = tiny_config(
+        preservation={"enabled": True, "prompts": prompts, "unconditional": 0}, seed=5
+    )
     model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
     examples = [
         Example(0, tmp_path / "0.png", "ohwx, one", 64, 64, (64, 64)),
@@ -267,7 +345,7 @@ def test_prior_renders_replace_the_training_latents_in_preservation(tmp_path, mo
     from trainer.data import Example
     from trainer.validation import render
 
-    config = tiny_config(preservation={"enabled": True, "prior": True}, seed=3)
+    config = tiny_config(preservation={"enabled": True, "prior": True, "unconditional": 0}, seed=3)
     model = loop.load_model(config, model_cache, torch.device("cpu"), torch.float32, None)
     examples = [
         Example(i, tmp_path / f"{i}.png", f"ohwx, a cat {i}", 64, 64, (64, 64)) for i in range(2)
@@ -315,7 +393,8 @@ def test_atelier_train_with_preservation_prior_and_pool(tmp_path, model_cache, c
     config = tiny_config(
         steps=4, checkpoint_every=2, resolution=32, batch_size=2, dataset=str(dataset),
         heldout_fraction=0.0,
-        preservation={"enabled": True, "prior": True, "pool": 1, "share": 0.5, "weight": 2.0},
+        preservation={"enabled": True, "prior": True, "pool": 1, "share": 0.5, "weight": 2.0,
+                      "unconditional": 0.25},
         validation={"steps": 2, "seeds": [1], "prompts": ["{trigger}"]},
     )  # fmt: skip
     config_file = tmp_path / "job.yaml"
@@ -332,9 +411,8 @@ def test_atelier_train_with_preservation_prior_and_pool(tmp_path, model_cache, c
         root.setLevel(level)
     captured = capsys.readouterr()
     # the operator sees the loop's lines on stderr, formatted like every entry point's
-    assert "INFO trainer.loop: " in captured.err and "weight 2, pool 1, 4 prior renders" in (
-        captured.err
-    ), captured.err
+    expected = "weight 2, pool 1, empty prompt 0.25, 8 prior renders"  # each image on "" too
+    assert "INFO trainer.loop: " in captured.err and expected in captured.err, captured.err
     summary = json.loads(captured.out)
     assert summary["status"] == "completed"
     assert [c["step"] for c in summary["checkpoints"]] == [2, 4]
@@ -359,4 +437,4 @@ def test_preservation_prompts_train_on_the_flow_transformers(
     with caplog.at_level(logging.INFO, logger="trainer.loop"):
         result = loop.train(config, dataset, tmp_path / "out", cache_dir=model_cache, device="cpu")
     assert result.status == "completed" and result.final is not None
-    assert "pool 1, 2 prior renders" in caplog.text
+    assert "pool 1, empty prompt 0.10, 3 prior renders" in caplog.text
