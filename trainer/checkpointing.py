@@ -61,6 +61,8 @@ def config_hash(config: TrainConfig) -> str:
         data.pop("pivotal", None)
         data.pop("pivotal_lr", None)
         data.pop("pivotal_until", None)
+    if not data["preservation"]["enabled"]:  # added later, as quantize_base
+        data["preservation"].pop("unconditional", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -131,9 +131,14 @@ def test_the_option_keeps_earlier_runs_resumable_and_changes_the_run_hash() -> N
     dumped = cfg.model_dump(
         mode="json", exclude={"output_dir", "dataset", "validation", "keep_last", *added_later}
     )
+    del dumped["preservation"]["unconditional"]  # added later too; off with preservation
     before = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
     assert config_hash(cfg) == before  # a state saved before the option existed still resumes
     assert config_hash(config(quantize_base="nf4")) != before
+    kept = {"enabled": True}
+    assert config_hash(config(preservation={**kept, "unconditional": 0.2})) != config_hash(
+        config(preservation={**kept, "unconditional": 0.1})
+    )
 
 
 def test_quantize_base_is_refused_in_one_line_where_it_cannot_work() -> None:
