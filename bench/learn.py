@@ -239,6 +239,9 @@ def run_method(
         "preservation": bool(config.preservation.enabled),
         "preservation_share": config.preservation.share if config.preservation.enabled else None,
         "preservation_weight": config.preservation.weight if config.preservation.enabled else None,
+        "preservation_unconditional": (
+            config.preservation.unconditional if config.preservation.enabled else None
+        ),
         "optimizer": config.optimizer,
         "alpha": config.alpha if method != "embedding" else None,
         "overrides": {k: v for k, v in overrides.items() if k != "learning_rate"},
@@ -340,18 +343,21 @@ def step_cost(
 
 
 def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Mean and spread over training seeds of each (preset, method, preservation) final
-    checkpoint: concept gain over the base, ordinary-prompt hit rate change, pixel change."""
-    groups: dict[tuple[str, str, bool, bool], list[dict[str, Any]]] = {}
+    """Mean and spread over training seeds of each (preset, method, preservation, pivotal,
+    label) final checkpoint: concept gain over the base, ordinary-prompt hit rate change, pixel
+    change. A file that gathers several settings' runs labels each (`label`) to keep them apart."""
+    groups: dict[tuple[str, str, bool, bool, str | None], list[dict[str, Any]]] = {}
     for run in runs:
-        key = (run["preset"], run["method"], run["preservation"], bool(run.get("pivotal")))
+        key = (run["preset"], run["method"], run["preservation"], bool(run.get("pivotal")),
+               run.get("label"))  # fmt: skip
         groups.setdefault(key, []).append(run)
     out = []
-    for (preset, method, preserve, pivotal), items in groups.items():
+    for (preset, method, preserve, pivotal, label), items in groups.items():
         finals = [item["checkpoints"][-1] for item in items]
         gains = [f["concept"] - base["concept"] for f in finals]
         out.append({
             "preset": preset, "method": method, "preservation": preserve, "pivotal": pivotal,
+            **({"label": label} if label else {}),
             "seeds": [item["seed"] for item in items],
             "concept_gain_mean": round(float(np.mean(gains)), 3),
             "concept_gain_min": round(float(np.min(gains)), 3),

@@ -35,3 +35,15 @@ def test_summary_separates_flipped_images_from_the_nudged_rest() -> None:
     assert row["leak_pixel_change_mean"] == pytest.approx((9.75 + 2.25) / 2, abs=0.01)
     assert row["leak_pixel_change_median_mean"] == pytest.approx((3.5 + 2.5) / 2)
     assert row["leak_flipped_share"] == pytest.approx(0.125)
+
+
+def test_runs_of_differently_labelled_settings_are_summarised_apart() -> None:
+    """Two settings gathered in one file (the same preset and method, another lr) stay two rows."""
+    from bench.learn import summarise
+
+    runs = [_run(1, 0.4, [2.0]), _run(2, 0.2, [1.0]), _run(1, 0.5, [3.0])]
+    runs[2]["label"] = "lr 5e-5"
+    rows = summarise(runs, {"concept": 0.1, "leak_both": 0.9})
+    assert [row.get("label") for row in rows] == [None, "lr 5e-5"]
+    assert [row["seeds"] for row in rows] == [[1, 2], [1]]
+    assert rows[1]["concept_gain_mean"] == pytest.approx(0.4)
