@@ -177,7 +177,8 @@ class Preserver:
 
     def renders(self, examples: Sequence[Any]) -> list[PriorRender]:
         """What the prior renders are: every prompt at every bucket size of the dataset (seed:
-        the job's + the prompt's index), else every example's preserved caption at its own."""
+        the job's + the prompt's index), else every example's preserved caption at its own, and
+        with `examples` set each example's empty-prompt item too (seed: the job's + the item)."""
         if not self.prompts:
             own = [(e.index, self.caption(e.caption), e.bucket) for e in examples]
             if self.examples:
