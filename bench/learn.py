@@ -13,7 +13,9 @@ checkpoint, images for prompts that put the trigger in contexts the 20 images do
 scored with `trainer.toy.scoring.concept_score` (0–1) against the base model's images for the
 same prompts and seeds; ordinary prompts (no trigger) measure leakage: their colour+shape hit
 rate and the mean absolute pixel change (0–255, `trainer.leakage.pixel_change`) vs. the base
-model's images. Training speed is the loop's own steps/s (training steps only). `--preservation
+model's images. `--leak-prompts` (24) ordinary prompts are scored; the first six of them were
+the whole set until the sixth pass and are reported apart (`leak_earlier`) so older files stay
+comparable. Training speed is the loop's own steps/s (training steps only). `--preservation
 off on` runs each configuration without and with differential output preservation. A summary
 averages the final checkpoint over training seeds. Prints one JSON document.
 """
@@ -43,6 +45,12 @@ TRAIN_SEED = 11
 FLIPPED = 20.0
 """Mean change (of 255) above which an ordinary image counts as flipped: its shape drawn in
 another place or size, not nudged (nudged images change by 1-7, flipped ones by 24-47)."""
+LEAK_PROMPTS = 24
+"""Ordinary prompts scored by default: 24 draws of the base distribution (every shape, every
+colour) weigh any one prompt 1/24. The first six alone (two of them yellow squares, in the
+concept's colour; one the base draws right in 5 of 8 images) made one prompt 1/6 of the score."""
+EARLIER_LEAK_PROMPTS = 6
+"""The ordinary prompts of passes one to six: the first six of `leak_scenes`."""
 
 
 def make_concept_dataset(folder: Path, count: int = 20, seed: int = TRAIN_SEED) -> list[Any]:
@@ -99,15 +107,17 @@ def vae_ceiling(model: Any, scenes: list[Any]) -> dict[str, Any]:
     }
 
 
-def leak_scenes(count: int = 6) -> list[Any]:
+def leak_scenes(count: int = LEAK_PROMPTS) -> list[Any]:
     return scoring.eval_scenes(count, seed=123)
 
 
-def preservation_prompts(count: int, seed: int = 999) -> list[str]:
+def preservation_prompts(
+    count: int, seed: int = 999, held_out_count: int = LEAK_PROMPTS
+) -> list[str]:
     """`count` ordinary toy captions for `preservation.prompts`: what a team that makes these
     pictures writes besides the concept, drawn apart from the scored ordinary prompts (another
     seed, and any caption equal to one of those left out) so the leak score stays held out."""
-    held_out = {shapes.caption(scene) for scene in leak_scenes()}
+    held_out = {shapes.caption(scene) for scene in leak_scenes(held_out_count)}
     rng = np.random.default_rng(seed)
     prompts: list[str] = []
     while len(prompts) < count:
@@ -139,6 +149,7 @@ def evaluate(
         scoring.judge(img, scene.color, scene.shape)
         for img, scene in zip(leak_images, [s for s in leaks for _ in seeds], strict=True)
     ]
+    both = [int(j["color_ok"] and j["shape_ok"]) for j in judged]
     return {
         "concept": float(np.mean([scoring.concept_score(img) for img in images])),
         "concept_per_image": [round(scoring.concept_score(img), 3) for img in images],
@@ -147,11 +158,22 @@ def evaluate(
             part: round(float(np.mean([scoring.concept_parts(img)[part] for img in images])), 3)
             for part in scoring.CONCEPT_PARTS
         },
-        "leak_both": float(np.mean([j["color_ok"] and j["shape_ok"] for j in judged])),
-        "leak_both_per_image": [int(j["color_ok"] and j["shape_ok"]) for j in judged],
+        "leak_both": float(np.mean(both)),
+        "leak_both_earlier": float(np.mean(both[: EARLIER_LEAK_PROMPTS * len(seeds)])),
+        "leak_both_per_image": both,
         "leak_concept": float(np.mean([scoring.concept_score(img) for img in leak_images])),
         "_images": images,
         "_leak_images": leak_images,
+    }
+
+
+def earlier_leak(scores: dict[str, Any], per_image: list[float], seeds: int) -> dict[str, Any]:
+    """The leak measures on the first six ordinary prompts alone (passes one to six)."""
+    count = EARLIER_LEAK_PROMPTS * seeds
+    return {
+        "prompts": EARLIER_LEAK_PROMPTS,
+        "both": round(scores["leak_both_earlier"], 3),
+        "pixel_change": round(float(np.mean(per_image[:count])), 2),
     }
 
 
@@ -232,6 +254,7 @@ def run_method(
             "leak_pixel_change_per_image": per_image,
             "leak_pixel_change_median": round(float(np.median(per_image)), 2),
             "leak_flipped": sum(change > FLIPPED for change in per_image),
+            "leak_earlier": earlier_leak(scores, per_image, len(seeds)),
         })  # fmt: skip
     return {
         "method": method,
@@ -375,6 +398,7 @@ def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str
             "leak_pixel_change_median_mean": round(
                 float(np.mean([f.get("leak_pixel_change_median", np.nan) for f in finals])), 2
             ),
+            **earlier_summary(finals, base),
             "leak_flipped_share": round(
                 float(np.mean([f.get("leak_flipped", np.nan) / len(f["leak_pixel_change_per_image"])
                                for f in finals])), 3
@@ -384,6 +408,21 @@ def summarise(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str
             ),
         })  # fmt: skip
     return out
+
+
+def earlier_summary(finals: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
+    """The summary's leak figures on the first six ordinary prompts (absent from older files)."""
+    earlier = [f["leak_earlier"] for f in finals if "leak_earlier" in f]
+    if len(earlier) != len(finals) or "leak_both_earlier" not in base:
+        return {}
+    both = float(np.mean([e["both"] for e in earlier]))
+    return {
+        "leak_both_earlier_mean": round(both, 3),
+        "leak_both_earlier_delta": round(both - base["leak_both_earlier"], 3),
+        "leak_pixel_change_earlier_mean": round(
+            float(np.mean([e["pixel_change"] for e in earlier])), 2
+        ),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         "--preservation-prompts", type=int, default=0, metavar="N",
         help="preserve on N ordinary toy prompts (preservation.prompts; held apart from the "
         "scored ones) instead of the training captions",
+    )  # fmt: skip
+    parser.add_argument(
+        "--leak-prompts", type=int, default=LEAK_PROMPTS, metavar="N",
+        help=f"ordinary prompts scored (at least {EARLIER_LEAK_PROMPTS}: the first six are also "
+        "reported apart, as in earlier passes)",
     )  # fmt: skip
     parser.add_argument("--no-runs", action="store_true", help="only the step cost (--cost-steps)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
@@ -425,14 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.preservation_prompts:
         overrides["preservation"] = {
             **overrides.get("preservation", {}),
-            "prompts": preservation_prompts(args.preservation_prompts),
+            "prompts": preservation_prompts(
+                args.preservation_prompts, held_out_count=args.leak_prompts
+            ),
         }
 
     with tempfile.TemporaryDirectory(prefix="atelier-learn-") as tmp:
         work = Path(tmp)
         train_scenes = make_concept_dataset(work / "dataset")
         concept_prompts = new_context_prompts(train_scenes)
-        leaks = leak_scenes()
+        leaks = leak_scenes(args.leak_prompts)
         base = load_base(args.cache_dir, args.base)
         seeds = [] if args.no_runs else args.eval_seeds  # the step cost needs no images
         base_eval = evaluate(base.pipeline, concept_prompts, leaks, seeds, args.sample_steps)
@@ -452,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 "concept_parts": base_eval["concept_parts"],
                 "concept_vae_ceiling": vae_ceiling(base, [scene for _, scene in contexts]),
                 "leak_both": round(base_eval["leak_both"], 3),
+                "leak_both_earlier": round(base_eval["leak_both_earlier"], 3),
                 "leak_concept": round(base_eval["leak_concept"], 3),
                 "concept_per_image": base_eval["concept_per_image"],
                 "leak_both_per_image": base_eval["leak_both_per_image"],

@@ -47,3 +47,33 @@ def test_runs_of_differently_labelled_settings_are_summarised_apart() -> None:
     assert [row.get("label") for row in rows] == [None, "lr 5e-5"]
     assert [row["seeds"] for row in rows] == [[1, 2], [1]]
     assert rows[1]["concept_gain_mean"] == pytest.approx(0.4)
+
+
+def test_the_first_six_ordinary_prompts_are_reported_apart() -> None:
+    """24 prompts × 2 seeds are scored; the six of passes one to six (the first 12 images) keep
+    their own figures, in every run and in the summary, so older files stay comparable."""
+    from bench.learn import earlier_leak, summarise
+
+    per_image = [8.0] * 12 + [2.0] * 36
+    earlier = earlier_leak({"leak_both_earlier": 0.75}, per_image, seeds=2)
+    assert earlier == {"prompts": 6, "both": 0.75, "pixel_change": 8.0}
+    runs = [_run(1, 0.4, per_image), _run(2, 0.2, per_image)]
+    for run, both in zip(runs, (0.75, 0.85), strict=True):
+        run["checkpoints"][-1]["leak_earlier"] = {**earlier, "both": both}
+    (row,) = summarise(runs, {"concept": 0.1, "leak_both": 0.9, "leak_both_earlier": 0.875})
+    assert row["leak_pixel_change_mean"] == pytest.approx(3.5)
+    assert row["leak_pixel_change_earlier_mean"] == pytest.approx(8.0)
+    assert row["leak_both_earlier_mean"] == pytest.approx(0.8)
+    assert row["leak_both_earlier_delta"] == pytest.approx(-0.075)
+
+
+def test_the_scored_prompts_begin_with_the_earlier_six_and_stay_out_of_keep_prompts() -> None:
+    from bench.learn import EARLIER_LEAK_PROMPTS, LEAK_PROMPTS, leak_scenes, preservation_prompts
+    from trainer.toy import shapes
+
+    scored = [shapes.caption(scene) for scene in leak_scenes()]
+    assert len(scored) == LEAK_PROMPTS
+    assert scored[:EARLIER_LEAK_PROMPTS] == [
+        shapes.caption(scene) for scene in leak_scenes(EARLIER_LEAK_PROMPTS)
+    ]
+    assert not set(preservation_prompts(64)) & set(scored)

@@ -110,7 +110,7 @@ def test_character_preset_learns_with_preservation(tmp_path: Path):
     from trainer.toy import shapes
 
     scenes = make_concept_dataset(tmp_path / "data")
-    prompts, leaks, seeds = new_context_prompts(scenes, count=6), leak_scenes(), [1, 2, 3]
+    prompts, leaks, seeds = new_context_prompts(scenes, count=6), leak_scenes(6), [1, 2, 3]
     config = apply_preset(
         "character", "lora", base_model=BASE, trigger=shapes.TRIGGER, steps=PRESET_STEPS,
         checkpoint_every=PRESET_STEPS, seed=1, mixed_precision="no", heldout_fraction=0.0,
