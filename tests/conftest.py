@@ -15,6 +15,12 @@ from storage.migrate import upgrade
 
 POSTGRES_URL = os.environ.get("ATELIER_TEST_POSTGRES_URL")
 
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # Each pytest-xdist worker (and the workers, bots and `atelier train` processes its tests
+    # start) gets its share of the cores for torch's threads: two workers each running a
+    # two-thread job on two cores would spin against each other. Set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
 
 def _postgres_database() -> Iterator[str]:
     import psycopg
