@@ -37,6 +37,13 @@ def _postgres_database() -> Iterator[str]:
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests (training runs, subprocesses: up to minutes each) first, the rest after
+    them in their own order: on two workers the long ones then overlap the short ones instead of
+    one long test ending the run alone (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database URL: a SQLite file, or a fresh PostgreSQL database."""
