@@ -159,7 +159,6 @@ def evaluate(
             for part in scoring.CONCEPT_PARTS
         },
         "leak_both": float(np.mean(both)),
-        "leak_both_earlier": float(np.mean(both[: EARLIER_LEAK_PROMPTS * len(seeds)])),
         "leak_both_per_image": both,
         "leak_concept": float(np.mean([scoring.concept_score(img) for img in leak_images])),
         "_images": images,
@@ -167,13 +166,18 @@ def evaluate(
     }
 
 
-def earlier_leak(scores: dict[str, Any], per_image: list[float], seeds: int) -> dict[str, Any]:
-    """The leak measures on the first six ordinary prompts alone (passes one to six)."""
-    count = EARLIER_LEAK_PROMPTS * seeds
+def first_six(per_image: list[Any], seeds: int) -> list[Any]:
+    """The images of the first six ordinary prompts (passes one to six): per-image lists run
+    prompt by prompt, `seeds` images each."""
+    return per_image[: EARLIER_LEAK_PROMPTS * seeds]
+
+
+def earlier_leak(both: list[int], change: list[float], seeds: int) -> dict[str, Any]:
+    """The leak measures on the first six ordinary prompts alone."""
     return {
         "prompts": EARLIER_LEAK_PROMPTS,
-        "both": round(scores["leak_both_earlier"], 3),
-        "pixel_change": round(float(np.mean(per_image[:count])), 2),
+        "both": round(float(np.mean(first_six(both, seeds))), 3),
+        "pixel_change": round(float(np.mean(first_six(change, seeds))), 2),
     }
 
 
@@ -254,7 +258,7 @@ def run_method(
             "leak_pixel_change_per_image": per_image,
             "leak_pixel_change_median": round(float(np.median(per_image)), 2),
             "leak_flipped": sum(change > FLIPPED for change in per_image),
-            "leak_earlier": earlier_leak(scores, per_image, len(seeds)),
+            "leak_earlier": earlier_leak(scores["leak_both_per_image"], per_image, len(seeds)),
         })  # fmt: skip
     return {
         "method": method,
@@ -459,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--base", default=BASE, help="builtin:toy or a diffusers folder")
     args = parser.parse_args(argv)
+    if args.leak_prompts < EARLIER_LEAK_PROMPTS:
+        parser.error(f"--leak-prompts must be at least {EARLIER_LEAK_PROMPTS}")
     torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = {}
     if args.lr is not None:
@@ -498,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                 "concept_parts": base_eval["concept_parts"],
                 "concept_vae_ceiling": vae_ceiling(base, [scene for _, scene in contexts]),
                 "leak_both": round(base_eval["leak_both"], 3),
-                "leak_both_earlier": round(base_eval["leak_both_earlier"], 3),
+                "leak_both_earlier": round(
+                    float(np.mean(first_six(base_eval["leak_both_per_image"], len(seeds)))), 3
+                ),
                 "leak_concept": round(base_eval["leak_concept"], 3),
                 "concept_per_image": base_eval["concept_per_image"],
                 "leak_both_per_image": base_eval["leak_both_per_image"],

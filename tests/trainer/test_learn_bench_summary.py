@@ -55,7 +55,7 @@ def test_the_first_six_ordinary_prompts_are_reported_apart() -> None:
     from bench.learn import earlier_leak, summarise
 
     per_image = [8.0] * 12 + [2.0] * 36
-    earlier = earlier_leak({"leak_both_earlier": 0.75}, per_image, seeds=2)
+    earlier = earlier_leak([1] * 9 + [0] * 3 + [1] * 36, per_image, seeds=2)
     assert earlier == {"prompts": 6, "both": 0.75, "pixel_change": 8.0}
     runs = [_run(1, 0.4, per_image), _run(2, 0.2, per_image)]
     for run, both in zip(runs, (0.75, 0.85), strict=True):
