@@ -187,6 +187,17 @@ def pixel_change(a: list[Any], b: list[Any]) -> float:
     return change(a, b)
 
 
+def preset_config(preset: str, method: str, values: dict[str, Any]) -> Any:
+    """`apply_preset` with `values`, where a JSON null (`--set min_snr_gamma=null`) takes effect
+    too: `apply_preset` reads None as "not set", as the bot's empty Discord options arrive."""
+    from trainer.config import TrainConfig
+    from trainer.presets import apply_preset
+
+    config = apply_preset(preset, method, **values)
+    nulls = {key: None for key, value in values.items() if value is None}
+    return TrainConfig(**{**config.model_dump(), **nulls}) if nulls else config
+
+
 def run_method(
     method: str,
     preset: str,
@@ -208,7 +219,7 @@ def run_method(
     from trainer.callbacks import RecordingCallbacks
     from trainer.generate import load_for_generation
     from trainer.loop import train
-    from trainer.presets import PRESETS, apply_preset
+    from trainer.presets import PRESETS
 
     steps = steps or int(PRESETS[preset].values(method)["steps"])
     values: dict[str, Any] = {
@@ -227,7 +238,7 @@ def run_method(
         }
     elif preserve:
         return None  # an embedding cannot change prompts without its token: nothing to preserve
-    config = apply_preset(preset, method, **values)
+    config = preset_config(preset, method, values)
     out = work / f"{preset}-{method}-{int(preserve)}-{seed}"
     started = time.monotonic()
     recorder = RecordingCallbacks()
@@ -328,7 +339,6 @@ def step_cost(
     CPU-time clock and the wall clock. The mean runs over all `steps`, so the preservation
     store's first fills (one base forward per preserved sample) are included."""
     from trainer.loop import train
-    from trainer.presets import apply_preset
 
     out = []
     for method in [m for m in methods if m != "embedding"]:
@@ -339,14 +349,14 @@ def step_cost(
                 preservation = {**values.pop("preservation", {}), "enabled": preserve}
                 if share:
                     preservation["share"] = share
-                config = apply_preset(
-                    "character", method, base_model=base_model, trigger=shapes.TRIGGER,
-                    steps=steps, checkpoint_every=steps, seed=1, mixed_precision="no",
-                    heldout_fraction=0.0, preservation=preservation,
-                    validation={"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
-                                "scheduler": "euler", "leak_prompts": []},
+                config = preset_config("character", method, {
+                    "base_model": base_model, "trigger": shapes.TRIGGER, "steps": steps,
+                    "checkpoint_every": steps, "seed": 1, "mixed_precision": "no",
+                    "heldout_fraction": 0.0, "preservation": preservation,
+                    "validation": {"steps": 1, "seeds": [1], "prompts": ["{trigger}"],
+                                   "scheduler": "euler", "leak_prompts": []},
                     **values,
-                )  # fmt: skip
+                })  # fmt: skip
                 clock = StepClock()
                 folder = work / f"cost-{method}-{int(preserve)}-{index}"
                 train(config, dataset, folder, clock.recorder, cache_dir=cache_dir, device="cpu",

@@ -77,3 +77,14 @@ def test_the_scored_prompts_begin_with_the_earlier_six_and_stay_out_of_keep_prom
         shapes.caption(scene) for scene in leak_scenes(EARLIER_LEAK_PROMPTS)
     ]
     assert not set(preservation_prompts(64)) & set(scored)
+
+
+def test_a_null_override_takes_effect_where_the_preset_sets_a_value() -> None:
+    from bench.learn import preset_config
+    from trainer.presets import apply_preset
+
+    assert apply_preset("character", "lora").min_snr_gamma is not None
+    config = preset_config("character", "lora", {"min_snr_gamma": None, "rank": 8})
+    assert config.min_snr_gamma is None
+    assert config.rank == 8
+    assert config.steps == apply_preset("character", "lora").steps
