@@ -147,6 +147,29 @@ def test_a_member_turns_pivotal_on_and_gets_the_token_settings() -> None:
         assert on.pivotal_lr == 1e-3 and on.learns_token
     off = apply_preset("character", "dora", "sd1", trigger="ohwx", pivotal=False)
     assert "embedding" not in off.model_dump(exclude_defaults=True)
+    assert (off.learning_rate, off.preservation.weight) == (1e-4, 4.0)
+
+
+def test_pivotal_brings_the_concept_presets_their_measured_settings() -> None:
+    """Character and object: the LoRA slower and held harder (docs/toy-model, passes five to
+    eight); what the member sets still wins, and the other presets keep their own."""
+    for name, method in (("character", "lora"), ("object", "dora")):
+        on = apply_preset(name, method, "sd1", trigger="ohwx", pivotal=True)
+        assert (on.learning_rate, on.preservation.weight) == (5e-5, 8.0)
+        assert on.preservation.enabled and on.embedding.num_vectors == 4
+        assert on.embedding.initializer_token == "auto"
+    own = apply_preset(
+        "character", "lora", "sdxl", trigger="ohwx", pivotal=True, learning_rate=2e-4,
+        keep_weight=2, embedding={"num_vectors": 3},
+    )  # fmt: skip
+    assert (own.learning_rate, own.preservation.weight, own.embedding.num_vectors) == (2e-4, 2, 3)
+    unkept = apply_preset("character", "lora", "sd1", trigger="ohwx", pivotal=True, keep_weight=0)
+    assert not unkept.preservation.enabled and unkept.learning_rate == 5e-5
+    for name in ("style", "quick-test"):
+        plain = apply_preset(name, "lora", "sd1", trigger="ohwx")
+        on = apply_preset(name, "lora", "sd1", trigger="ohwx", pivotal=True)
+        assert on.learning_rate == plain.learning_rate
+        assert on.preservation == plain.preservation
     with pytest.raises(PresetError, match=r"pivotal is for SD 1\.x and SDXL"):
         apply_preset("character", "lora", "flux1", trigger="ohwx", pivotal=True)
     with pytest.raises(PresetError, match="needs a trigger"):
