@@ -109,6 +109,17 @@ def _job(engine: Any, job_id: int) -> Job:
         return job
 
 
+def _checkpoints(engine: Any, job_id: int) -> list[Checkpoint]:
+    with session_scope(engine) as session:
+        query = session.query(Checkpoint).filter_by(job_id=job_id).order_by(Checkpoint.step)
+        return query.all()
+
+
+def _checkpoint(engine: Any, checkpoint_id: int | None) -> Checkpoint | None:
+    with session_scope(engine) as session:
+        return session.get(Checkpoint, checkpoint_id) if checkpoint_id is not None else None
+
+
 async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
     from bot.client import run_bot
     from bot.render import NUMBER_EMOJI, VOTE_EMOJI
@@ -126,25 +137,23 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
         try:
             world = emu.default
             print(f"demo: {world.alice.username} runs /train lora with a 12-image zip", flush=True)
+            archive = await asyncio.to_thread(dataset_zip)  # off the loop the bot shares
             handle = await emu.run_slash_command(
                 world.alice, world.channel, "train lora",
                 {"trigger": TRIGGER, "preset": "quick-test", "base_model": base_model,
                  "steps": steps, "name": "purple-star", "validation_prompts": PROMPTS},
-                attachments={"dataset": ("tkxw.zip", dataset_zip(), "application/zip")},
+                attachments={"dataset": ("tkxw.zip", archive, "application/zip")},
             )  # fmt: skip
             reply = await handle.wait_followup(1, 60)
             match = re.search(r"Job #(\d+)", reply.content)
             if match is None:
                 raise RuntimeError(f"the bot did not queue the job: {reply.content}")
             job_id = int(match.group(1))
-            thread_id = _job(engine, job_id).thread_id
+            thread_id = (await asyncio.to_thread(_job, engine, job_id)).thread_id
             print(f"demo: job #{job_id} queued; training in thread {thread_id}", flush=True)
 
             done = await emu.wait_for_message(thread_id, "Training done", timeout=420)
-            with session_scope(engine) as session:
-                checkpoints = (
-                    session.query(Checkpoint).filter_by(job_id=job_id).order_by(Checkpoint.step)
-                ).all()
+            checkpoints = await asyncio.to_thread(_checkpoints, engine, job_id)
             print(f"demo: {len(checkpoints)} checkpoints; three members vote", flush=True)
             await emu.wait_until(
                 lambda: NUMBER_EMOJI[len(checkpoints) - 1] in emu.reactions(done.id), 30
@@ -161,9 +170,8 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
             await closing.wait_followup(1, 60)
             final = await emu.wait_for_message(thread_id, "The team chose", timeout=60)
             await emu.wait_for_message(world.channel, "New model", timeout=30)
-            job = _job(engine, job_id)
-            with session_scope(engine) as session:
-                winner = session.get(Checkpoint, job.winner_checkpoint_id)
+            job = await asyncio.to_thread(_job, engine, job_id)
+            winner = await asyncio.to_thread(_checkpoint, engine, job.winner_checkpoint_id)
             assert winner is not None and final.attachments
             transcript = out_dir / "index.html"
             emu.render_transcript(world.channel, transcript)
