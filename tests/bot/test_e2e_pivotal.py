@@ -15,7 +15,7 @@ from storage.db import session_scope
 from storage.model_files import EMBEDDING_KEY, model_files
 from storage.models import Checkpoint
 from tests.bot.conftest import make_zip
-from tests.bot.e2e_jobs import command, job_row, train_vote_and_deliver
+from tests.bot.e2e_jobs import command, job_row, train, train_vote_and_deliver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -52,3 +52,23 @@ async def test_pivotal_lora_is_delivered_as_two_files(emu, atelier, settings, bo
     assert "changed pivotal True → False" in child.content, child.content
     child_id = int(child.content.split("Job #")[1].split()[0])
     assert job_row(bot_engine, child_id).config["pivotal"] is False
+
+
+async def test_pivotal_on_the_character_preset_stores_its_settings(
+    emu, atelier, bot_engine
+) -> None:
+    """`/train lora preset:character pivotal:True` queues a job with the preset's pivotal
+    settings (LoRA lr 5e-5, keep weight 8); a `learning_rate` the member gives wins."""
+    zip_bytes = make_zip(count=4)
+    job_id, reply = await train(emu, emu.default.alice, zip_bytes, preset="character", pivotal=True)
+    assert job_id, reply.content
+    config = job_row(bot_engine, job_id).config
+    assert config["pivotal"] is True and config["learning_rate"] == 5e-5
+    assert config["preservation"]["enabled"] and config["preservation"]["weight"] == 8.0
+
+    own_id, own = await train(
+        emu, emu.default.alice, zip_bytes, preset="character", pivotal=True, learning_rate=2e-4
+    )
+    assert own_id, own.content
+    own_config = job_row(bot_engine, own_id).config
+    assert own_config["learning_rate"] == 2e-4 and own_config["preservation"]["weight"] == 8.0
