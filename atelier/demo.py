@@ -115,9 +115,11 @@ def _checkpoints(engine: Any, job_id: int) -> list[Checkpoint]:
         return query.all()
 
 
-def _checkpoint(engine: Any, checkpoint_id: int | None) -> Checkpoint | None:
+def _winner(engine: Any, job_id: int) -> Checkpoint | None:
     with session_scope(engine) as session:
-        return session.get(Checkpoint, checkpoint_id) if checkpoint_id is not None else None
+        job = session.get(Job, job_id)
+        chosen = job.winner_checkpoint_id if job is not None else None
+        return session.get(Checkpoint, chosen) if chosen is not None else None
 
 
 async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
@@ -170,8 +172,7 @@ async def run_demo(out_dir: Path, base_model: str, steps: int) -> DemoResult:
             await closing.wait_followup(1, 60)
             final = await emu.wait_for_message(thread_id, "The team chose", timeout=60)
             await emu.wait_for_message(world.channel, "New model", timeout=30)
-            job = await asyncio.to_thread(_job, engine, job_id)
-            winner = await asyncio.to_thread(_checkpoint, engine, job.winner_checkpoint_id)
+            winner = await asyncio.to_thread(_winner, engine, job_id)
             assert winner is not None and final.attachments
             transcript = out_dir / "index.html"
             emu.render_transcript(world.channel, transcript)

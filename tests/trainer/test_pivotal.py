@@ -148,6 +148,10 @@ def test_a_member_turns_pivotal_on_and_gets_the_token_settings() -> None:
     off = apply_preset("character", "dora", "sd1", trigger="ohwx", pivotal=False)
     assert "embedding" not in off.model_dump(exclude_defaults=True)
     assert (off.learning_rate, off.preservation.weight) == (1e-4, 4.0)
+    with pytest.raises(PresetError, match=r"pivotal is for SD 1\.x and SDXL"):
+        apply_preset("character", "lora", "flux1", trigger="ohwx", pivotal=True)
+    with pytest.raises(PresetError, match="needs a trigger"):
+        apply_preset("character", "lora", "sd1", trigger="", pivotal=True)
 
 
 def test_pivotal_brings_the_concept_presets_their_measured_settings() -> None:
@@ -170,10 +174,6 @@ def test_pivotal_brings_the_concept_presets_their_measured_settings() -> None:
         on = apply_preset(name, "lora", "sd1", trigger="ohwx", pivotal=True)
         assert on.learning_rate == plain.learning_rate
         assert on.preservation == plain.preservation
-    with pytest.raises(PresetError, match=r"pivotal is for SD 1\.x and SDXL"):
-        apply_preset("character", "lora", "flux1", trigger="ohwx", pivotal=True)
-    with pytest.raises(PresetError, match="needs a trigger"):
-        apply_preset("character", "lora", "sd1", trigger="", pivotal=True)
 
 
 def test_runs_saved_before_pivotal_existed_still_resume() -> None:
