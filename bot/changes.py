@@ -21,12 +21,16 @@ from trainer.config import (
 from trainer.presets import explain_validation_error, keep_weight_preservation
 
 CHANGEABLE = frozenset(
-    {"steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight", "pivotal"}
-)
+    {
+        "steps", "rank", "learning_rate", "resolution", "base_model", "keep_weight", "pivotal",
+        "locon",
+    }
+)  # fmt: skip
 """What `change:` may set: the settings `/train` offers members, checked by the same limits
 (`TrainOverrides`) and, for `base_model`, the operator's catalogue. `keep_weight` is
 preservation's weight (0: preservation off), the one knob between learning and leaking;
-`pivotal` (true/false) learns the trigger as an embedding beside the LoRA or not."""
+`pivotal` (true/false) learns the trigger as an embedding beside the LoRA or not; `locon`
+(true/false) adapts the UNet's conv layers too (`targets`) or not."""
 
 
 def parse_change(
@@ -51,7 +55,7 @@ def parse_change(
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    _check_member_limits(key, value, catalogue)
+    value = _check_member_limits(key, value, catalogue)
     updated = json.loads(json.dumps(config))
     old = _read(key, updated)
     _write(key, value, updated)
@@ -78,6 +82,8 @@ def _read(key: str, config: dict[str, Any]) -> Any:
     if key == "keep_weight":
         preservation = PreservationConfig.model_validate(config.get("preservation") or {})
         return preservation.weight if preservation.enabled else 0
+    if key == "locon":
+        return config.get("targets", "attention") == "attention_conv"
     return config.get(key)
 
 
@@ -88,17 +94,20 @@ def _write(key: str, value: Any, config: dict[str, Any]) -> None:
             **(config.get("preservation") or {}),
             **keep_weight_preservation(value),
         }
+    elif key == "locon":
+        config["targets"] = "attention_conv" if value else "attention"
     else:
         config[key] = value
 
 
-def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> None:
-    """The same bounds `/train`'s options have; a base model from the catalogue only."""
+def _check_member_limits(key: str, value: Any, catalogue: Collection[str]) -> Any:
+    """The value within the same bounds `/train`'s options have, as `/train` reads it
+    (`yes` → true); a base model from the catalogue only."""
     if key == "base_model":
         if value not in catalogue:
             raise BadInput(f"Unknown base model `{value}`; pick one from the catalogue.")
-        return
+        return value
     try:
-        TrainOverrides.model_validate({key: value})
+        return getattr(TrainOverrides.model_validate({key: value}), key)
     except ValidationError as error:
         raise BadInput(explain_validation_error(error)) from None

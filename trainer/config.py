@@ -373,8 +373,8 @@ def _check_flow(config: TrainConfig, label: str) -> None:
         raise ArchitectureMismatch(f"{label} LoRAs here train the transformer only; turn off "
                                    "train_text_encoder")  # fmt: skip
     if config.targets != "attention":
-        raise ArchitectureMismatch(f"{label} has no convolution layers to adapt; use targets "
-                                   "'attention' (all attention and MLP layers)")  # fmt: skip
+        raise ArchitectureMismatch(f"{label} has no convolution layers for LoCon; turn it "
+                                   "off (targets 'attention' adapts every layer)")  # fmt: skip
     if config.min_snr_gamma is not None:
         raise ArchitectureMismatch(f"min_snr_gamma weights DDPM timesteps; {label} is trained "
                                    "with flow matching: set it to none")  # fmt: skip
@@ -394,4 +394,7 @@ class TrainOverrides(_Strict):
     keep_prompts: list[str] | None = None
     keep_weight: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
     pivotal: bool | None = None
+    locon: bool | None = None
+    """Also adapt the UNet's convolution and feed-forward layers (`targets: attention_conv`,
+    kohya's LoCon); None: the preset's targets."""
     dora: bool = False

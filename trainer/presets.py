@@ -223,10 +223,10 @@ def apply_preset(
 
     Nested sections merge (`validation={"prompts": [...]}` keeps the preset's seeds), and
     `validation_prompts=[...]` is accepted as a shortcut, as are `keep_prompts=[...]` (preservation
-    on, on those prompts) and `keep_weight` (preservation's weight; 0: off). When only `steps`
-    is overridden, the preset's own checkpoint cadence and warm-up shrink to fit it (they are
-    defaults, not the member's choice); anything the member sets explicitly is validated as
-    given.
+    on, on those prompts), `keep_weight` (preservation's weight; 0: off) and `locon` (the conv
+    layers adapted too, or not). When only `steps` is overridden, the preset's own checkpoint
+    cadence and warm-up shrink to fit it (they are defaults, not the member's choice); anything
+    the member sets explicitly is validated as given.
     """
     preset = PRESETS.get(name)
     if preset is None:
@@ -238,6 +238,7 @@ def apply_preset(
     if prompts is not None:
         overrides.setdefault("validation", {})["prompts"] = list(prompts)
     _keep_overrides(overrides)
+    _locon_override(overrides)
     pivotal = overrides.get("pivotal")
     if method != "embedding" and (values.get("pivotal") if pivotal is None else pivotal):
         _merge(values, preset.pivotal)  # under the member's own values, as the preset's are
@@ -301,6 +302,13 @@ def _keep_overrides(overrides: dict[str, Any]) -> None:
         preservation.update(enabled=True, prompts=list(keep))
     if weight is not None:
         preservation.update(keep_weight_preservation(weight))
+
+
+def _locon_override(overrides: dict[str, Any]) -> None:
+    """The member's `locon` made concrete: the adapter's targets (None: the preset's)."""
+    locon = overrides.pop("locon", None)
+    if locon is not None:
+        overrides["targets"] = "attention_conv" if locon else "attention"
 
 
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:

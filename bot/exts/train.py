@@ -144,6 +144,7 @@ class Train(commands.Cog):
         keep_weight="How hard prompts without the trigger are kept as they were (0: off)",
         pivotal="Also learn the trigger as an embedding (two files to use together; "
         "default: the preset's)",
+        locon="Also adapt the conv layers (LoCon): more capacity, more to hold back; SD 1.x/SDXL",
         dora="Train a DoRA instead of a plain LoRA",
         from_="Retrain this job/model on its newest dataset version, same settings",
         change="With `from`: exactly one setting changed, as key=value (e.g. rank=16)",
@@ -169,6 +170,7 @@ class Train(commands.Cog):
         keep_prompts: app_commands.Range[str, 1, 1000] | None = None,
         keep_weight: app_commands.Range[float, 0.0, 10.0] | None = None,
         pivotal: bool | None = None,
+        locon: bool | None = None,
         dora: bool = False,
         from_: int | None = None,
         change: app_commands.Range[str, 3, 200] | None = None,
@@ -195,6 +197,7 @@ class Train(commands.Cog):
             keep_prompts=keep_prompts,
             keep_weight=keep_weight,
             pivotal=pivotal,
+            locon=locon,
             dataset_name=dataset_name,
         )
 

@@ -41,3 +41,22 @@ def test_only_flux_and_zimage_entries_may_be_quantised() -> None:
     with pytest.raises(ValidationError, match=r"quantize is for FLUX\.1 and Z-Image"):
         BaseModelEntry(path="/models/sd15", architecture="sd1", quantize="int8")
     assert BaseModelEntry(path="/m/z", architecture="zimage", quantize="int8").quantize == "int8"
+
+
+def test_locon_adapts_the_conv_layers_and_is_refused_where_there_are_none() -> None:
+    catalogue = {**CATALOGUE, "tiny": BaseModelEntry(path="builtin:tiny", architecture="sd1")}
+
+    def build(base_model: str, **options):
+        return build_config(
+            "lora", "character", base_model, catalogue, trigger="ohwx", caption_prefix=None,
+            **options,
+        )  # fmt: skip
+
+    assert build("tiny").targets == "attention"
+    assert build("tiny", locon=True).targets == "attention_conv"
+    assert build("tiny", locon=False).targets == "attention"
+    with pytest.raises(BadInput) as refusal:
+        build("flux", locon=True)
+    message = str(refusal.value)
+    assert "no convolution layers for LoCon" in message and "\n" not in message
+    assert build("flux", locon=False).targets == "attention"

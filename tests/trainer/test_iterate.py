@@ -66,6 +66,18 @@ def test_keep_weight_change_sets_preservation_or_turns_it_off() -> None:
         parse_change("keep_weight=0", plain)
 
 
+def test_locon_change_switches_the_adapter_targets() -> None:
+    """`change:locon=…` adapts the conv layers too (or stops), read as `/train` reads a bool."""
+    config = TrainConfig(trigger="ohwx").model_dump(mode="json")
+    key, old, new, updated = parse_change("locon=yes", config)
+    assert (key, old, new, updated["targets"]) == ("locon", False, True, "attention_conv")
+    _, old, new, back = parse_change("locon=false", updated)
+    assert (old, new, back["targets"]) == (True, False, "attention")
+    for bad, why in (("locon=maybe", "locon"), ("locon=false", "changes nothing")):
+        with pytest.raises(BadInput, match=why):
+            parse_change(bad, config)
+
+
 def test_a_new_base_model_brings_its_quantisation_and_must_fit_the_job() -> None:
     """`change:base_model=…` with the catalogue's entries: the operator's `quantize` of the new
     model applies to a LoRA, and a model that cannot train the job is refused in one line."""
