@@ -68,7 +68,7 @@ batch, 4 here, and halved; 3e-3 learned no more on the toy model).
 Off by default: the model is then two files to load, FLUX.1 and Z-Image cannot take it, and on
 the toy model's benchmark concept it alone misses the concept goal (+0.27 of +0.30); with the
 toy UNet's conv layers adapted too (`locon`, ninth pass) it meets it (+0.38). No preset turns
-LoCon on: on SD 1.x/SDXL attention already reaches the layers that draw."""
+LoCon on: SD 1.x has attention at every UNet level, SDXL at all but the finest."""
 
 PIVOTAL_CONCEPT: dict[str, Any] = {"learning_rate": 5e-5, "preservation": {"weight": 8.0}}
 """What `pivotal` changes in the character and object presets (the member's own values win):
