@@ -18,7 +18,7 @@ from trainer.config import (
     TrainOverrides,
     check_architecture,
 )
-from trainer.presets import explain_validation_error, keep_weight_preservation
+from trainer.presets import explain_validation_error, keep_weight_preservation, locon_targets
 
 CHANGEABLE = frozenset(
     {
@@ -95,7 +95,7 @@ def _write(key: str, value: Any, config: dict[str, Any]) -> None:
             **keep_weight_preservation(value),
         }
     elif key == "locon":
-        config["targets"] = "attention_conv" if value else "attention"
+        config["targets"] = locon_targets(value)
     else:
         config[key] = value
 

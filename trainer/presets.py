@@ -306,11 +306,16 @@ def _keep_overrides(overrides: dict[str, Any]) -> None:
         preservation.update(keep_weight_preservation(weight))
 
 
+def locon_targets(locon: bool) -> str:
+    """The adapter's `targets` for a member's `locon` (`/train` and `change:` alike)."""
+    return "attention_conv" if locon else "attention"
+
+
 def _locon_override(overrides: dict[str, Any]) -> None:
     """The member's `locon` made concrete: the adapter's targets (None: the preset's)."""
     locon = overrides.pop("locon", None)
     if locon is not None:
-        overrides["targets"] = "attention_conv" if locon else "attention"
+        overrides["targets"] = locon_targets(locon)
 
 
 def _fit_cadence(values: dict[str, Any], overrides: dict[str, Any]) -> None:
